@@ -1,0 +1,70 @@
+"""Command-line entry point: ``stylerig-lite <command> [options]``.
+
+Each command is one function registered in ``COMMANDS`` with the function that
+adds its arguments; ``main`` only parses and dispatches, so a new command is a
+new entry in the table and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+
+
+def _add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # `info` takes no options.
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    """Print what a bug report needs: versions, optional backends, asset settings."""
+    del args
+    import torch
+
+    has_pytorch3d = importlib.util.find_spec("pytorch3d") is not None
+    rows = [
+        ("stylerig-lite", __version__),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("torch", f"{torch.__version__} (cuda available: {torch.cuda.is_available()})"),
+        ("pytorch3d", "installed" if has_pytorch3d else "not installed (optional)"),
+    ]
+    for name in ("STYLERIG_LITE_ASSET_MIRROR", "STYLERIG_LITE_CACHE", "STYLERIG_LITE_QUICK"):
+        rows.append((name, os.environ.get(name, "(unset)")))
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        print(f"{label:<{width}}{value}")
+    return 0
+
+
+# name -> (help line, add arguments, run). run returns the process exit status.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "info": ("print versions, optional backends and asset settings", _add_info_arguments, _run_info),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylerig-lite",
+        description="StyleRig Lite: rig a StyleGAN with a 3D morphable face model.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_line, add_arguments, run) in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_line, description=help_line)
+        add_arguments(subparser)
+        subparser.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Figure helpers shared by the chapters: image grids, overlays, curves.
+
+Images in the package are tensors ``[B, 3, H, W]`` in [0, 1] (rendered faces)
+or [-1, 1] (GAN images, converted with :func:`to_unit`). These helpers only
+draw; they never compute anything the book reports.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Map GAN images in [-1, 1] to [0, 1]."""
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` (or ``[1, H, W]``) tensor in [0, 1] -> ``[H, W, 3]`` array for ``imshow``."""
+    image = image.detach().float().cpu().clamp(0, 1)
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    return image.permute(1, 2, 0).numpy()
+
+
+def image_grid(
+    images: torch.Tensor,
+    *,
+    ncols: Optional[int] = None,
+    titles: Optional[Sequence[str]] = None,
+    row_labels: Optional[Sequence[str]] = None,
+    scale: float = 1.6,
+    suptitle: Optional[str] = None,
+):
+    """A matplotlib figure showing ``images [N, 3, H, W]`` in a grid; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    ncols = ncols or n
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + (0.3 if suptitle else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i < n:
+            ax.imshow(to_numpy_image(images[i]))
+            if titles is not None and i < len(titles):
+                ax.set_title(titles[i], fontsize=8)
+    if row_labels is not None:
+        for r, label in enumerate(row_labels[:nrows]):
+            axes[r, 0].set_ylabel(label, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def overlay_landmarks(ax, landmarks: torch.Tensor, *, colour: str = "lime", size: float = 4.0, label: Optional[str] = None) -> None:
+    """Scatter 2D landmarks ``[68, 2]`` (pixels, origin at the top-left corner) onto an axis showing an image.
+
+    ``imshow`` puts pixel (i, j)'s centre at (j, i); our pixel coordinates put
+    it at (j + 0.5, i + 0.5), hence the half-pixel shift.
+    """
+    points = landmarks.detach().cpu().numpy() - 0.5
+    ax.scatter(points[:, 0], points[:, 1], s=size, c=colour, label=label, linewidths=0)
+
+
+def loss_curve(values: Sequence[float], *, ax=None, label: Optional[str] = None, log: bool = True):
+    """Plot a training or fitting curve; returns the axis."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 2.6))
+    ax.plot(np.arange(len(values)), values, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if label:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return ax

@@ -1,0 +1,258 @@
+"""Second-order spherical-harmonics (SH) Lambertian shading and vertex normals.
+
+The face model is Lambertian: the colour leaving a surface point with unit
+normal ``n`` is ``albedo * shading(n)``. Following Ramamoorthi & Hanrahan,
+"An Efficient Representation for Irradiance Environment Maps" (SIGGRAPH 2001)
+and the face autoencoders built on it (MoFA, Tewari et al. 2017;
+Deep3DFaceRecon, Deng et al. 2019; StyleRig uses MoFA's model):
+
+* The incoming radiance ``L(w)`` of a distant environment is expanded in the
+  first 9 real SH basis functions ``Y_k`` (bands l = 0, 1, 2), one set of 9
+  coefficients per colour channel: ``gamma`` (27 values, stored channel-major,
+  ``gamma.view(B, 3, 9) = [R0..R8, G0..G8, B0..B8]``).
+* Irradiance is the convolution of ``L`` with the clamped cosine, which in SH
+  is a per-band product: ``E(n) = sum_k A_l(k) gamma_k Y_k(n)`` with
+  ``A_0 = pi, A_1 = 2 pi / 3, A_2 = pi / 4`` (bands >= 3 are < 1% of the
+  energy, so 9 terms suffice).
+* A Lambertian surface reflects ``albedo / pi * E(n)``, so
+
+      shading(n) = sum_k H_k(n) gamma_k,    H_k(n) = (A_l(k) / pi) * Y_k(n).
+
+  ``H`` is "the SH basis with the Lambertian convolution factors folded in"
+  (:func:`sh_basis`); :func:`sh_basis_raw` is the orthonormal ``Y``.
+
+The 9 orthonormal real SH in R&H's order and sign convention (no
+Condon-Shortley phase), for a unit normal ``n = (x, y, z)`` in the world frame:
+
+    k  (l, m)   Y_k(n)                           A_l/pi   H_k(n)
+    0  (0, 0)   0.282095                         1        0.282095
+    1  (1,-1)   0.488603 y                       2/3      0.325735 y
+    2  (1, 0)   0.488603 z                       2/3      0.325735 z
+    3  (1, 1)   0.488603 x                       2/3      0.325735 x
+    4  (2,-2)   1.092548 x y                     1/4      0.273137 x y
+    5  (2,-1)   1.092548 y z                     1/4      0.273137 y z
+    6  (2, 0)   0.315392 (3 z^2 - 1)             1/4      0.078848 (3 z^2 - 1)
+    7  (2, 1)   1.092548 x z                     1/4      0.273137 x z
+    8  (2, 2)   0.546274 (x^2 - y^2)             1/4      0.136569 (x^2 - y^2)
+
+with ``0.282095 = 1/(2 sqrt(pi))``, ``0.488603 = sqrt(3/(4 pi))``,
+``1.092548 = sqrt(15/(4 pi))``, ``0.315392 = sqrt(5/(16 pi))``,
+``0.546274 = sqrt(15/(16 pi))``.
+
+Units: ``gamma`` are the SH coefficients of the environment radiance. A
+uniform environment of radiance ``I`` has ``gamma_0 = I * sqrt(4 pi)`` and
+shades every normal with exactly ``I`` (:func:`ambient_gamma`). Deep3DFaceRecon
+uses differently scaled constants for bands 1 and 2 and an ambient offset on
+``gamma_0``; the physical scaling above keeps "shading == 1" meaning "white
+uniform light".
+
+Lighting lives in the world frame: it does not rotate with the head.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from stylerig_lite.checks import assert_finite, assert_shape
+
+NUM_SH = 9  # basis functions per colour channel
+NUM_GAMMA = 27  # 3 channels x 9, channel-major
+
+# Orthonormal real SH normalisation constants (Ramamoorthi & Hanrahan 2001, eq. 3).
+SH_C0 = 1.0 / (2.0 * math.sqrt(math.pi))  # 0.282095
+SH_C1 = math.sqrt(3.0 / (4.0 * math.pi))  # 0.488603
+SH_C2 = math.sqrt(15.0 / (4.0 * math.pi))  # 1.092548
+SH_C3 = math.sqrt(5.0 / (16.0 * math.pi))  # 0.315392
+SH_C4 = math.sqrt(15.0 / (16.0 * math.pi))  # 0.546274
+
+# Clamped-cosine convolution factors A_l (R&H 2001, eq. 8) per basis function.
+LAMBERT_BAND = (math.pi, 2.0 * math.pi / 3.0, math.pi / 4.0)
+LAMBERT_FACTORS = (LAMBERT_BAND[0],) + (LAMBERT_BAND[1],) * 3 + (LAMBERT_BAND[2],) * 5
+
+# Peak of the order-2 SH approximation of max(0, n.d) at n = d:
+# sum_l A_l (2l+1) / (4 pi) = 1/4 + 1/2 + 5/16 = 17/16.
+DIRECTIONAL_PEAK = 17.0 / 16.0
+
+Number = Union[float, int]
+
+
+def sh_basis_raw(normals: torch.Tensor) -> torch.Tensor:
+    """Orthonormal real SH ``Y_0..Y_8`` of unit vectors ``[..., 3]`` -> ``[..., 9]``."""
+    if normals.shape[-1:] != (3,):
+        raise ValueError(f"normals must have a last dimension of 3, got shape {tuple(normals.shape)}")
+    x, y, z = normals.unbind(-1)
+    one = torch.ones_like(x)
+    return torch.stack(
+        [
+            SH_C0 * one,
+            SH_C1 * y,
+            SH_C1 * z,
+            SH_C1 * x,
+            SH_C2 * x * y,
+            SH_C2 * y * z,
+            SH_C3 * (3.0 * z * z - 1.0),
+            SH_C2 * x * z,
+            SH_C4 * (x * x - y * y),
+        ],
+        dim=-1,
+    )
+
+
+def sh_basis(normals: torch.Tensor) -> torch.Tensor:
+    """Shading basis ``H_k = (A_l / pi) Y_k`` of unit normals ``[..., 3]`` -> ``[..., 9]``."""
+    raw = sh_basis_raw(normals)
+    factors = torch.tensor(LAMBERT_FACTORS, dtype=raw.dtype, device=raw.device) / math.pi
+    return raw * factors
+
+
+def sh_shading(normals: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Per-point RGB shading ``[B, V, 3]`` from unit normals ``[B, V, 3]`` and ``gamma [B, 27]``.
+
+    ``shading[b, v, c] = sum_k H_k(normals[b, v]) * gamma[b, 9 c + k]``.
+    Multiply by albedo to get the Lambertian colour. ``gamma`` may also be
+    ``[1, 27]`` (one light for the whole batch).
+    """
+    assert_shape(normals, [None, None, 3], "normals")
+    assert_shape(gamma, [None, NUM_GAMMA], "gamma")
+    if gamma.shape[0] not in (1, normals.shape[0]):
+        raise ValueError(
+            f"gamma has batch size {gamma.shape[0]} but normals have {normals.shape[0]}; "
+            "pass one gamma row per image (or a single row for all)"
+        )
+    assert_finite(gamma, "gamma")
+    basis = sh_basis(normals)  # [B, V, 9]
+    coeffs = gamma.view(gamma.shape[0], 3, NUM_SH).to(basis.dtype)  # [B, 3, 9]
+    return torch.einsum("bvk,bck->bvc", basis, coeffs.expand(normals.shape[0], 3, NUM_SH))
+
+
+def _as_rgb(value: Union[Number, torch.Tensor], name: str, dtype, device) -> torch.Tensor:
+    """A float / [3] / [B, 1] / [B, 3] value -> [B, 3] (B = 1 when unbatched)."""
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    if t.ndim == 0:
+        t = t.view(1, 1)
+    elif t.ndim == 1:
+        if t.shape[0] not in (1, 3):
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} is ambiguous: pass a float, an RGB triple [3], "
+                "or a per-image tensor [B, 1] / [B, 3]"
+            )
+        t = t.view(1, -1)
+    elif t.ndim != 2 or t.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must be a float, [3], [B, 1] or [B, 3]; got shape {tuple(t.shape)}")
+    assert_finite(t, name)
+    return t.expand(t.shape[0], 3)
+
+
+def _batch(*tensors: torch.Tensor, batch_size: Optional[int]) -> int:
+    sizes = {t.shape[0] for t in tensors if t.shape[0] != 1}
+    if batch_size is not None:
+        sizes.add(int(batch_size))
+    if len(sizes) > 1:
+        raise ValueError(f"inconsistent batch sizes {sorted(sizes)} in lighting arguments")
+    return sizes.pop() if sizes else 1
+
+
+def ambient_gamma(
+    intensity: Union[Number, torch.Tensor] = 1.0,
+    batch_size: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """SH coefficients ``[B, 27]`` of a uniform environment: shading == intensity for every normal.
+
+    ``intensity`` is a float, an RGB triple ``[3]``, or per image ``[B, 1]`` / ``[B, 3]``.
+    Only band 0 is set: ``gamma_0 = intensity * sqrt(4 pi)`` (so ``H_0 gamma_0 = intensity``).
+    """
+    rgb = _as_rgb(intensity, "intensity", dtype, device)
+    batch = _batch(rgb, batch_size=batch_size)
+    gamma = torch.zeros(batch, 3, NUM_SH, dtype=dtype, device=device)
+    gamma[:, :, 0] = rgb.expand(batch, 3) / SH_C0
+    return gamma.view(batch, NUM_GAMMA)
+
+
+def directional_gamma(
+    direction: Union[torch.Tensor, "list[float]"],
+    intensity: Union[Number, torch.Tensor] = 1.0,
+    ambient: Union[Number, torch.Tensor] = 0.0,
+    batch_size: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
+    """SH coefficients ``[B, 27]`` approximating a distant directional light plus ambient light.
+
+    Args:
+        direction: ``[3]`` or ``[B, 3]`` world-frame vector pointing from the surface
+            *toward* the light (normalised here). ``(0, 0, 1)`` is a light at the camera.
+        intensity: light strength (float, RGB ``[3]``, ``[B, 1]`` or ``[B, 3]``).
+        ambient: uniform light added everywhere (same shapes).
+
+    The exact Lambertian shading would be ``ambient + intensity * max(0, n . d)``.
+    This returns its order-2 SH projection (the least-squares fit on the sphere):
+    the light's radiance coefficients are ``pi * intensity * Y_k(d)``. The fit peaks
+    at ``n = d`` with ``ambient + 17/16 * intensity`` and leaves ``intensity / 16``
+    on the side facing away from the light: SH lighting is smooth by design.
+    """
+    d = torch.as_tensor(direction, dtype=dtype, device=device)
+    if d.ndim == 1:
+        d = d.view(1, -1)
+    assert_shape(d, [None, 3], "direction")
+    assert_finite(d, "direction")
+    norm = d.norm(dim=-1, keepdim=True)
+    if bool((norm <= 1e-12).any()):
+        raise ValueError("direction must be a non-zero vector (pointing from the surface toward the light)")
+    d = d / norm
+    light = _as_rgb(intensity, "intensity", dtype, device)
+    amb = _as_rgb(ambient, "ambient", dtype, device)
+    batch = _batch(d, light, amb, batch_size=batch_size)
+    y = sh_basis_raw(d).expand(batch, NUM_SH)  # [B, 9]
+    gamma = math.pi * light.expand(batch, 3)[:, :, None] * y[:, None, :]  # [B, 3, 9]
+    gamma = gamma.clone()
+    gamma[:, :, 0] = gamma[:, :, 0] + amb.expand(batch, 3) / SH_C0
+    return gamma.reshape(batch, NUM_GAMMA)
+
+
+# --------------------------------------------------------------------------- normals
+def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Unnormalised face normals ``[B, F, 3]``: ``(v1 - v0) x (v2 - v0)``, length = 2 * area.
+
+    Counter-clockwise faces (seen from outside) give outward normals, as in the ICT mesh.
+    """
+    v0 = vertices[:, faces[:, 0]]
+    v1 = vertices[:, faces[:, 1]]
+    v2 = vertices[:, faces[:, 2]]
+    return torch.cross(v1 - v0, v2 - v0, dim=-1)
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Area-weighted unit vertex normals ``[B, V, 3]`` of a triangle mesh (differentiable).
+
+    Each vertex sums the (2 x area)-long normals of its faces, then normalises.
+    A vertex used by no face gets a zero normal (shaded by band 0 only).
+    """
+    assert_shape(vertices, [None, None, 3], "vertices")
+    assert_shape(faces, [None, 3], "faces")
+    if faces.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"faces must be an integer (long) tensor, got {faces.dtype}")
+    faces = faces.long()
+    batch, num_vertices, _ = vertices.shape
+    fn = face_normals(vertices, faces)  # [B, F, 3]
+    normals = vertices.new_zeros(batch, num_vertices, 3)
+    for corner in range(3):
+        normals = normals.index_add(1, faces[:, corner], fn)
+    return torch.nn.functional.normalize(normals, dim=-1, eps=eps)
+
+
+def vertex_normals_reference(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Slow reference for :func:`vertex_normals`: a Python loop over faces."""
+    out = torch.zeros_like(vertices)
+    for b in range(vertices.shape[0]):
+        for f in faces.tolist():
+            a, c, d = (vertices[b, i] for i in f)
+            n = torch.cross(c - a, d - a, dim=0)
+            for i in f:
+                out[b, i] += n
+    norm = out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return out / norm

@@ -1,0 +1,62 @@
+"""Shared pytest configuration: markers, the repository root and the ICT-FaceKit mirror.
+
+Outside CI a test that needs something this machine lacks (the asset mirror) is
+skipped with the reason; under CI (``CI=true``, set by ``.ci/run``) the same situation
+is a failure, because a green CI run must mean that everything ran.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Every developer machine and CI has the shared assets next to the clone.
+DEFAULT_ASSET_MIRROR = REPO_ROOT.parent / "shared" / "assets"
+MIRROR_ENV = "STYLERIG_LITE_ASSET_MIRROR"
+
+MARKERS = {
+    "slow": "takes more than a few seconds (deselect with -m 'not slow')",
+    "browser": "drives a real browser (Debian chromium via playwright) against a local server",
+    "pytorch3d": "compares against PyTorch3D, the optional reference renderer",
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip locally, fail in CI: a missing prerequisite must never pass CI silently."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: required in CI, not skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    # `pytest` run by hand should find the mirror the way `make test` does.
+    if not os.environ.get(MIRROR_ENV) and DEFAULT_ASSET_MIRROR.is_dir():
+        os.environ[MIRROR_ENV] = str(DEFAULT_ASSET_MIRROR)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def ict_mirror() -> Path:
+    """The ICT-FaceKit folder of the asset mirror (it holds ``FaceXModel/*.obj.gz``)."""
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    base = Path(mirror) if mirror else DEFAULT_ASSET_MIRROR
+    folder = base / "ict-facekit"
+    if not (folder / "FaceXModel").is_dir():
+        skip_or_fail(
+            f"ICT-FaceKit mirror not found at {folder}: set {MIRROR_ENV} to the folder that "
+            f"contains ict-facekit/FaceXModel (normally ../shared/assets next to the clone)"
+        )
+    return folder
