@@ -70,7 +70,7 @@ NUM_EXPRESSION = len(EXPRESSION_NAMES)
 #: Our albedo model: (name, region, RGB direction). δ_m ~ N(0, 1) moves the
 #: colour of the region's vertices by δ_m · direction (display-referred RGB).
 ALBEDO_COMPONENTS: Tuple[Tuple[str, str, Tuple[float, float, float]], ...] = (
-    ("skin_lightness", "skin", (0.20, 0.17, 0.15)),
+    ("skin_lightness", "skin", (0.15, 0.13, 0.115)),
     ("skin_redness", "skin", (0.05, -0.02, -0.02)),
     ("skin_yellowness", "skin", (0.02, 0.02, -0.05)),
     ("lip_colour", "lips", (0.08, -0.05, -0.03)),
@@ -496,10 +496,24 @@ def build_albedo_model(neutral: np.ndarray, landmarks: np.ndarray) -> Tuple[np.n
     chin = np.exp(-np.sum((v - (lm[8] + [0, 1.5, -0.5])) ** 2, axis=1) / (2 * 1.3**2))
     beard = np.clip(jaw + upper_lip + chin, 0, 1) * face * (v[:, 1] < lm[33, 1]) * (1 - lips)
 
-    # Iris: the iris material occupies a sub-range of each eyeball.
+    # Iris and pupil. Each upstream eyeball is a sclera ball whose front is a clear
+    # cornea in upstream renders, around an iris mesh whose material also spans much of
+    # the ball. An opaque rasterizer would show the cornea as white, so colour is set by
+    # the angle from the eye's axis instead: an iris cone of 22° (≈1.1 cm on a 1.5 cm
+    # ball) with a 9° pupil, on every vertex of the eyeball. The eyeLook* blendshapes
+    # rotate the ball, so gaze still works.
     iris = np.zeros(NUM_VERTICES)
-    iris[22221:23021] = 1.0
-    iris[23791:24591] = 1.0
+    pupil = np.zeros(NUM_VERTICES)
+    for eyeball in ("eyeball_left", "eyeball_right"):
+        lo, hi = VERTEX_RANGES[eyeball]
+        ball = np.arange(lo, hi + 1)
+        centre = v[lo : lo + 770].mean(0)  # the sclera ball's centre
+        axis = v[lo + 770 : hi + 1].mean(0) - centre
+        axis /= np.linalg.norm(axis)
+        d = v[ball] - centre
+        cosine = (d / np.linalg.norm(d, axis=1, keepdims=True)) @ axis
+        iris[ball[cosine >= np.cos(np.radians(22.0))]] = 1.0
+        pupil[ball[cosine >= np.cos(np.radians(9.0))]] = 1.0
 
     regions = {
         "skin": skin,
@@ -508,7 +522,7 @@ def build_albedo_model(neutral: np.ndarray, landmarks: np.ndarray) -> Tuple[np.n
         "brows": np.clip(brows, 0, 1),
         "eye_sockets": np.clip(sockets, 0, 1),
         "beard": beard,
-        "iris": iris,
+        "iris": iris * (1 - pupil),
     }
 
     colours = {
@@ -524,13 +538,14 @@ def build_albedo_model(neutral: np.ndarray, landmarks: np.ndarray) -> Tuple[np.n
         "lacrimal_fluid": (0.85, 0.70, 0.66),
         "eye_blend": (0.80, 0.70, 0.65),
         "eye_occlusion": (0.55, 0.42, 0.38),
-        "eyelashes": (0.08, 0.06, 0.05),
+        "eyelashes": (0.16, 0.11, 0.09),
     }
     mean = np.zeros((NUM_VERTICES, 3))
     for name, rgb in colours.items():
         lo, hi = VERTEX_RANGES[name]
         mean[lo : hi + 1] = rgb
     mean[iris > 0] = (0.36, 0.23, 0.13)  # brown iris on average
+    mean[pupil > 0] = (0.03, 0.02, 0.02)
     # The mean face already has rosier lips, darker brows and shadowed sockets.
     mean += regions["lips"][:, None] * np.array([0.06, -0.12, -0.08])
     mean += regions["brows"][:, None] * np.array([-0.18, -0.16, -0.14])

@@ -106,8 +106,12 @@ class FaceWorld(torch.nn.Module):
         self.camera = Camera(distance=self.config.camera_distance, focal=self.config.camera_focal, image_size=self.config.image_size)
         device = self.model.neutral.device
         neutral = self.model.neutral  # [V, 3]
-        head_faces = self.model.faces_of(morphable.DEFAULT_VISIBLE_PARTS)  # [Fh, 3]
-        head_part = self.model.face_part[self.model.face_mask(morphable.DEFAULT_VISIBLE_PARTS)]
+        # The ICT neck ends in a flared cut at y = -19 cm; below the collar it is hidden
+        # anyway, and dropping it keeps the cut from poking out when the head rolls.
+        visible = self.model.face_mask(morphable.DEFAULT_VISIBLE_PARTS)
+        visible &= (self.model.neutral[self.model.faces][..., 1] > -13.0).any(dim=1)
+        head_faces = self.model.faces[visible]  # [Fh, 3]
+        head_part = self.model.face_part[visible]
 
         # Hair shell: skin vertices that can ever carry hair (not the front of the face below the brows).
         part = self.model.vertex_part
@@ -273,11 +277,12 @@ def _torso_mesh(rings: int = 14, around: int = 28) -> Tuple[torch.Tensor, torch.
     Cross-sections are ellipses whose half-width grows from the neck to the
     shoulders; the top ring is a collar that hides where the ICT neck ends.
     """
-    ys = torch.linspace(-12.0, -48.0, rings)
-    grow = _smoothstep((-ys - 15.0) / 9.0)
-    half_width = 6.8 + 15.5 * grow
-    half_depth = 6.2 + 4.8 * grow
-    centre_z = -0.5 - 1.0 * grow
+    # The ICT neck flares to ±10 cm at its cut (y = -19 cm): the collar must stay outside it.
+    ys = torch.linspace(-10.5, -48.0, rings)
+    grow = _smoothstep((-ys - 11.0) / 11.0)
+    half_width = 7.6 + 15.0 * grow
+    half_depth = 7.4 + 4.0 * grow
+    centre_z = 0.0 - 1.0 * grow
     theta = torch.linspace(0, 2 * np.pi, around + 1)[:-1]
     x = half_width[:, None] * torch.sin(theta)[None]
     z = centre_z[:, None] + half_depth[:, None] * torch.cos(theta)[None]

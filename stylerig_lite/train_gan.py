@@ -1,0 +1,566 @@
+"""Training loop for the StyleGAN2 in :mod:`stylerig_lite.stylegan2` (CPU-first, resumable).
+
+Follows the official StyleGAN2-ADA recipe (``training/loss.py`` / ``training_loop.py``):
+
+* non-saturating logistic loss: G minimises softplus(-D(G(z))), D minimises softplus(D(G(z))) +
+  softplus(-D(x));
+* lazy R1 regularisation on reals every ``r1_interval`` (16) D steps, weighted by the interval,
+  as its own optimizer step, with Adam's lr and betas adjusted by interval / (interval + 1);
+* style mixing (probability 0.9): one random crossover layer per batch, later layers take the w of
+  a second latent;
+* an EMA copy of G (half-life ``ema_kimg`` thousand images, ramped up over the first images);
+* Adam(betas=(0, 0.99), eps=1e-8), lr 0.0025 for both networks;
+* optional path-length regularisation (off by default on the CPU preset: it costs an extra G
+  forward and a double backward through G every ``pl_interval`` steps, and G is already the
+  bottleneck on a CPU; it improves smoothness of the W -> image map, not sample quality);
+* optional DiffAugment-style differentiable augmentation (colour, translation, cutout) applied to
+  every image D sees, real and fake (Zhao et al. 2020).
+
+All randomness (latents, real batches, mixing, augmentation, noise inputs) comes from one
+``torch.Generator`` whose state is saved in the checkpoint, so a resumed run continues exactly where
+the interrupted one stopped. Data come from any callable
+``sample_real(batch_size, generator) -> [B, 3, H, W] in [-1, 1]`` (FaceWorld provides one;
+:func:`make_blob_source` is a synthetic stand-in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checks import assert_finite, assert_shape
+from .stylegan2 import (Discriminator, Generator, StyleGAN2Config, get_config, load_checkpoint,
+                        save_checkpoint)
+
+__all__ = [
+    "TrainConfig",
+    "GANTrainer",
+    "diff_augment",
+    "make_blob_source",
+    "save_image_grid",
+    "train_gan",
+    "build_arg_parser",
+    "main",
+]
+
+SampleReal = Callable[[int, torch.Generator], torch.Tensor]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Training options (the model's own options live in :class:`StyleGAN2Config`)."""
+
+    batch_size: int = 32
+    lr_G: float = 0.0025
+    lr_D: float = 0.0025
+    betas: tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float | None = None       # None: the ADA 'auto' heuristic 0.0002 * res^2 / batch.
+    r1_interval: int = 16               # Lazy R1 every N D steps (0 = never).
+    style_mixing_prob: float = 0.9
+    pl_weight: float = 0.0              # Path-length regularisation weight (official: 2); 0 = off.
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    ema_kimg: float | None = None       # EMA half-life in thousands of images; None: batch * 10 / 32.
+    ema_rampup: float | None = 0.05     # Half-life at most ema_rampup * images seen (None = off).
+    augment: str = ""                   # DiffAugment policy, e.g. 'color,translation,cutout' ('' = off).
+    seed: int = 0
+    checkpoint_every: int = 10_000      # Images between checkpoints (0 = only at the end).
+    sample_every: int = 10_000          # Images between sample grids (0 = only at the end).
+    grid_size: tuple[int, int] = (8, 4)  # Sample grid columns x rows.
+    compact_checkpoint: bool = False    # fp16 weights / bf16 Adam moments: half the file size.
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self.grid_size = tuple(int(g) for g in self.grid_size)  # type: ignore[assignment]
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.style_mixing_prob <= 1:
+            raise ValueError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob}")
+        _parse_policy(self.augment)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(d["betas"])
+        d["grid_size"] = list(d["grid_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**dict(data))
+
+
+# ----------------------------------------------------------------------------------------------
+# Differentiable augmentation (our own DiffAugment-style implementation).
+
+_POLICIES = ("color", "translation", "cutout")
+
+
+def _parse_policy(policy: str) -> list[str]:
+    parts = [p.strip() for p in policy.split(",") if p.strip()]
+    bad = [p for p in parts if p not in _POLICIES]
+    if bad:
+        raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(_POLICIES)}, comma separated")
+    return parts
+
+
+def _rand(shape: Sequence[int], generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(list(shape), generator=generator, device=device)
+
+
+def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator,
+                 translation_ratio: float = 0.125, cutout_ratio: float = 0.5) -> torch.Tensor:
+    """Random colour / translation / cutout, differentiable in ``x`` ([B, C, H, W] in [-1, 1]).
+
+    D sees only augmented images (real and fake alike), so it cannot memorise a small data set,
+    and G's gradients pass through the augmentation, so G is not taught to produce augmented images.
+    """
+    assert_shape(x, [None, None, None, None], "images to augment")
+    B, C, H, W = x.shape
+    dev = x.device
+    for op in _parse_policy(policy):
+        if op == "color":
+            x = x + (_rand([B, 1, 1, 1], generator, dev) - 0.5)  # brightness
+            mean = x.mean(dim=1, keepdim=True)
+            x = (x - mean) * (_rand([B, 1, 1, 1], generator, dev) * 2) + mean  # saturation
+            mean = x.mean(dim=[1, 2, 3], keepdim=True)
+            x = (x - mean) * (_rand([B, 1, 1, 1], generator, dev) + 0.5) + mean  # contrast
+        elif op == "translation":
+            sy, sx = int(H * translation_ratio + 0.5), int(W * translation_ratio + 0.5)
+            ty = (_rand([B], generator, dev) * (2 * sy + 1)).floor().long() - sy  # [B] in [-sy, sy]
+            tx = (_rand([B], generator, dev) * (2 * sx + 1)).floor().long() - sx
+            padded = F.pad(x, [sx, sx, sy, sy])  # zero padding
+            rows = torch.arange(H, device=dev)[None] - ty[:, None] + sy  # [B, H]
+            cols = torch.arange(W, device=dev)[None] - tx[:, None] + sx  # [B, W]
+            b = torch.arange(B, device=dev)[:, None, None]
+            x = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        elif op == "cutout":
+            ch, cw = int(H * cutout_ratio + 0.5), int(W * cutout_ratio + 0.5)
+            cy = (_rand([B], generator, dev) * (H + 1 - ch % 2)).floor().long()  # cutout centres
+            cx = (_rand([B], generator, dev) * (W + 1 - cw % 2)).floor().long()
+            ys = torch.arange(H, device=dev)[None]
+            xs = torch.arange(W, device=dev)[None]
+            inside_y = (ys >= (cy - ch // 2)[:, None]) & (ys < (cy - ch // 2 + ch)[:, None])  # [B, H]
+            inside_x = (xs >= (cx - cw // 2)[:, None]) & (xs < (cx - cw // 2 + cw)[:, None])  # [B, W]
+            keep = ~(inside_y[:, :, None] & inside_x[:, None, :])  # [B, H, W]
+            x = x * keep[:, None].to(x.dtype)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# A synthetic data source for tests and demos.
+
+
+def make_blob_source(resolution: int = 64, num_blobs: int = 3) -> SampleReal:
+    """``sample_real(batch, generator)``: random coloured soft ellipses on gradient backgrounds."""
+
+    def sample_real(batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        R = resolution
+        g = generator
+        t = (torch.arange(R, dtype=torch.float32) + 0.5) / R * 2 - 1  # pixel centres in [-1, 1]
+        yy, xx = torch.meshgrid(t, t, indexing="ij")  # [R, R]
+        c0 = torch.rand([batch_size, 3, 1, 1], generator=g) * 2 - 1
+        c1 = torch.rand([batch_size, 3, 1, 1], generator=g) * 2 - 1
+        angle = torch.rand([batch_size, 1, 1, 1], generator=g) * 2 * math.pi
+        ramp = (xx * torch.cos(angle) + yy * torch.sin(angle)) * 0.5 + 0.5  # [B, 1, R, R]
+        img = c0 + (c1 - c0) * ramp
+        for _ in range(num_blobs):
+            centre = torch.rand([batch_size, 2, 1, 1], generator=g) * 1.2 - 0.6
+            radius = torch.rand([batch_size, 2, 1, 1], generator=g) * 0.35 + 0.15
+            colour = torch.rand([batch_size, 3, 1, 1], generator=g) * 2 - 1
+            d2 = ((xx - centre[:, :1]) / radius[:, :1]) ** 2 + ((yy - centre[:, 1:]) / radius[:, 1:]) ** 2
+            alpha = torch.sigmoid((1 - d2) * 8)  # soft edge, [B, 1, R, R]
+            img = img * (1 - alpha) + colour * alpha
+        return img.clamp(-1, 1)
+
+    return sample_real
+
+
+# ----------------------------------------------------------------------------------------------
+# Image grids.
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, grid_size: tuple[int, int]) -> Path:
+    """Tile ``[N, 3, H, W]`` images in [-1, 1] into a ``cols x rows`` PNG, written atomically."""
+    from PIL import Image
+
+    cols, rows = grid_size
+    assert_shape(images, [cols * rows, None, None, None], "grid images")
+    N, C, H, W = images.shape
+    img = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    img = img.reshape(rows, cols, C, H, W).permute(0, 3, 1, 4, 2).reshape(rows * H, cols * W, C).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(img[:, :, 0] if C == 1 else img).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer.
+
+
+class GANTrainer:
+    """Owns G, D, G_ema, the optimizers, the RNG and the progress counters.
+
+    >>> trainer = GANTrainer(get_config('tiny'), TrainConfig(batch_size=8), make_blob_source(16))
+    >>> stats = trainer.train_step()        # one D step + one G step (+ regularisers when due)
+    """
+
+    def __init__(self, model_config: StyleGAN2Config | str, train_config: TrainConfig | None,
+                 sample_real: SampleReal, out_dir: str | os.PathLike | None = None):
+        if isinstance(model_config, str):
+            model_config = get_config(model_config)
+        self.model_config = model_config
+        self.cfg = train_config or TrainConfig()
+        if not callable(sample_real):
+            raise TypeError("sample_real must be a callable (batch_size, generator) -> images [B, 3, H, W]")
+        self.sample_real = sample_real
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        cfg = self.cfg
+
+        self.G = Generator(model_config, seed=cfg.seed).train()
+        self.D = Discriminator(model_config, seed=cfg.seed + 1).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        # Lazy regularisation: the regulariser runs as an extra optimizer step every `interval`
+        # steps, so lr and betas are rescaled to keep the per-image dynamics unchanged.
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_G, betas=cfg.betas, eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_D, betas=cfg.betas, eps=1e-8)
+        self._configure_optimizers()
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.pl_mean = torch.zeros([])
+        self.step = 0
+        self.images_seen = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @property
+    def r1_gamma(self) -> float:
+        if self.cfg.r1_gamma is not None:
+            return float(self.cfg.r1_gamma)
+        return 0.0002 * self.model_config.img_resolution ** 2 / self.cfg.batch_size
+
+    def _configure_optimizers(self) -> None:
+        cfg = self.cfg
+        for opt, lr, interval in ((self.opt_G, cfg.lr_G, cfg.pl_interval if cfg.pl_weight > 0 else 0),
+                                  (self.opt_D, cfg.lr_D, cfg.r1_interval if self.r1_gamma > 0 else 0)):
+            ratio = interval / (interval + 1) if interval > 0 else 1.0
+            for group in opt.param_groups:
+                group["lr"] = lr * ratio
+                group["betas"] = tuple(b ** ratio for b in cfg.betas)
+
+    def _real_batch(self) -> torch.Tensor:
+        B, R = self.cfg.batch_size, self.model_config.img_resolution
+        real = self.sample_real(B, self.gen)
+        assert_shape(real, [B, self.model_config.img_channels, R, R], "sample_real() output")
+        assert_finite(real, "sample_real() output")
+        if real.min() < -1.001 or real.max() > 1.001:
+            raise ValueError(f"sample_real() must return images in [-1, 1], got range "
+                             f"[{real.min():.3f}, {real.max():.3f}]")
+        return real.to(torch.float32)
+
+    def _augment(self, img: torch.Tensor) -> torch.Tensor:
+        return diff_augment(img, self.cfg.augment, self.gen) if self.cfg.augment else img
+
+    def _mapping_with_mixing(self, z: torch.Tensor, update_emas: bool) -> torch.Tensor:
+        ws = self.G.mapping(z, update_emas=update_emas)  # [B, num_ws, w_dim]
+        if self.cfg.style_mixing_prob > 0:
+            num_ws = ws.shape[1]
+            cutoff = int(torch.randint(1, num_ws, [], generator=self.gen))
+            if float(torch.rand([], generator=self.gen)) >= self.cfg.style_mixing_prob:
+                cutoff = num_ws
+            z2 = torch.randn(z.shape, generator=self.gen)
+            ws2 = self.G.mapping(z2)
+            ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        return ws
+
+    def _generate(self, batch: int, update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn([batch, self.G.z_dim], generator=self.gen)
+        ws = self._mapping_with_mixing(z, update_emas)
+        img = self.G.synthesis(ws, noise_mode="random", noise_generator=self.gen)
+        return img, ws
+
+    # -- one iteration -----------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One iteration: G main (+ path length), D main (+ R1), EMA update. Returns loss values."""
+        cfg = self.cfg
+        B = cfg.batch_size
+        stats: dict[str, float] = {}
+        real = self._real_batch()
+
+        # G: non-saturating loss through a frozen D.
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        fake, _ = self._generate(B)
+        loss_G = F.softplus(-self.D(self._augment(fake))).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.opt_G.step()
+        stats["loss_G"] = float(loss_G.detach())
+
+        if cfg.pl_weight > 0 and cfg.pl_interval > 0 and self.step % cfg.pl_interval == 0:
+            stats["pl_penalty"] = self._path_length_step()
+
+        # D: logistic loss on fakes (G frozen, no graph through G) and reals.
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        with torch.no_grad():
+            fake, _ = self._generate(B, update_emas=True)
+        logits_fake = self.D(self._augment(fake))
+        logits_real = self.D(self._augment(real))
+        loss_D = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self.opt_D.step()
+        stats["loss_D"] = float(loss_D.detach())
+        stats["D_real"] = float(logits_real.detach().mean())
+        stats["D_fake"] = float(logits_fake.detach().mean())
+
+        if self.r1_gamma > 0 and cfg.r1_interval > 0 and self.step % cfg.r1_interval == 0:
+            stats["r1_penalty"] = self._r1_step(real)
+
+        self._update_ema()
+        self.step += 1
+        self.images_seen += B
+        self.G.requires_grad_(True)
+        stats["images_seen"] = float(self.images_seen)
+        self.history.append(stats)
+        return stats
+
+    def _r1_step(self, real: torch.Tensor) -> float:
+        """Lazy R1: gamma/2 * E||grad_x D(x)||^2 on reals, scaled by the interval, own Adam step."""
+        real = real.detach().requires_grad_(True)
+        logits = self.D(self._augment(real))
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        penalty = grad.square().sum(dim=[1, 2, 3])  # [B]
+        loss = (penalty * (self.r1_gamma / 2)).mean() * self.cfg.r1_interval
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+        return float(penalty.detach().mean())
+
+    def _path_length_step(self) -> float:
+        """Path-length regulariser: keep |J^T y| constant for random image-space directions y."""
+        cfg = self.cfg
+        self.D.requires_grad_(False)
+        batch = max(cfg.batch_size // cfg.pl_batch_shrink, 1)
+        img, ws = self._generate(batch)
+        noise = torch.randn(img.shape, generator=self.gen) / math.sqrt(img.shape[2] * img.shape[3])
+        (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()  # [B]
+        self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), cfg.pl_decay)
+        penalty = (lengths - self.pl_mean).square()
+        loss = (penalty * cfg.pl_weight).mean() * cfg.pl_interval + img[:, 0, 0, 0].sum() * 0
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_G.step()
+        return float(penalty.detach().mean())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        cfg = self.cfg
+        ema_nimg = (cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch_size * 10 / 32) * 1000
+        if cfg.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, (self.images_seen + cfg.batch_size) * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    # -- loop, samples, checkpoints -----------------------------------------------------------
+
+    def grid_latents(self) -> torch.Tensor:
+        """Fixed latents for sample grids (independent of the training RNG)."""
+        cols, rows = self.cfg.grid_size
+        g = torch.Generator().manual_seed(self.cfg.seed + 12345)
+        return torch.randn([cols * rows, self.G.z_dim], generator=g)
+
+    @torch.no_grad()
+    def sample_grid(self, path: str | os.PathLike) -> Path:
+        imgs = torch.cat([self.G_ema(z, noise_mode="const") for z in self.grid_latents().split(32)])
+        return save_image_grid(imgs, path, self.cfg.grid_size)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            "train_config": self.cfg.to_dict(),
+            "gen_state": self.gen.get_state(),
+            "pl_mean": self.pl_mean.clone(),
+        }
+
+    def save(self, path: str | os.PathLike, compact: bool | None = None) -> Path:
+        """Atomic checkpoint of everything needed to resume (one file, overwritten each time)."""
+        return save_checkpoint(path, self.G, self.D, self.G_ema, self.opt_G, self.opt_D, step=self.step,
+                               images_seen=self.images_seen, extra=self.checkpoint_extra(),
+                               compact=self.cfg.compact_checkpoint if compact is None else compact)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, sample_real: SampleReal, out_dir: str | os.PathLike | None = None,
+               train_overrides: Mapping[str, Any] | None = None) -> "GANTrainer":
+        """Rebuild a trainer from a checkpoint: weights, optimizer states, counters and RNG."""
+        payload = load_checkpoint(path)
+        extra = payload.get("extra") or {}
+        if "train_config" not in extra or payload.get("D") is None or payload.get("opt_D") is None:
+            raise ValueError(f"{path} is a generator-only checkpoint and cannot resume training")
+        train_cfg = TrainConfig.from_dict({**extra["train_config"], **(train_overrides or {})})
+        trainer = cls(StyleGAN2Config.from_dict(payload["config"]), train_cfg, sample_real, out_dir)
+        trainer.G.load_state_dict(payload["G"])
+        trainer.D.load_state_dict(payload["D"])
+        trainer.G_ema.load_state_dict(payload["G_ema"])
+        trainer.opt_G.load_state_dict(payload["opt_G"])
+        trainer.opt_D.load_state_dict(payload["opt_D"])
+        trainer._configure_optimizers()  # lr / betas follow the (possibly overridden) TrainConfig
+        trainer.gen.set_state(extra["gen_state"])
+        trainer.pl_mean = extra.get("pl_mean", torch.zeros([])).to(torch.float32)
+        trainer.step = int(payload["step"])
+        trainer.images_seen = int(payload["images_seen"])
+        return trainer
+
+    def train(self, total_images: int, progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
+              log: bool = True) -> list[dict[str, float]]:
+        """Train until ``images_seen >= total_images``; checkpoints and grids go to ``out_dir``."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        out = self.out_dir
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            if checkpoint_path is None:
+                checkpoint_path = out / "checkpoint.pt"
+            if not (out / "reals.png").exists():
+                cols, rows = cfg.grid_size
+                g = torch.Generator().manual_seed(cfg.seed + 54321)
+                save_image_grid(self.sample_real(cols * rows, g), out / "reals.png", cfg.grid_size)
+        next_ckpt = _next_multiple(self.images_seen, cfg.checkpoint_every)
+        next_grid = _next_multiple(self.images_seen, cfg.sample_every)
+        start_images = self.images_seen
+        t0 = time.perf_counter()
+        bar = tqdm(total=max(total_images - start_images, 0), disable=not progress, unit="img",
+                   desc="train-gan", dynamic_ncols=True)
+        results = []
+        try:
+            while self.images_seen < total_images:
+                stats = self.train_step()
+                results.append(stats)
+                bar.update(cfg.batch_size)
+                bar.set_postfix(G=f"{stats['loss_G']:.3f}", D=f"{stats['loss_D']:.3f}", refresh=False)
+                done = self.images_seen >= total_images
+                if out is not None and (done or self.images_seen >= next_grid):
+                    self.sample_grid(out / f"fakes{self.images_seen // 1000:06d}k.png")
+                    next_grid = _next_multiple(self.images_seen, cfg.sample_every)
+                if checkpoint_path is not None and (done or self.images_seen >= next_ckpt):
+                    self.save(checkpoint_path)
+                    next_ckpt = _next_multiple(self.images_seen, cfg.checkpoint_every)
+                    if out is not None and log:
+                        elapsed = time.perf_counter() - t0
+                        _append_jsonl(out / "log.jsonl", {
+                            "images_seen": self.images_seen, "step": self.step,
+                            "images_per_s": (self.images_seen - start_images) / max(elapsed, 1e-9),
+                            **{k: float(np.mean([r[k] for r in results if k in r]))
+                               for k in ("loss_G", "loss_D", "D_real", "D_fake", "r1_penalty", "pl_penalty")
+                               if any(k in r for r in results)},
+                        })
+                        results = []
+        finally:
+            bar.close()
+        return self.history
+
+
+def _next_multiple(value: int, every: int) -> float:
+    if every <= 0:
+        return math.inf
+    return (value // every + 1) * every
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images: int,
+              model_config: StyleGAN2Config | str = "cpu64", train_config: TrainConfig | None = None,
+              resume: bool = True, progress: bool = True) -> GANTrainer:
+    """Train (or resume, if ``out_dir/checkpoint.pt`` exists and ``resume``) up to ``total_images``."""
+    ckpt = Path(out_dir) / "checkpoint.pt"
+    if resume and ckpt.exists():
+        trainer = GANTrainer.resume(ckpt, sample_real, out_dir)
+    else:
+        trainer = GANTrainer(model_config, train_config, sample_real, out_dir)
+    trainer.train(total_images, progress=progress)
+    return trainer
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (wired into `stylerig-lite train-gan` by the CLI module).
+
+DATA_SOURCES: dict[str, Callable[[int], SampleReal]] = {"blobs": make_blob_source}
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="stylerig-lite train-gan",
+                                          description="Train (or resume) the StyleGAN2 on a data source.")
+    p.add_argument("--out", required=True, help="output directory (checkpoint.pt, sample grids, log.jsonl)")
+    p.add_argument("--data", default="blobs", help=f"data source: {sorted(DATA_SOURCES)}")
+    p.add_argument("--preset", default="cpu64", help="model preset: tiny, cpu64, ffhq1024")
+    p.add_argument("--images", type=int, default=100_000, help="train until this many images have been seen")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--r1-gamma", type=float, default=None, help="R1 weight (default: 0.0002 * res^2 / batch)")
+    p.add_argument("--pl-weight", type=float, default=0.0, help="path-length weight (official 2; off on CPU)")
+    p.add_argument("--augment", default="", help="DiffAugment policy, e.g. color,translation,cutout")
+    p.add_argument("--checkpoint-every", type=int, default=10_000, help="images between checkpoints")
+    p.add_argument("--sample-every", type=int, default=10_000, help="images between sample grids")
+    p.add_argument("--compact", action="store_true", help="fp16 checkpoint (half size)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, sample_real: SampleReal | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_config = get_config(args.preset)
+    if sample_real is None:
+        if args.data not in DATA_SOURCES:
+            raise SystemExit(f"unknown data source {args.data!r}; available: {sorted(DATA_SOURCES)}")
+        sample_real = DATA_SOURCES[args.data](model_config.img_resolution)
+    train_cfg = TrainConfig(batch_size=args.batch, seed=args.seed, r1_gamma=args.r1_gamma,
+                            pl_weight=args.pl_weight, augment=args.augment,
+                            checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+                            compact_checkpoint=args.compact)
+    trainer = train_gan(sample_real, args.out, args.images, model_config, train_cfg,
+                        resume=not args.no_resume, progress=not args.no_progress)
+    print(f"trained to {trainer.images_seen} images ({trainer.step} steps); checkpoint: "
+          f"{Path(args.out) / 'checkpoint.pt'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Repository conventions that the book, CI and Colab rely on.
+
+Notebooks: committed without outputs; chapters follow the skeleton (title, "What you will
+learn", numbered sections, Summary, Exercises), install the package only on Colab and
+read quick mode from ``STYLERIG_LITE_QUICK``. Book: every notebook is in ``_toc.yml``,
+every listed file exists, every citation is in ``book/references.bib``. Packaging: the
+extras exist and the CI lock satisfies every requirement. Links: README badges and
+``pyproject.toml`` name the repository that ``_config.yml`` names.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+QUICK_ENV = "STYLERIG_LITE_QUICK"
+
+# Scratch notebooks start with "_": neither in the book nor tested. Chapters start with a digit.
+BOOK_NOTEBOOKS = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith("_"))
+CHAPTERS = [p for p in BOOK_NOTEBOOKS if p.name[0].isdigit()]
+ALL_NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+def load_notebook(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def cell_source(cell: dict[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def code_cells(nb: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def markdown_headings(nb: dict[str, Any]) -> list[tuple[int, str]]:
+    """(level, text) of every markdown heading, in order, ignoring fenced code blocks."""
+    headings = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        in_fence = False
+        for line in cell_source(cell).splitlines():
+            if line.lstrip().startswith(("```", "~~~")):
+                in_fence = not in_fence
+                continue
+            match = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
+            if match and not in_fence:
+                headings.append((len(match.group(1)), match.group(2)))
+    return headings
+
+
+def read_yaml(name: str) -> dict[str, Any]:
+    with open(REPO / name, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def repository() -> tuple[str, str, str]:
+    """(owner, name, branch) from _config.yml, the one place that names the repository."""
+    repo = read_yaml("_config.yml")["repository"]
+    match = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+?)/?", repo["url"])
+    assert match, f"_config.yml repository.url must be https://github.com/OWNER/REPO, got {repo['url']!r}"
+    return match.group(1), match.group(2), repo["branch"]
+
+
+# ------------------------------------------------------------------------------- notebooks
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=_ids(ALL_NOTEBOOKS))
+def test_notebook_is_committed_without_outputs(path: Path) -> None:
+    nb = load_notebook(path)
+    dirty = [
+        i for i, cell in enumerate(nb["cells"])
+        if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before committing "
+        f"(e.g. `jupyter nbconvert --clear-output --inplace {path.relative_to(REPO)}`)"
+    )
+    assert "papermill" not in nb.get("metadata", {}), (
+        f"{path.name} is a papermill-executed copy; commit the source notebook, not the one from _build/"
+    )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapter_installs_package_only_on_colab(path: Path) -> None:
+    owner, name, _ = repository()
+    cells = code_cells(load_notebook(path))
+    assert cells, f"{path.name} has no code cells"
+    source = cell_source(cells[0])
+    lines = source.splitlines()
+    guard = [i for i, line in enumerate(lines) if re.match(r"""^if\s+["']google\.colab["']\s+in\s+sys\.modules\s*:""", line)]
+    assert guard, (
+        f"{path.name}: the first code cell must install the package under "
+        f"`if \"google.colab\" in sys.modules:`; it is:\n{source}"
+    )
+    pip_lines = [i for i, line in enumerate(lines) if re.search(r"pip\b.*\binstall|['\"]pip['\"],\s*['\"]install", line)]
+    assert pip_lines, f"{path.name}: the first code cell has no pip install:\n{source}"
+    for i in pip_lines:
+        assert i > guard[0] and lines[i][:1].isspace(), (
+            f"{path.name}: `{lines[i].strip()}` must be indented inside the google.colab guard, "
+            f"so that the package is installed only on Colab"
+        )
+        if "github.com" in lines[i]:
+            assert f"github.com/{owner}/{name}" in lines[i], (
+                f"{path.name}: installs from another repository than _config.yml's {owner}/{name}: {lines[i].strip()}"
+            )
+
+
+def _quick_expression(path: Path) -> ast.expr:
+    nb = load_notebook(path)
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged `parameters`, found {len(tagged)}"
+    cell = tagged[0]
+    assert cell["cell_type"] == "code", f"{path.name}: the `parameters` cell must be a code cell"
+    tree = ast.parse(cell_source(cell))
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "quick" for t in targets) and node.value is not None:
+                return node.value
+    raise AssertionError(f"{path.name}: the `parameters` cell does not assign `quick`")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapter_reads_quick_mode_from_environment(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expression = _quick_expression(path)
+    text = ast.unparse(expression)
+    assert QUICK_ENV in text, f"{path.name}: `quick = {text}` must read the {QUICK_ENV} environment variable"
+    code = compile(ast.Expression(expression), f"{path.name}:parameters", "eval")
+    for value, expected in (("1", True), ("0", False)):
+        monkeypatch.setenv(QUICK_ENV, value)
+        try:
+            quick = eval(code, {"os": os})  # the expression only, with `os` available
+        except Exception as error:
+            raise AssertionError(f"{path.name}: `quick = {text}` must be computable from `os` alone: {error!r}")
+        assert bool(quick) is expected, f"{path.name}: with {QUICK_ENV}={value}, `quick = {text}` gives {quick!r}"
+    monkeypatch.delenv(QUICK_ENV)
+    assert not eval(code, {"os": os}), f"{path.name}: quick mode must be off when {QUICK_ENV} is unset"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapter_follows_skeleton(path: Path) -> None:
+    nb = load_notebook(path)
+    headings = markdown_headings(nb)
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown" and cell_source(first).lstrip().startswith("# "), (
+        f"{path.name}: the first cell must be markdown starting with the chapter title (`# Title`)"
+    )
+    titles = [text for level, text in headings if level == 1]
+    assert len(titles) == 1, f"{path.name}: exactly one `# ` title expected, found {titles}"
+    for (level_a, text_a), (level_b, text_b) in zip(headings, headings[1:]):
+        assert level_b <= level_a + 1, (
+            f"{path.name}: heading {text_b!r} (level {level_b}) follows {text_a!r} (level {level_a}); "
+            f"skipping a level breaks the book build with -W"
+        )
+
+    def position(pattern: str) -> int:
+        found = [i for i, (level, text) in enumerate(headings) if level == 2 and re.fullmatch(pattern, text, re.I)]
+        assert found, f"{path.name}: missing the `## ` heading matching {pattern!r}; headings: {headings}"
+        return found[0]
+
+    learn, summary, exercises = position(r"What you will learn"), position(r"Summary"), position(r"Exercises")
+    numbered = [(i, int(m.group(1))) for i, (level, text) in enumerate(headings)
+                if level == 2 and (m := re.match(r"(\d+)\.\s+\S", text))]
+    numbers = [n for _, n in numbered]
+    assert numbers and numbers == list(range(1, len(numbers) + 1)), (
+        f"{path.name}: numbered sections must be `## 1. ...`, `## 2. ...` in order; found {numbers}"
+    )
+    assert learn < numbered[0][0] and numbered[-1][0] < summary < exercises, (
+        f"{path.name}: order must be What you will learn, ## 1. ... ## {numbers[-1]}., Summary, Exercises"
+    )
+
+
+# ------------------------------------------------------------------------------- the book
+
+
+def toc_files() -> list[str]:
+    toc = read_yaml("_toc.yml")
+    assert toc.get("format") == "jb-book", "_toc.yml must use `format: jb-book`"
+
+    def walk(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if "file" in node:
+                yield node["file"]
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from walk(item)
+
+    return [toc["root"], *walk({k: v for k, v in toc.items() if k != "root"})]
+
+
+def test_toc_lists_existing_files_once() -> None:
+    files = toc_files()
+    duplicates = sorted({f for f in files if files.count(f) > 1})
+    assert not duplicates, f"_toc.yml lists these more than once: {duplicates}"
+    missing = [f for f in files if not any((REPO / f"{f}{ext}").is_file() for ext in ("", ".md", ".ipynb"))]
+    assert not missing, f"_toc.yml lists files that do not exist: {missing}"
+
+
+def test_toc_lists_every_notebook_in_chapter_order() -> None:
+    listed = [f for f in toc_files() if f.startswith("notebooks/")]
+    expected = [f"notebooks/{p.stem}" for p in BOOK_NOTEBOOKS]
+    absent = [f for f in expected if f not in listed and f"{f}.ipynb" not in listed]
+    assert not absent, f"_toc.yml does not list {absent}; add `- file: <name>` lines (without .ipynb)"
+    chapters = [f.removesuffix(".ipynb") for f in listed if Path(f).name[0].isdigit()]
+    assert chapters == sorted(chapters), f"_toc.yml lists the chapters out of order: {chapters}"
+
+
+def test_citations_exist_in_bibliography() -> None:
+    bib = (REPO / "book" / "references.bib").read_text(encoding="utf-8")
+    keys = re.findall(r"^@\w+\{([^,\s]+),", bib, flags=re.M)
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    assert not duplicates, f"book/references.bib defines these keys twice: {duplicates}"
+    texts = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in (REPO / "book").rglob("*.md")}
+    for path in BOOK_NOTEBOOKS:
+        nb = load_notebook(path)
+        texts[str(path.relative_to(REPO))] = "\n".join(cell_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    unknown = {}
+    for name, text in texts.items():
+        cited = {k.strip() for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text) for k in group.split(",")}
+        if cited - set(keys):
+            unknown[name] = sorted(cited - set(keys))
+    assert not unknown, f"citations missing from book/references.bib: {unknown}"
+
+
+# ------------------------------------------------------------------------------- packaging
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def load_pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def load_lock() -> dict[str, str]:
+    pins = {}
+    for number, line in enumerate((REPO / "requirements" / "ci.txt").read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)", line)
+        assert match, f"requirements/ci.txt line {number} is not an exact `name==version` pin: {line!r}"
+        pins[_normalize(match.group(1))] = match.group(2)
+    return pins
+
+
+def test_pyproject_declares_extras_and_console_script() -> None:
+    project = load_pyproject()["project"]
+    extras = {name: {_normalize(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in reqs}
+              for name, reqs in project["optional-dependencies"].items()}
+    assert {"jupyter-book", "papermill", "ipykernel", "jupyterlab", "voila"} <= extras.get("book", set())
+    assert {"pytest", "pytest-timeout", "nbval", "papermill", "playwright"} <= extras.get("test", set())
+    assert "easypytorch3d" in extras.get("pytorch3d", set())
+    assert project["scripts"]["stylerig-lite"] == "stylerig_lite.cli:main"
+    from stylerig_lite import cli
+
+    assert callable(cli.main)
+    owner, name, _ = repository()
+    assert project["urls"]["Homepage"] == f"https://github.com/{owner}/{name}", (
+        "pyproject.toml [project.urls] Homepage must match repository.url in _config.yml"
+    )
+
+
+def test_ci_lock_satisfies_every_requirement() -> None:
+    from packaging.requirements import Requirement
+
+    project = load_pyproject()["project"]
+    pins = load_lock()
+    assert _normalize(project["name"]) not in pins, "the lock must not pin the project itself"
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    # CI's platform: the lock is for CPython 3.11 on Linux x86_64.
+    ci_environment = {"platform_system": "Linux", "platform_machine": "x86_64", "sys_platform": "linux",
+                      "python_version": "3.11", "python_full_version": "3.11.0", "extra": ""}
+    problems = []
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate(ci_environment):
+            continue
+        pinned = pins.get(_normalize(requirement.name))
+        if pinned is None:
+            problems.append(f"{text}: not in the lock")
+        elif not requirement.specifier.contains(pinned, prereleases=True):
+            problems.append(f"{text}: the lock pins {pinned}")
+    assert not problems, "requirements/ci.txt does not satisfy pyproject.toml:\n" + "\n".join(problems)
+    # The pytorch3d wheel works only with these torch releases (measured; see the lock's header).
+    assert pins["torch"].split("+")[0] in {"2.11.0", "2.12.1"}, f"torch {pins['torch']} breaks easypytorch3d"
+
+
+# ------------------------------------------------------------------------------- links, licences, assets
+
+
+def test_readme_links_name_the_configured_repository() -> None:
+    owner, name, branch = repository()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    badges = re.findall(r"https://colab\.research\.google\.com/github/([^/\s)]+)/([^/\s)]+)/blob/([^/\s)]+)/"
+                        r"notebooks/([^\s)]+\.ipynb)", readme)
+    wrong = [b for b in badges if b[:3] != (owner, name, branch)]
+    assert not wrong, f"README Colab links must point at {owner}/{name} branch {branch}: {wrong}"
+    linked = {b[3] for b in badges}
+    unlinked = [p.name for p in CHAPTERS if p.name not in linked]
+    assert not unlinked, f"README has no Colab badge for {unlinked}"
+    assert f"https://{owner}.github.io/{name}/" in readme, "README must link the GitHub Pages book"
+
+
+def test_licences() -> None:
+    licence = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("MIT License") and "StyleRig Lite authors" in licence
+    credits = (REPO / "book" / "credits.md").read_text(encoding="utf-8")
+    # The MIT licence of ICT-FaceKit requires its copyright and permission notice with the work.
+    for required in ("ICT-FaceKit", "Copyright (c) 2020 USC Institute for Creative Technologies",
+                     "Permission is hereby granted, free of charge"):
+        assert required in credits, f"book/credits.md must contain {required!r}"
+
+
+def test_no_third_party_meshes_in_repository() -> None:
+    meshes = []
+    for folder, subfolders, files in os.walk(REPO):
+        # Skip hidden folders (.git, .venv) and build output; everything else may be committed.
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "_build"]
+        meshes += [os.path.join(folder, f) for f in files if f.endswith((".obj", ".obj.gz"))]
+    assert not meshes, f"ICT-FaceKit meshes are fetched, never committed; remove {meshes}"
+
+
+def test_ci_entry_point_is_executable() -> None:
+    assert os.access(REPO / ".ci" / "run", os.X_OK), ".ci/run must be executable (chmod +x .ci/run)"

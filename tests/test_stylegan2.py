@@ -1,0 +1,533 @@
+"""Tests for stylerig_lite.stylegan2 and stylerig_lite.train_gan (tiny preset, CPU, seconds)."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from stylerig_lite import stylegan2 as sg
+from stylerig_lite.stylegan2 import (Discriminator, Generator, OfficialPickleError, StyleGAN2Config,
+                                     conv2d_resample, get_config, load_checkpoint, load_generator,
+                                     load_official_pickle, modulated_conv2d, save_checkpoint, setup_filter,
+                                     upfirdn2d)
+from stylerig_lite.train_gan import GANTrainer, TrainConfig, diff_augment, make_blob_source
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _tiny(**overrides) -> StyleGAN2Config:
+    return get_config("tiny", **overrides)
+
+
+def _z(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn([n, dim], generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes, presets, bad input.
+
+
+@pytest.mark.parametrize("res,w_dim,arch", [(8, 16, "skip"), (16, 32, "skip"), (32, 24, "resnet")])
+def test_output_shapes(res, w_dim, arch):
+    cfg = _tiny(img_resolution=res, w_dim=w_dim, z_dim=w_dim + 3, architecture=arch)
+    G, D = Generator(cfg, seed=0), Discriminator(cfg, seed=1)
+    num_ws = 2 * int(math.log2(res)) - 2  # one per conv layer + the last toRGB
+    assert G.num_ws == cfg.num_ws == num_ws
+    ws = G.mapping(_z(3, cfg.z_dim))
+    assert ws.shape == (3, num_ws, w_dim)
+    img = G.synthesis(ws)
+    assert img.shape == (3, 3, res, res)
+    assert torch.isfinite(img).all()
+    assert D(torch.cat([img, img[:1]])).shape == (4, 1)
+
+
+def test_presets_follow_the_official_layout():
+    cfg = get_config("ffhq1024")
+    assert (cfg.num_ws, cfg.w_dim, cfg.z_dim) == (18, 512, 512)
+    assert [cfg.g_channels(r) for r in cfg.block_resolutions] == [512] * 5 + [256, 128, 64, 32]
+    with torch.device("meta"):  # shapes only, no memory
+        G = Generator(cfg)
+    shapes = {k: tuple(v.shape) for k, v in G.state_dict().items()}
+    assert shapes["mapping.fc0.weight"] == (512, 512)
+    assert shapes["mapping.w_avg"] == (512,)
+    assert shapes["synthesis.b4.const"] == (512, 4, 4)
+    assert shapes["synthesis.b128.conv0.weight"] == (256, 512, 3, 3)
+    assert shapes["synthesis.b1024.conv1.noise_const"] == (1024, 1024)
+    assert shapes["synthesis.b1024.torgb.weight"] == (3, 32, 1, 1)
+    assert shapes["synthesis.b8.conv0.affine.weight"] == (512, 512)
+    assert sg.count_parameters(G) == 30_370_060  # the official FFHQ-1024 generator's size
+    cpu = get_config("cpu64")
+    assert cpu.num_ws == 10
+    assert [cpu.g_channels(r) for r in cpu.block_resolutions] == [128, 128, 64, 32, 16]
+    assert [cpu.d_channels(r) for r in (64, 32, 16, 8, 4)] == [16, 32, 64, 128, 128]
+
+
+def test_wrong_latent_shapes_raise_clear_errors():
+    G = Generator(_tiny(), seed=0)
+    with pytest.raises(ValueError, match="z \\(mapping input\\)"):
+        G(torch.randn(2, G.z_dim + 1))
+    with pytest.raises(ValueError, match="W\\+"):
+        G.synthesis(torch.randn(2, G.num_ws - 1, G.w_dim))
+    with pytest.raises(ValueError, match="dimension 2"):
+        G.synthesis(torch.randn(2, G.num_ws, G.w_dim + 1))
+    with pytest.raises(TypeError):
+        G.synthesis([[0.0]])
+    with pytest.raises(ValueError, match="noise_mode"):
+        G(torch.randn(2, G.z_dim), noise_mode="loud")
+    with pytest.raises(ValueError, match="power of two"):
+        StyleGAN2Config(img_resolution=48)
+    with pytest.raises(ValueError, match="unknown StyleGAN2 preset"):
+        get_config("ffhq2048")
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops against their reference paths.
+
+
+@pytest.mark.parametrize("up,down,padding,flip,gain", [
+    (1, 1, [1, 2, 2, 1], False, 1.0), (2, 1, [2, 1, 2, 1], False, 4.0), (1, 2, [1, 1, 1, 1], False, 1.0),
+    (2, 1, [-1, 3, 0, -2], True, 2.0), (1, 2, [0, 3, -1, 2], True, 1.0), (2, 2, [1, 2, 1, 2], False, 4.0),
+    (3, 1, [1, 1, 2, 2], False, 9.0),
+])
+def test_upfirdn2d_fast_matches_reference(up, down, padding, flip, gain):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn([2, 3, 7, 9], generator=g, dtype=torch.float64)
+    f = torch.rand([4, 3], generator=g)  # asymmetric: catches flips
+    fast = upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain, impl="fast")
+    ref = upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain, impl="ref")
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_upfirdn2d_reference_known_answers():
+    f = setup_filter([1, 3, 3, 1])
+    assert torch.allclose(f.sum(), torch.tensor(1.0))
+    ones = torch.ones([1, 1, 8, 8])
+    up = sg.upsample2d(ones, f)  # a constant image stays constant away from the border
+    assert up.shape == (1, 1, 16, 16)
+    assert torch.allclose(up[..., 2:-2, 2:-2], torch.ones([]))
+    down = sg.downsample2d(ones, f, impl="ref")
+    assert down.shape == (1, 1, 4, 4)
+    assert torch.allclose(down[..., 1:-1, 1:-1], torch.ones([]))
+
+
+@pytest.mark.parametrize("k,up,down,groups,flip_weight", [
+    (3, 1, 1, 1, True), (3, 2, 1, 1, False), (3, 2, 1, 2, False), (3, 1, 2, 1, True), (3, 1, 2, 2, True),
+    (1, 2, 1, 1, True), (1, 1, 2, 1, True), (3, 2, 1, 1, True),
+])
+def test_conv2d_resample_fast_matches_reference(k, up, down, groups, flip_weight):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn([2, 4, 8, 8], generator=g, dtype=torch.float64)
+    w = torch.randn([6, 4 // groups, k, k], generator=g, dtype=torch.float64)
+    f = setup_filter([1, 3, 3, 1])
+    kw = dict(f=f, up=up, down=down, padding=k // 2, groups=groups, flip_weight=flip_weight)
+    fast, ref = conv2d_resample(x, w, impl="fast", **kw), conv2d_resample(x, w, impl="ref", **kw)
+    assert fast.shape == ref.shape == (2, 6, 8 * up // down, 8 * up // down)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("up,demodulate,k", [(1, True, 3), (2, True, 3), (1, False, 1), (2, False, 3)])
+def test_fused_and_nonfused_modconv_agree(up, demodulate, k):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn([3, 5, 8, 8], generator=g, dtype=torch.float64)
+    w = torch.randn([7, 5, k, k], generator=g, dtype=torch.float64)
+    s = torch.randn([3, 5], generator=g, dtype=torch.float64) + 1
+    noise = torch.randn([3, 1, 8 * up, 8 * up], generator=g, dtype=torch.float64)
+    kw = dict(noise=noise, up=up, padding=k // 2, resample_filter=setup_filter([1, 3, 3, 1]),
+              demodulate=demodulate, flip_weight=(up == 1))
+    fused = modulated_conv2d(x, w, s, fused_modconv=True, **kw)
+    nonfused = modulated_conv2d(x, w, s, fused_modconv=False, **kw)
+    ref = modulated_conv2d(x, w, s, fused_modconv=False, impl="ref", **kw)
+    torch.testing.assert_close(fused, nonfused, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-10)
+    if demodulate:  # demodulated weights have unit norm per output channel: the style scale drops out
+        torch.testing.assert_close(modulated_conv2d(x, w, 3 * s, fused_modconv=True, **kw), fused)
+
+
+def test_generator_fused_and_nonfused_give_the_same_image():
+    G = Generator(_tiny(architecture="resnet", conv_clamp=0.5), seed=0)
+    z = _z(4, G.z_dim)
+    a = G(z, noise_mode="const", fused_modconv=True)
+    b = G(z, noise_mode="const", fused_modconv=False)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Latent-space behaviour.
+
+
+def test_truncation():
+    G = Generator(_tiny(), seed=0)
+    with torch.no_grad():
+        G.mapping.w_avg.normal_()
+    z = _z(3, G.z_dim)
+    ws = G.mapping(z)
+    torch.testing.assert_close(G.mapping(z, truncation_psi=0), G.mapping.w_avg.expand_as(ws))
+    torch.testing.assert_close(G.mapping(z, truncation_psi=1), ws)
+    half = G.mapping(z, truncation_psi=0.5, truncation_cutoff=2)
+    torch.testing.assert_close(half[:, :2], (ws[:, :2] + G.mapping.w_avg) / 2)
+    torch.testing.assert_close(half[:, 2:], ws[:, 2:])
+
+
+def test_w_avg_tracks_only_when_asked():
+    G = Generator(_tiny(), seed=0).train()
+    z = _z(8, G.z_dim)
+    G.mapping(z)
+    assert torch.count_nonzero(G.mapping.w_avg) == 0
+    G.mapping(z, update_emas=True)
+    w = G.mapping(z)[:, 0]
+    torch.testing.assert_close(G.mapping.w_avg, w.mean(0) * (1 - G.config.w_avg_beta))
+
+
+def test_wplus_input_equals_broadcast_path():
+    G = Generator(_tiny(), seed=0)
+    z = _z(3, G.z_dim)
+    w = G.mapping(z)[:, 0]  # [B, w_dim]
+    full = G(z, noise_mode="const")
+    torch.testing.assert_close(G.synthesis(w.unsqueeze(1).repeat(1, G.num_ws, 1), noise_mode="const"), full)
+    torch.testing.assert_close(G.synthesis(w, noise_mode="const"), full)
+    # Per-layer W+ really is per layer: changing only the last w changes the image.
+    ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
+    ws[:, -1] += 1
+    assert not torch.allclose(G.synthesis(ws, noise_mode="const"), full)
+
+
+def test_style_mixing_changes_only_layers_after_the_cutoff():
+    trainer = GANTrainer(_tiny(), TrainConfig(batch_size=4, style_mixing_prob=1.0, seed=3), make_blob_source(16))
+    G = trainer.G
+    z = _z(4, G.z_dim)
+    plain = G.mapping(z)
+    mixed = trainer._mapping_with_mixing(z, update_emas=False)
+    same = (mixed == plain).all(dim=2).all(dim=0)  # [num_ws]
+    cutoff = int((~same).nonzero()[0])
+    assert 1 <= cutoff < G.num_ws
+    assert same[:cutoff].all() and not same[cutoff:].any()
+    torch.testing.assert_close(mixed[:, cutoff:], mixed[:, cutoff:cutoff + 1].expand_as(mixed[:, cutoff:]))
+
+
+def test_noise_modes():
+    G = Generator(_tiny(), seed=0)
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.5)
+    z = _z(2, G.z_dim)
+    torch.testing.assert_close(G(z, noise_mode="const"), G(z, noise_mode="const"))
+    assert not torch.allclose(G(z, noise_mode="random"), G(z, noise_mode="random"))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    torch.testing.assert_close(G(z, noise_generator=g1), G(z, noise_generator=g2))
+    assert not torch.allclose(G(z, noise_mode="none"), G(z, noise_mode="const"))
+
+
+def test_diff_augment_is_differentiable_and_seeded():
+    x = torch.rand([4, 3, 16, 16]) * 2 - 1
+    policy = "color,translation,cutout"
+    a = diff_augment(x, policy, torch.Generator().manual_seed(0))
+    b = diff_augment(x, policy, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    assert a.shape == x.shape and not torch.allclose(a, x)
+    xr = x.clone().requires_grad_(True)
+    diff_augment(xr, policy, torch.Generator().manual_seed(0)).sum().backward()
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
+    # Translation alone only moves pixels: the multiset of values is kept up to zero padding.
+    t = diff_augment(x, "translation", torch.Generator().manual_seed(1))
+    assert ((t == 0) | torch.isin(t, x)).all()
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        diff_augment(x, "rotate", torch.Generator())
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = _tiny(architecture="resnet", conv_clamp=64.0, w_dim=24)
+    G, D = Generator(cfg, seed=0), Discriminator(cfg, seed=1)
+    with torch.no_grad():
+        G.mapping.w_avg.normal_()
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.1)
+    path = save_checkpoint(tmp_path / "ckpt.pt", G, D, G_ema=G, step=7, images_seen=56)
+    assert not list(tmp_path.glob(".*.tmp"))  # the temp file was renamed away
+    G2 = load_generator(path)
+    assert G2.config == cfg
+    assert not G2.training and not any(p.requires_grad for p in G2.parameters())
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, G2.state_dict()[k]), k
+    z = _z(3, cfg.z_dim)
+    torch.testing.assert_close(G2(z, noise_mode="const", truncation_psi=0.7), G(z, noise_mode="const",
+                                                                               truncation_psi=0.7), rtol=0, atol=0)
+    payload = load_checkpoint(path)
+    assert (payload["step"], payload["images_seen"]) == (7, 56)
+    D2 = sg.load_discriminator(path)
+    img = G(z)
+    torch.testing.assert_close(D2(img), D(img))
+    # Compact: half the bytes, same pictures within fp16 precision.
+    small = save_checkpoint(tmp_path / "small.pt", G, D, G_ema=G, compact=True)
+    assert small.stat().st_size < 0.6 * path.stat().st_size
+    torch.testing.assert_close(load_generator(small)(z, noise_mode="const"), G(z, noise_mode="const"),
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no StyleGAN2 checkpoint"):
+        load_generator(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_generator(corrupt)
+    other = tmp_path / "other.pt"
+    torch.save({"kind": "rignet", "weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a StyleGAN2 checkpoint"):
+        load_generator(other)
+    good = save_checkpoint(tmp_path / "g.pt", Generator(_tiny(), seed=0))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable"):
+        load_generator(truncated)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+
+def _train_cfg(**overrides) -> TrainConfig:
+    kw = dict(batch_size=4, r1_interval=2, pl_weight=2.0, pl_interval=2, augment="color,translation,cutout",
+              seed=11, checkpoint_every=0, sample_every=0, grid_size=(2, 2))
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def _all_state(trainer: GANTrainer) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, module in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.G_ema)):
+        out.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    for name, opt in (("opt_G", trainer.opt_G), ("opt_D", trainer.opt_D)):
+        for idx, st in opt.state_dict()["state"].items():
+            out.update({f"{name}.{idx}.{k}": torch.as_tensor(v) for k, v in st.items()})
+    out["pl_mean"] = trainer.pl_mean
+    return out
+
+
+def test_resume_continues_exactly(tmp_path):
+    source = make_blob_source(16)
+    straight = GANTrainer(_tiny(), _train_cfg(), source)
+    for _ in range(3):
+        straight.train_step()
+
+    first = GANTrainer(_tiny(), _train_cfg(), source)
+    for _ in range(2):
+        first.train_step()
+    path = first.save(tmp_path / "resume.pt")
+    resumed = GANTrainer.resume(path, source)
+    assert (resumed.step, resumed.images_seen) == (2, 8)
+    resumed.train_step()
+
+    a, b = _all_state(straight), _all_state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
+    assert straight.gen.get_state().equal(resumed.gen.get_state())
+
+
+def test_short_training_run_learns(tmp_path):
+    """On blobs, D learns to separate real from fake and G's colour statistics move toward the data."""
+    source = make_blob_source(16)
+    cfg = _train_cfg(batch_size=8, r1_interval=4, pl_weight=0.0, augment="", sample_every=64, checkpoint_every=64,
+                     grid_size=(2, 2), seed=0)
+    trainer = GANTrainer(_tiny(), cfg, source, out_dir=tmp_path)
+    real = source(256, torch.Generator().manual_seed(99))
+    z = _z(256, trainer.G.z_dim, seed=98)
+
+    def colour_gap() -> float:  # distance between per-channel mean/std of G_ema samples and reals
+        with torch.no_grad():
+            fake = trainer.G_ema(z, noise_mode="const")
+        stats = lambda x: torch.cat([x.mean(dim=[0, 2, 3]), x.std(dim=[0, 2, 3])])  # noqa: E731
+        return float((stats(fake) - stats(real)).norm())
+
+    gap0 = colour_gap()
+    G0 = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    history = trainer.train(40 * 8, progress=False)
+    gap1 = colour_gap()
+    d_loss_first, d_loss_last = history[0]["loss_D"], np.mean([h["loss_D"] for h in history[-10:]])
+    assert abs(d_loss_first - math.log(4)) < 0.2  # D starts at chance: 2 * softplus(0)
+    assert d_loss_last < d_loss_first - 0.1  # ... and learns
+    moved = sum(float((trainer.G.state_dict()[k] - v).norm()) for k, v in G0.items() if v.is_floating_point())
+    assert moved > 1.0
+    assert gap1 < 0.8 * gap0  # G's output statistics approach the data's
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "reals.png").exists()
+    assert list(tmp_path.glob("fakes*.png"))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["images_seen"] == 320
+
+
+# ----------------------------------------------------------------------------------------------
+# Official NVlabs pickles: structure emulated here, no network, embedded code never executed.
+
+_EVIL_TEMPLATE = "open({marker!r}, 'w').write('executed')\nraise RuntimeError('embedded module source executed')\n"
+
+
+def _install_fake_official_modules(monkeypatch, marker):
+    """Fake ``torch_utils.persistence`` and ``dnnlib.util`` so pickle writes the official global names.
+
+    The fake reconstruct function behaves like the real one: it execs the embedded source. So a
+    plain ``pickle.load`` of the files built here *would* run the code (checked below).
+    """
+
+    def _reconstruct_persistent_obj(meta):
+        module = types.ModuleType("_imported_module_fake")
+        exec(meta["module_src"], module.__dict__)  # what the official loader does (!)
+        raise AssertionError("unreachable: the source raises")
+
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    persistence = types.ModuleType("torch_utils.persistence")
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    torch_utils = types.ModuleType("torch_utils")
+    torch_utils.persistence = persistence
+
+    class EasyDict(dict):
+        pass
+
+    EasyDict.__module__ = "dnnlib.util"
+    EasyDict.__qualname__ = "EasyDict"
+    util = types.ModuleType("dnnlib.util")
+    util.EasyDict = EasyDict
+    dnnlib = types.ModuleType("dnnlib")
+    dnnlib.util = util
+    for name, mod in (("torch_utils", torch_utils), ("torch_utils.persistence", persistence),
+                      ("dnnlib", dnnlib), ("dnnlib.util", util)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return _reconstruct_persistent_obj, EasyDict, _EVIL_TEMPLATE.format(marker=str(marker))
+
+
+class _Persistent:
+    """Pickles exactly like an official persistent-class instance: reconstruct(meta)."""
+
+    def __init__(self, reconstruct, meta):
+        self.reconstruct, self.meta = reconstruct, meta
+
+    def __reduce__(self):
+        return (self.reconstruct, (self.meta,), None)
+
+
+def _as_official(module, reconstruct, easydict, src, init_kwargs=None):
+    """Wrap a module as the official pickle does: meta with module_src, class_name and __dict__ state."""
+    state = {
+        "training": False,
+        "_parameters": collections.OrderedDict(
+            (k, None if p is None else torch.nn.Parameter(p.detach().clone(), requires_grad=False))
+            for k, p in module._parameters.items()),
+        "_buffers": collections.OrderedDict((k, b.clone()) for k, b in module._buffers.items()),
+        "_non_persistent_buffers_set": set(),
+        "_backward_hooks": collections.OrderedDict(),
+        "_forward_hooks": collections.OrderedDict(),
+        "_forward_pre_hooks": collections.OrderedDict(),
+        "_state_dict_hooks": collections.OrderedDict(),
+        "_load_state_dict_pre_hooks": collections.OrderedDict(),
+        "_modules": collections.OrderedDict(
+            (k, _as_official(m, reconstruct, easydict, src)) for k, m in module._modules.items()),
+        "_init_args": (),
+        "_init_kwargs": easydict(init_kwargs or {}),
+    }
+    if hasattr(module, "weight_gain"):
+        state["weight_gain"] = np.float64(module.weight_gain)  # official stores numpy scalars
+    if hasattr(module, "activation"):
+        state["activation"] = module.activation
+    meta = dict(type="class", version=6, module_src=src, class_name=type(module).__name__, state=state)
+    return _Persistent(reconstruct, meta)
+
+
+def _official_pickle_bytes(monkeypatch, marker, G, D):
+    reconstruct, easydict, src = _install_fake_official_modules(monkeypatch, marker)
+    cfg = G.config
+    g_kwargs = dict(z_dim=cfg.z_dim, c_dim=0, w_dim=cfg.w_dim, img_resolution=cfg.img_resolution, img_channels=3,
+                    mapping_kwargs=easydict(num_layers=cfg.mapping_layers),
+                    synthesis_kwargs=easydict(channel_base=cfg.channel_base, channel_max=cfg.channel_max,
+                                              num_fp16_res=2, conv_clamp=cfg.conv_clamp))
+    snapshot = dict(
+        training_set_kwargs=easydict(class_name="training.dataset.ImageFolderDataset", path="ffhq.zip",
+                                     resolution=cfg.img_resolution, use_labels=False, max_size=70000),
+        G=_as_official(G, reconstruct, easydict, src, g_kwargs),
+        D=_as_official(D, reconstruct, easydict, src, dict(c_dim=0, img_resolution=cfg.img_resolution,
+                                                           img_channels=3)),
+        G_ema=_as_official(G, reconstruct, easydict, src, g_kwargs),
+        augment_pipe=None,
+    )
+    return pickle.dumps(snapshot, protocol=4)
+
+
+def test_official_pickle_import_round_trip(tmp_path, monkeypatch):
+    marker = tmp_path / "EXECUTED"
+    cfg = _tiny(conv_clamp=256.0)
+    G, D = Generator(cfg, seed=0).eval(), Discriminator(cfg, seed=1)
+    with torch.no_grad():
+        G.mapping.w_avg.normal_()
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.2)
+    data = _official_pickle_bytes(monkeypatch, marker, G, D)
+    assert b"torch_utils.persistence" in data and b"_reconstruct_persistent_obj" in data
+    path = tmp_path / "network-snapshot-000000.pkl"
+    path.write_bytes(data)
+
+    # The danger is real: a plain unpickler runs the embedded module source.
+    with pytest.raises(RuntimeError, match="embedded module source executed"):
+        pickle.loads(data)
+    assert marker.exists()
+    marker.unlink()
+
+    loaded = load_official_pickle(path)
+    assert not marker.exists(), "load_official_pickle executed code embedded in the pickle"
+    assert loaded.config.num_fp16_res == 2 and loaded.config.conv_clamp == 256.0
+    assert loaded.num_ws == G.num_ws
+    for k, v in G.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    z = _z(3, cfg.z_dim)
+    for psi in (1.0, 0.5):
+        torch.testing.assert_close(loaded(z, noise_mode="const", truncation_psi=psi),
+                                   G(z, noise_mode="const", truncation_psi=psi, fused_modconv=True))
+    record = sg.read_official_pickle(path)["G_ema"]
+    assert record.class_name == "Generator" and record.init_kwargs["z_dim"] == cfg.z_dim
+    assert not marker.exists()
+
+
+def test_malicious_pickles_are_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "PWNED"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(pickle.dumps({"G_ema": Exploit()}))
+    with pytest.raises(OfficialPickleError, match="found class (posix|nt|os).system"):
+        load_official_pickle(bad)
+    assert not marker.exists()
+
+    class Exec:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w')",))
+
+    bad.write_bytes(pickle.dumps(Exec()))
+    with pytest.raises(OfficialPickleError, match="found class builtins.exec"):
+        load_official_pickle(bad)
+    assert not marker.exists()
+
+    # A persistent record whose embedded source is harmless is still only data; a pickle without
+    # G_ema, a torch.save file and a missing file give clear errors.
+    bad.write_bytes(pickle.dumps({"G": 1}))
+    with pytest.raises(OfficialPickleError, match="G_ema"):
+        load_official_pickle(bad)
+    ours = save_checkpoint(tmp_path / "ours.pt", Generator(_tiny(), seed=0))
+    with pytest.raises(OfficialPickleError):
+        load_official_pickle(ours)
+    with pytest.raises(FileNotFoundError):
+        load_official_pickle(tmp_path / "nope.pkl")
