@@ -27,8 +27,14 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 VPY := $(VENV)/bin/python
-ENV_HASH := $(shell cat requirements/ci.txt pyproject.toml | $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
-STAMP := $(VENV)/.installed-$(ENV_HASH)
+# ENV_HASH keys the environment (CI keeps one venv per lock, outside the clone). The stamp
+# also carries this clone's path: a venv shared by several clones must have its editable
+# install pointed at the clone being tested, so switching clones re-runs the (cheap) install.
+HASHES := $(shell cat requirements/ci.txt pyproject.toml | $(PYTHON) -c 'import hashlib, sys; \
+  env = hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16]; \
+  print(env, hashlib.sha256((env + sys.argv[1]).encode()).hexdigest()[:16])' "$(CURDIR)")
+ENV_HASH := $(word 1,$(HASHES))
+STAMP := $(VENV)/.installed-$(word 2,$(HASHES))
 
 # Notebooks whose name starts with "_" are scratch/templates: neither tested nor in the book.
 NOTEBOOKS := $(sort $(filter-out notebooks/_%,$(wildcard notebooks/*.ipynb)))
@@ -47,6 +53,9 @@ endif
 endif
 
 test book: export STYLERIG_LITE_QUICK := $(QUICK)
+# Kernels start in notebooks/, where `import stylerig_lite` would fall back to whatever
+# clone the venv's editable install points at; put this clone first.
+test book: export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help venv env-hash test book lab bench browser-deps clean distclean
 
@@ -64,8 +73,8 @@ venv: $(STAMP)
 env-hash:
 	@echo $(ENV_HASH)
 
-# No prerequisites on purpose: the stamp's name is the content hash of the lock and
-# pyproject.toml, so timestamps (a fresh clone, a checkout) never force a reinstall.
+# No prerequisites on purpose: the stamp's name is a content hash of the lock and
+# pyproject.toml (plus the clone's path), so timestamps never force a reinstall.
 $(STAMP):
 	@if [ ! -x $(VPY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
 	@$(VPY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \

@@ -47,6 +47,24 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
+# -- train-f: the face reconstruction network F (code in stylerig_lite/train_f.py) -------------
+# Imported lazily so that `stylerig-lite info` works even when a training module cannot import.
+def _add_train_f_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train_f import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_train_f(args: argparse.Namespace) -> int:
+    from .train_f import run_from_args
+
+    return run_from_args(args)
+
+
+COMMANDS["train-f"] = ("train F, the image -> 3DMM parameter network, on cached FaceWorld renders", _add_train_f_arguments, _run_train_f)
+# -- end train-f ------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stylerig-lite",

@@ -107,7 +107,8 @@ def interpolate(fragments: Fragments, attributes: torch.Tensor) -> torch.Tensor:
     """Interpolate per-vertex ``attributes [B, V, C]`` -> ``[B, C, H, W]`` (zero on background)."""
     assert_shape(attributes, [fragments.shape[0], None, None], "attributes")
     batch, num_vertices, channels = attributes.shape
-    corners = attributes.reshape(batch * num_vertices, channels)[fragments.vertex_ids]  # [P, 3, C]
+    corners = attributes.reshape(batch * num_vertices, channels).index_select(0, fragments.vertex_ids.view(-1))
+    corners = corners.view(-1, 3, channels)  # [P, 3, C]
     values = (fragments.bary.to(attributes.dtype)[:, :, None] * corners).sum(dim=1)  # [P, C]
     return scatter_pixels(values, fragments.pixel, fragments.shape, channels)
 
@@ -165,18 +166,19 @@ def rasterize(
     return fragments_from_face_index(face_index, uv, depth, faces)
 
 
-def _edge_coefficients(tri_u: torch.Tensor, tri_v: torch.Tensor):
-    """Edge functions ``w_k(p) = A_k u + B_k v + C_k`` of triangles ``[..., 3]`` (edge k opposite corner k).
+def _edge_coefficients(u0, v0, u1, v1, u2, v2):
+    """Edge functions ``w_k(p) = A_k u + B_k v + C_k`` of triangles (edge k opposite corner k).
 
-    ``w_k`` is twice the signed area of (corner k+1, corner k+2, p); it is exactly
-    antisymmetric when an edge's endpoints are swapped, in floating point too.
+    ``w_k`` is twice the signed area of (corner k+1, corner k+2, p). Written this way it
+    is exactly antisymmetric in floating point when an edge's endpoints are swapped,
+    which makes the shared-edge tie rule exact.
     """
-    ua, va = tri_u.roll(-1, dims=-1), tri_v.roll(-1, dims=-1)  # corner k + 1
-    ub, vb = tri_u.roll(-2, dims=-1), tri_v.roll(-2, dims=-1)  # corner k + 2
-    coef_a = va - vb
-    coef_b = ub - ua
-    coef_c = ua * vb - va * ub
-    return coef_a, coef_b, coef_c
+    corners = ((u0, v0), (u1, v1), (u2, v2))
+    coefs = []
+    for k in range(3):
+        (ua, va), (ub, vb) = corners[(k + 1) % 3], corners[(k + 2) % 3]
+        coefs.append((va - vb, ub - ua, ua * vb - va * ub))
+    return coefs
 
 
 @torch.no_grad()
@@ -192,79 +194,105 @@ def visible_faces(
     """Z-buffered face id per pixel ``[B, H, W]`` (long, -1 = background) from projected vertices.
 
     ``uv [B, V, 2]`` pixel coordinates and ``depth [B, V]`` camera depths (> 0).
+
+    Per-face work runs in a vertex-major layout (rows = vertices, columns = the
+    batch) so that gathering a face's corners copies whole rows, which is much
+    faster on the CPU than gathering single numbers.
     """
     batch, num_vertices, _ = uv.shape
     num_faces = faces.shape[0]
     dtype, device = uv.dtype, uv.device
+    index_dtype = torch.int64
 
-    tri_u = uv[..., 0][:, faces]  # [B, F, 3]
-    tri_v = uv[..., 1][:, faces]  # [B, F, 3]
+    # [V, 3B]: u of every image, then v, then 1/z.
+    table = torch.cat([uv.permute(1, 2, 0).reshape(num_vertices, 2 * batch), depth.t().reciprocal()], dim=1)
+    corner = [table.index_select(0, faces[:, k]) for k in range(3)]  # 3 x [F, 3B]
+    cu = [c[:, :batch] for c in corner]  # [F, B] views
+    cv = [c[:, batch : 2 * batch] for c in corner]
+
     # Pixel centres j + 0.5 inside [min u, max u]  <=>  j in [ceil(min u - 0.5), floor(max u - 0.5)].
-    col0 = torch.ceil(tri_u.amin(-1) - 0.5).clamp(0, width)
-    col1 = torch.floor(tri_u.amax(-1) - 0.5).clamp(-1, width - 1)
-    row0 = torch.ceil(tri_v.amin(-1) - 0.5).clamp(0, height)
-    row1 = torch.floor(tri_v.amax(-1) - 0.5).clamp(-1, height - 1)
-    ncols = (col1 - col0 + 1).clamp_min(0).long()  # [B, F]
-    nrows = (row1 - row0 + 1).clamp_min(0).long()
+    col0 = torch.ceil(torch.minimum(torch.minimum(cu[0], cu[1]), cu[2]) - 0.5).clamp_(0, width)
+    col1 = torch.floor(torch.maximum(torch.maximum(cu[0], cu[1]), cu[2]) - 0.5).clamp_(-1, width - 1)
+    row0 = torch.ceil(torch.minimum(torch.minimum(cv[0], cv[1]), cv[2]) - 0.5).clamp_(0, height)
+    row1 = torch.floor(torch.maximum(torch.maximum(cv[0], cv[1]), cv[2]) - 0.5).clamp_(-1, height - 1)
+    ncols = (col1 - col0 + 1).clamp_(min=0)  # [F, B]
+    nrows = (row1 - row0 + 1).clamp_(min=0)
     counts = ncols * nrows
-    keep = counts > 0
 
-    # Only triangles that can cover a pixel centre get their edge functions.
-    tri_ids = keep.view(-1).nonzero().squeeze(1)  # [T] flat b * F + f
-    tri_u = tri_u.view(-1, 3)[tri_ids]
-    tri_v = tri_v.view(-1, 3)[tri_ids]
-    coef_a, coef_b, coef_c = _edge_coefficients(tri_u, tri_v)  # [T, 3] each
-    area2 = coef_c.sum(-1)  # [T] twice the signed screen area (shoelace)
-    # In pixel space (v down) a triangle that is counter-clockwise in the world, seen
-    # from the camera, has negative area; positive area = back face.
+    # Only triangles whose box holds a pixel centre go on. Flat id t = f * B + b.
+    tri = (counts > 0).view(-1).nonzero().squeeze(1)  # [T]
+    face_of = torch.div(tri, batch, rounding_mode="floor")
+    batch_of = tri - face_of * batch
+    base = face_of * (3 * batch) + batch_of  # flat offset of (f, b) inside a [F, 3B] corner table
+    pu, pv, iz = [], [], []
+    for k in range(3):
+        flat = corner[k].view(-1)
+        pu.append(flat.index_select(0, base))
+        pv.append(flat.index_select(0, base + batch))
+        iz.append(flat.index_select(0, base + 2 * batch))
+    coefs = _edge_coefficients(pu[0], pv[0], pu[1], pv[1], pu[2], pv[2])
+    area2 = coefs[0][2] + coefs[1][2] + coefs[2][2]  # [T] twice the signed area (shoelace)
+    # In pixel space (v down) a face that is counter-clockwise in the world, seen from the
+    # camera, has negative area; positive area = back face.
     ok = area2 != 0
     if cull_backfaces:
         ok &= area2 < 0
-    sign = torch.where(area2 < 0, -1.0, 1.0).to(dtype)[:, None]
-    coef_a, coef_b, coef_c = coef_a * sign, coef_b * sign, coef_c * sign  # exact negation
-    # Top-left rule: a zero edge function counts as inside for one of the two directions of an edge.
-    tie = (coef_a < 0) | ((coef_a == 0) & (coef_b > 0))  # [T, 3]
-    inv_z = 1.0 / depth.view(-1)[(tri_ids // num_faces)[:, None] * num_vertices + faces[tri_ids % num_faces]]
+    sign = torch.where(area2 < 0, -torch.ones_like(area2), torch.ones_like(area2))
     inv_area = 1.0 / area2.abs()
-
-    tri_ids, counts = tri_ids[ok], counts.view(-1)[tri_ids][ok]
-    coef_a, coef_b, coef_c, tie, inv_z = coef_a[ok], coef_b[ok], coef_c[ok], tie[ok], inv_z[ok]
-    inv_area = inv_area[ok]
-    ncols = ncols.view(-1)[tri_ids]
-    b_idx = tri_ids // num_faces
-    first_pixel = (b_idx * height + row0.view(-1)[tri_ids].long()) * width + col0.view(-1)[tri_ids].long()
-    low_key = _LOW32 - (tri_ids % num_faces)  # smaller face id wins depth ties under amax
-    col0_f = col0.view(-1)[tri_ids]
-    row0_f = row0.view(-1)[tri_ids]
+    columns = []
+    ties = []
+    for k in range(3):
+        a, b, c = (x * sign for x in coefs[k])  # exact negation: orientation-independent inside test
+        columns += [a, b, c, iz[k] * inv_area]
+        # Top-left rule: a zero edge function is inside for exactly one direction of each edge.
+        ties.append(((a < 0) | ((a == 0) & (b > 0))).to(dtype))
+    flat_counts = counts.view(-1).index_select(0, tri).to(index_dtype)
+    flat_counts = torch.where(ok, flat_counts, torch.zeros_like(flat_counts))
+    col0_t = col0.view(-1).index_select(0, tri)
+    row0_t = row0.view(-1).index_select(0, tri)
+    ncols_t = ncols.view(-1).index_select(0, tri)
+    per_tri = torch.stack(columns + ties + [col0_t, row0_t, ncols_t], dim=1)  # [T, 18]
+    first_pixel = (batch_of * height + row0_t.to(index_dtype)) * width + col0_t.to(index_dtype)
+    low_key = _LOW32 - face_of  # smaller face id wins depth ties under amax
 
     zbuf = torch.full((batch * height * width,), -1, dtype=torch.int64, device=device)
-    ends = counts.cumsum(0)
-    # Chunk triangles so that at most ~max_candidates (triangle, pixel) pairs live at once.
+    ends = flat_counts.cumsum(0)
     start_tri = 0
-    while start_tri < len(tri_ids):
-        base = int(ends[start_tri - 1]) if start_tri > 0 else 0
-        stop_tri = int(torch.searchsorted(ends, base + max_candidates, right=True))
-        stop_tri = max(stop_tri, start_tri + 1)
-        sl = slice(start_tri, stop_tri)
-        chunk_counts = counts[sl]
-        n = int(ends[stop_tri - 1]) - base
-        owner = torch.repeat_interleave(torch.arange(stop_tri - start_tri, device=device), chunk_counts, output_size=n)
-        offset = torch.arange(n, device=device) - torch.repeat_interleave(
-            ends[sl] - chunk_counts - base, chunk_counts, output_size=n
-        )
-        nc = ncols[sl][owner]
-        dr = torch.div(offset, nc, rounding_mode="floor")
-        dc = offset - dr * nc
-        pu = col0_f[sl][owner] + dc.to(dtype) + 0.5  # pixel centre coordinates
-        pv = row0_f[sl][owner] + dr.to(dtype) + 0.5
-        a, b, c, t = coef_a[sl][owner], coef_b[sl][owner], coef_c[sl][owner], tie[sl][owner]
-        w = a * pu[:, None] + b * pv[:, None] + c  # [n, 3] normalised edge functions
-        inside = ((w > 0) | ((w == 0) & t)).all(dim=1)
+    num_tri = int(tri.shape[0])
+    # Chunk triangles so that at most ~max_candidates (triangle, pixel) pairs live at once.
+    while start_tri < num_tri:
+        before = int(ends[start_tri - 1]) if start_tri > 0 else 0
+        stop_tri = int(torch.searchsorted(ends, before + max_candidates, right=True))
+        stop_tri = min(max(stop_tri, start_tri + 1), num_tri)
+        chunk_counts = flat_counts[start_tri:stop_tri]
+        n = int(ends[stop_tri - 1]) - before
+        if n == 0:
+            start_tri = stop_tri
+            continue
+        owner = torch.repeat_interleave(
+            torch.arange(start_tri, stop_tri, device=device), chunk_counts, output_size=n
+        )  # [n] candidate -> triangle
+        first = torch.repeat_interleave(ends[start_tri:stop_tri] - chunk_counts - before, chunk_counts, output_size=n)
+        offset = torch.arange(n, device=device) - first  # position inside the triangle's box
+        rows = per_tri.index_select(0, owner)  # [n, 18]
+        ncol = rows[:, 17].to(index_dtype)
+        dr = torch.div(offset, ncol, rounding_mode="floor")
+        dc = offset - dr * ncol
+        px = rows[:, 15] + (dc.to(dtype) + 0.5)  # pixel centre
+        py = rows[:, 16] + (dr.to(dtype) + 0.5)
+        inside = None
+        ws = []
+        for k in range(3):
+            w = torch.addcmul(torch.addcmul(rows[:, 4 * k + 2], rows[:, 4 * k], px), rows[:, 4 * k + 1], py)
+            ok_k = (w > 0) | ((w == 0) & (rows[:, 12 + k] > 0))
+            inside = ok_k if inside is None else inside & ok_k
+            ws.append(w)
         sel = inside.nonzero().squeeze(1)
-        owner, w = owner[sel], w[sel]
-        inv_depth = (w * inv_z[sl][owner]).sum(1) * inv_area[sl][owner]  # interpolated 1 / z
-        key = (inv_depth.float().view(torch.int32).long() << 32) | low_key[sl][owner]
-        pix = first_pixel[sl][owner] + dr[sel] * width + dc[sel]
+        inv_depth = ws[0] * rows[:, 3] + ws[1] * rows[:, 7] + ws[2] * rows[:, 11]  # interpolated 1 / z
+        inv_depth = inv_depth.index_select(0, sel)
+        owner_sel = owner.index_select(0, sel)
+        key = (inv_depth.float().view(torch.int32).to(torch.int64) << 32) | low_key.index_select(0, owner_sel)
+        pix = first_pixel.index_select(0, owner_sel) + dr.index_select(0, sel) * width + dc.index_select(0, sel)
         zbuf.scatter_reduce_(0, pix, key, reduce="amax", include_self=True)
         start_tri = stop_tri
 
@@ -280,22 +308,23 @@ def fragments_from_face_index(
     num_vertices = uv.shape[1]
     flat = face_index.view(-1)
     pixel = (flat >= 0).nonzero().squeeze(1)  # [P]
-    face = flat[pixel]
+    face = flat.index_select(0, pixel)
     b_idx = torch.div(pixel, height * width, rounding_mode="floor")
     rest = pixel - b_idx * (height * width)
     row = torch.div(rest, width, rounding_mode="floor")
     col = rest - row * width
-    vertex_ids = b_idx[:, None] * num_vertices + faces[face]  # [P, 3]
-    corner_uv = uv.reshape(-1, 2)[vertex_ids]  # [P, 3, 2]
-    corner_z = depth.reshape(-1)[vertex_ids]  # [P, 3]
+    vertex_ids = b_idx[:, None] * num_vertices + faces.index_select(0, face)  # [P, 3]
+    # One gather of (u, v, z) rows for the three corners: [P, 3, 3].
+    corner = torch.cat([uv, depth[..., None]], dim=-1).view(-1, 3).index_select(0, vertex_ids.view(-1))
+    corner = corner.view(-1, 3, 3)
+    u, v, z = corner.unbind(-1)  # [P, 3] each
     pu = (col.to(uv.dtype) + 0.5)[:, None]
     pv = (row.to(uv.dtype) + 0.5)[:, None]
-    u, v = corner_uv[..., 0], corner_uv[..., 1]
     ua, va = u.roll(-1, dims=1), v.roll(-1, dims=1)
     ub, vb = u.roll(-2, dims=1), v.roll(-2, dims=1)
     w = (ub - ua) * (pv - va) - (vb - va) * (pu - ua)  # [P, 3] edge functions
     screen_bary = w / w.sum(dim=1, keepdim=True)
-    weighted = screen_bary / corner_z  # perspective correction: b_k / z_k is affine in screen space
+    weighted = screen_bary / z  # perspective correction: b_k / z_k is affine in screen space
     inv_depth = weighted.sum(dim=1, keepdim=True)
     bary = weighted / inv_depth
     return Fragments(

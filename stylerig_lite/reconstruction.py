@@ -125,11 +125,18 @@ def parameter_statistics(
     the std keeps dimensions that barely vary (rare expressions) from
     dominating the loss.
     """
-    params = morphable.sample_params(count, seed=seed, distribution=distribution).to_vector().double()  # [N, 196]
-    mean, std = params.mean(0), params.std(0)
-    std = torch.maximum(std, torch.full_like(std, 1e-3))
-    mean[ANGLE_SLICE], std[ANGLE_SLICE] = 0.0, 1.0
-    return mean.float(), std.float()
+    key = (repr(distribution), int(count), int(seed))  # ParamDistribution is not hashable: key by repr
+    if key not in _STATISTICS_CACHE:
+        params = morphable.sample_params(count, seed=seed, distribution=distribution).to_vector().double()  # [N, 196]
+        mean, std = params.mean(0), params.std(0)
+        std = torch.maximum(std, torch.full_like(std, 1e-3))
+        mean[ANGLE_SLICE], std[ANGLE_SLICE] = 0.0, 1.0
+        _STATISTICS_CACHE[key] = (mean.float(), std.float())
+    mean, std = _STATISTICS_CACHE[key]
+    return mean.clone(), std.clone()
+
+
+_STATISTICS_CACHE: Dict[Tuple[str, int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 # ----------------------------------------------------------------------------
@@ -357,7 +364,7 @@ def check_images(images: Any, *, value_range: Tuple[float, float] = (0.0, 1.0), 
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
     if images.numel():
-        vmin, vmax = float(images.min()), float(images.max())
+        vmin, vmax = float(images.detach().min()), float(images.detach().max())
         tolerance = 0.02 * (hi - lo)
         if (lo, hi) == (0.0, 1.0) and (vmin < -tolerance or vmax > 1 + tolerance):
             if vmin >= -1 - tolerance and vmax <= 1 + tolerance:

@@ -9,9 +9,9 @@ random augmentation every time an image is drawn.
 
 Cache layout (``$STYLERIG_LITE_CACHE/faceworld`` by default)::
 
-    faceworld/<fingerprint>/seed<S>/meta.json
-    faceworld/<fingerprint>/seed<S>/shard_00000.npz     images 0..255 of seed S
-    faceworld/<fingerprint>/seed<S>/shard_00001.npz     images 256..511
+    faceworld/<fingerprint>/seed<S>_chunk32_shard256/meta.json
+    faceworld/<fingerprint>/seed<S>_chunk32_shard256/shard_00000.npz     images 0..255 of seed S
+    faceworld/<fingerprint>/seed<S>_chunk32_shard256/shard_00001.npz     images 256..511
     ...
 
 A set is identified by ``(seed, count, fingerprint)``: image ``i`` of seed
@@ -63,9 +63,10 @@ from .reconstruction import (
 )
 
 DATASET_VERSION = 1
-CHUNK_SIZE = 32  # images rendered per world.sample call; part of the set's definition
+# Image i of a set is image i % CHUNK_SIZE of world.sample(CHUNK_SIZE) with a seed derived from
+# (seed, i // CHUNK_SIZE): the chunk size is part of the set's definition (and of the cache folder name).
+CHUNK_SIZE = 32
 SHARD_CHUNKS = 8  # chunks per shard file -> 256 images per shard
-SHARD_SIZE = CHUNK_SIZE * SHARD_CHUNKS
 
 
 def derive_seed(*values: int) -> int:
@@ -148,7 +149,7 @@ class FaceDataset:
 
 
 def render_chunk(world: Any, seed: int, chunk: int) -> FaceDataset:
-    """Images ``chunk * 32 .. chunk * 32 + 31`` of the FaceWorld set with ``seed``."""
+    """Images ``chunk * CHUNK_SIZE`` to ``(chunk + 1) * CHUNK_SIZE - 1`` of the FaceWorld set with ``seed``."""
     generator = torch.Generator().manual_seed(derive_seed(DATASET_VERSION, seed, chunk))
     return FaceDataset.from_world_batch(world.sample(CHUNK_SIZE, generator=generator))
 
@@ -226,27 +227,28 @@ def load_or_render_dataset(
     """
     if count <= 0:
         raise ValueError(f"count must be positive, got {count}")
-    shards = math.ceil(count / SHARD_SIZE)
+    shard_size = CHUNK_SIZE * SHARD_CHUNKS
+    shards = math.ceil(count / shard_size)
     if cache_dir is False:
         chunks = math.ceil(count / CHUNK_SIZE)
         parts = [render_chunk(world, seed, c) for c in _progress(range(chunks), progress, "rendering FaceWorld", CHUNK_SIZE)]
         return FaceDataset.concatenate(parts).subset(slice(0, count))
 
     root = Path(cache_dir) if cache_dir not in (None, True) else default_dataset_dir()
-    folder = root / world_fingerprint(world) / f"seed{int(seed)}"
+    folder = root / world_fingerprint(world) / f"seed{int(seed)}_chunk{CHUNK_SIZE}_shard{shard_size}"
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "meta.json"
     if not meta.exists():
         info = {
-            "dataset_version": DATASET_VERSION, "seed": int(seed), "shard_size": SHARD_SIZE, "chunk_size": CHUNK_SIZE,
+            "dataset_version": DATASET_VERSION, "seed": int(seed), "shard_size": shard_size, "chunk_size": CHUNK_SIZE,
             "world_config": dataclasses.asdict(world.config),
         }
         _atomic_write_bytes(meta, lambda p: p.write_text(json.dumps(info, indent=1, default=str)), ".json")
 
-    parts: List[Optional[FaceDataset]] = [_load_shard(folder / f"shard_{k:05d}.npz", SHARD_SIZE) for k in range(shards)]
+    parts: List[Optional[FaceDataset]] = [_load_shard(folder / f"shard_{k:05d}.npz", shard_size) for k in range(shards)]
     missing = [k for k, part in enumerate(parts) if part is None]
     if missing:
-        bar = _progress_bar(len(missing) * SHARD_SIZE, progress, f"rendering FaceWorld seed {seed} -> {folder}")
+        bar = _progress_bar(len(missing) * shard_size, progress, f"rendering FaceWorld seed {seed} -> {folder}")
         for k in missing:
             chunks = []
             for c in range(k * SHARD_CHUNKS, (k + 1) * SHARD_CHUNKS):
@@ -321,7 +323,7 @@ class TrainConfig:
 #: Named starting points; explicit command-line options override them.
 PRESETS: Dict[str, Dict[str, Any]] = {
     # Seconds on a laptop: for tests and a first look at the loop.
-    "tiny": dict(width=8, images=256, steps=40, batch=16, warmup_steps=5, val_images=64, eval_every=0, lr=3e-3),
+    "tiny": dict(width=8, images=256, steps=40, batch=16, warmup_steps=5, val_images=64, eval_every=0, lr=1e-2),
     # The embedded F.
     "default": dict(),
     # The evaluation estimator: same data, another seed and width.
@@ -449,8 +451,25 @@ def train(
     ``val`` default to the cached FaceWorld sets ``(config.images, config.data_seed)`` and
     ``(config.val_images, config.val_seed)``.
     """
+    threads_before = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    try:
+        return _train(config, world=world, dataset=dataset, val=val, fresh=fresh, progress=progress, log=log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    world: Any,
+    dataset: Optional[FaceDataset],
+    val: Optional[FaceDataset],
+    fresh: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> TrainState:
     if world is None and (dataset is None or val is None or config.photometric_weight > 0):
         from .world import FaceWorld
 
@@ -495,7 +514,7 @@ def train(
     process_start = started = last_save = time.monotonic()
     running: Dict[str, float] = {}
     running_count = 0
-    log_every = 50
+    log_every = max(1, min(50, config.steps // 20))
     try:
         while state.step < config.steps:
             step = state.step
@@ -522,7 +541,7 @@ def train(
             state.step += 1
 
             for k, v in {"loss": loss, **parts}.items():
-                running[k] = running.get(k, 0.0) + float(v)
+                running[k] = running.get(k, 0.0) + float(v.detach())
             running_count += 1
             now = time.monotonic()
             if running_count == log_every or state.step == config.steps:

@@ -15,8 +15,8 @@ plus
   style has no hair, the shell sinks 0.6 cm *inside* the head and the z-buffer
   hides it, so every scene has the same triangles and batches render at once;
 - **shoulders and clothes**: an elliptical torso mesh under the neck that
-  follows the head's translation and a quarter of its yaw (people turn their
-  heads more than their shoulders);
+  follows the head's translation, a quarter of its yaw and 40% of its roll
+  (people turn their heads more than their shoulders);
 - **a background**: a two-colour linear gradient plus a few soft blobs.
 
 Everything is drawn by our differentiable renderer with the same camera and
@@ -43,6 +43,7 @@ from .shading import vertex_normals
 HAIR_PART = len(morphable.PART_NAMES)  # part ids after the ICT parts
 CLOTHES_PART = HAIR_PART + 1
 WORLD_PART_NAMES = morphable.PART_NAMES + ("hair", "clothes")
+NECK_CUT_CM = -13.0  # no hair below this height of the neutral head: the collar covers it
 
 #: Hair colours (display RGB), from black to grey; one is drawn per scene.
 HAIR_PALETTE = np.array(
@@ -72,6 +73,7 @@ class WorldConfig:
     back_hairline_cm: Tuple[float, float] = (-15.0, -3.0)  # how far down the back of the head/neck
     hair_thickness_cm: Tuple[float, float] = (0.3, 2.2)
     torso_yaw_fraction: float = 0.25
+    torso_roll_fraction: float = 0.4
 
 
 @dataclasses.dataclass
@@ -106,10 +108,7 @@ class FaceWorld(torch.nn.Module):
         self.camera = Camera(distance=self.config.camera_distance, focal=self.config.camera_focal, image_size=self.config.image_size)
         device = self.model.neutral.device
         neutral = self.model.neutral  # [V, 3]
-        # The ICT neck ends in a flared cut at y = -19 cm; below the collar it is hidden
-        # anyway, and dropping it keeps the cut from poking out when the head rolls.
         visible = self.model.face_mask(morphable.DEFAULT_VISIBLE_PARTS)
-        visible &= (self.model.neutral[self.model.faces][..., 1] > -13.0).any(dim=1)
         head_faces = self.model.faces[visible]  # [Fh, 3]
         head_part = self.model.face_part[visible]
 
@@ -117,7 +116,10 @@ class FaceWorld(torch.nn.Module):
         part = self.model.vertex_part
         skin = (part == self.model.part_id("face")) | (part == self.model.part_id("head_neck"))
         never = (neutral[:, 2] > 6.0) & (neutral[:, 1] < 6.3)
-        candidate = skin & ~never
+        # Ears are thinner than the 0.6 cm the hidden shell sinks, so it would poke through them.
+        x, y, z = neutral.unbind(dim=1)
+        never |= (x.abs() > 6.5) & (y > -3.5) & (y < 6.0) & (z > -4.0) & (z < 5.0)
+        candidate = skin & ~never & (neutral[:, 1] > NECK_CUT_CM)
         index = torch.full((neutral.shape[0],), -1, dtype=torch.long, device=device)
         hair_vertices = torch.nonzero(candidate).squeeze(1)  # [Vh]
         index[hair_vertices] = torch.arange(len(hair_vertices), device=device)
@@ -199,9 +201,10 @@ class FaceWorld(torch.nn.Module):
         return shaped[:, self.hair_vertices] + offset[..., None] * self.hair_normals
 
     def torso_geometry(self, pose: torch.Tensor) -> torch.Tensor:
-        """Torso vertices ``[B, Vt, 3]``: the head's translation and a fraction of its yaw."""
+        """Torso vertices ``[B, Vt, 3]``: the head's translation and fractions of its yaw and roll."""
         angles = torch.zeros_like(pose[:, :3])
         angles[:, 0] = pose[:, 0] * self.config.torso_yaw_fraction
+        angles[:, 2] = pose[:, 2] * self.config.torso_roll_fraction
         rotation = morphable.euler_to_matrix(angles)
         return self.torso_vertices @ rotation.transpose(1, 2) + pose[:, None, 3:]
 
@@ -280,8 +283,8 @@ def _torso_mesh(rings: int = 14, around: int = 28) -> Tuple[torch.Tensor, torch.
     # The ICT neck flares to ±10 cm at its cut (y = -19 cm): the collar must stay outside it.
     ys = torch.linspace(-10.5, -48.0, rings)
     grow = _smoothstep((-ys - 11.0) / 11.0)
-    half_width = 7.6 + 15.0 * grow
-    half_depth = 7.4 + 4.0 * grow
+    half_width = 9.0 + 13.5 * grow
+    half_depth = 8.6 + 3.0 * grow
     centre_z = 0.0 - 1.0 * grow
     theta = torch.linspace(0, 2 * np.pi, around + 1)[:-1]
     x = half_width[:, None] * torch.sin(theta)[None]
@@ -296,3 +299,117 @@ def _torso_mesh(rings: int = 14, around: int = 28) -> Tuple[torch.Tensor, torch.
             # Counter-clockwise seen from outside.
             faces += [(i0, j0, i1), (i1, j0, j1)]
     return vertices, torch.tensor(faces, dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------
+# Pre-rendered datasets: FaceWorld renders cost tens of milliseconds each on a
+# CPU, so training jobs (F, the GAN) read shards rendered once.
+
+
+def config_hash(config: WorldConfig) -> str:
+    """A short hash of everything that defines the distribution (world config + face model source)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str) + morphable.inspect_source_hash()
+    blob += hashlib.sha256(open(__file__, "rb").read()).hexdigest()
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def render_shards(
+    out_dir,
+    count: int,
+    *,
+    seed: int = 0,
+    shard_size: int = 512,
+    world: Optional[FaceWorld] = None,
+    batch: int = 64,
+    progress: bool = True,
+) -> "Path":
+    """Render ``count`` FaceWorld images into ``out_dir/shard_XXXXX.npz`` (resumable).
+
+    Shard ``i`` is drawn from its own generator seeded with ``seed * 1_000_003 + i``,
+    so an interrupted run resumes by skipping the shards that exist, and the
+    result does not depend on how often it was interrupted. Each shard holds
+    ``images`` (uint8 ``[N, H, W, 3]``), ``params`` (float32 ``[N, 196]``) and
+    ``landmarks`` (float32 ``[N, 68, 2]``) and is written atomically.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world = world or FaceWorld()
+    manifest = {
+        "count": int(count),
+        "seed": int(seed),
+        "shard_size": int(shard_size),
+        "image_size": world.config.image_size,
+        "world_hash": config_hash(world.config),
+    }
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        existing = json.loads(manifest_path.read_text())
+        if existing != manifest:
+            raise ValueError(
+                f"{out} already holds a different FaceWorld dataset ({existing}); asked for {manifest}. "
+                "Use another folder or delete this one."
+            )
+    else:
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, manifest_path)
+    shards = (count + shard_size - 1) // shard_size
+    iterator = range(shards)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"rendering FaceWorld into {out.name}", unit="shard")
+    for i in iterator:
+        path = out / f"shard_{i:05d}.npz"
+        if path.exists():
+            continue
+        n = min(shard_size, count - i * shard_size)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        images, params, landmarks = [], [], []
+        for start in range(0, n, batch):
+            b = world.sample(min(batch, n - start), generator=generator)
+            images.append((b.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+            params.append(b.params.to_vector().float().cpu().numpy())
+            landmarks.append(b.landmarks.float().cpu().numpy())
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, images=np.concatenate(images), params=np.concatenate(params), landmarks=np.concatenate(landmarks))
+        os.replace(tmp, path)
+    return out
+
+
+class FaceWorldShards(torch.utils.data.Dataset):
+    """A rendered FaceWorld dataset as a PyTorch dataset: ``(image [3,H,W] float in [0,1], params [196], landmarks [68,2])``."""
+
+    def __init__(self, root):
+        import json
+        from pathlib import Path
+
+        self.root = Path(root)
+        manifest_path = self.root / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{self.root} is not a FaceWorld dataset (no manifest.json); create it with render_shards()")
+        self.manifest = json.loads(manifest_path.read_text())
+        shards = sorted(self.root.glob("shard_*[0-9].npz"))
+        expected = (self.manifest["count"] + self.manifest["shard_size"] - 1) // self.manifest["shard_size"]
+        if len(shards) != expected:
+            raise FileNotFoundError(
+                f"{self.root} has {len(shards)} of {expected} shards; rerun render_shards() with the same arguments to finish it"
+            )
+        arrays = [np.load(p) for p in shards]
+        self.images = torch.from_numpy(np.concatenate([a["images"] for a in arrays]))  # [N, H, W, 3] uint8
+        self.params = torch.from_numpy(np.concatenate([a["params"] for a in arrays]))  # [N, 196]
+        self.landmarks = torch.from_numpy(np.concatenate([a["landmarks"] for a in arrays]))  # [N, 68, 2]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        image = self.images[index].permute(2, 0, 1).float() / 255.0
+        return image, self.params[index], self.landmarks[index]

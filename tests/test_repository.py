@@ -158,6 +158,7 @@ def test_chapter_reads_quick_mode_from_environment(path: Path, monkeypatch: pyte
 def test_chapter_follows_skeleton(path: Path) -> None:
     nb = load_notebook(path)
     headings = markdown_headings(nb)
+    assert nb["cells"], f"{path.name} is empty"
     first = nb["cells"][0]
     assert first["cell_type"] == "markdown" and cell_source(first).lstrip().startswith("# "), (
         f"{path.name}: the first cell must be markdown starting with the chapter title (`# Title`)"

@@ -1,0 +1,114 @@
+"""FaceWorld: determinism, label consistency, scene context, pre-rendered shards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stylerig_lite import morphable
+from stylerig_lite.world import WORLD_PART_NAMES, FaceWorld, FaceWorldShards, WorldConfig, render_shards
+
+
+@pytest.fixture(scope="module")
+def world() -> FaceWorld:
+    return FaceWorld(morphable.load_face_model(progress=False))
+
+
+def test_sampling_is_deterministic_given_a_seed(world):
+    a, b, c = world.sample(4, seed=11), world.sample(4, seed=11), world.sample(4, seed=12)
+    assert torch.equal(a.images, b.images) and torch.equal(a.params.to_vector(), b.params.to_vector())
+    assert not torch.equal(a.images, c.images)
+
+
+def test_outputs_have_the_documented_layout(world):
+    batch = world.sample(3, seed=0)
+    size = world.config.image_size
+    assert batch.images.shape == (3, 3, size, size)
+    assert batch.images.min() >= 0 and batch.images.max() <= 1
+    assert batch.params.to_vector().shape == (3, morphable.NUM_PARAMS)
+    assert batch.landmarks.shape == (3, 68, 2)
+    assert batch.face_mask.shape == batch.mask.shape == (3, 1, size, size)
+    assert torch.allclose(batch.images_pm1(), batch.images * 2 - 1)
+
+
+def test_landmarks_are_the_projection_of_the_landmark_vertices(world):
+    batch = world.sample(4, seed=3)
+    vertices = world.model(batch.params).landmarks  # [B, 68, 3] posed
+    uv, _ = world.camera.project(vertices)
+    assert torch.allclose(batch.landmarks, uv, atol=1e-4)
+    # And they land on the face: most landmark pixels show the face or its features.
+    idx = batch.landmarks.round().long().clamp(0, world.config.image_size - 1)
+    parts = torch.stack([batch.part_index[b, idx[b, :, 1], idx[b, :, 0]] for b in range(4)])
+    face_like = torch.isin(parts, torch.tensor([WORLD_PART_NAMES.index(p) for p in ("face", "eyes", "eyelashes", "mouth_interior", "teeth", "hair")]))
+    assert face_like.float().mean() > 0.8
+
+
+def test_scenes_contain_context_a_3dmm_lacks(world):
+    batch = world.sample(16, seed=5)
+    seen = {WORLD_PART_NAMES[i] for i in batch.part_index.unique().tolist() if i >= 0}
+    assert {"face", "hair", "clothes", "head_neck"} <= seen
+    background_share = (batch.part_index == -1).float().mean()
+    assert 0.2 < background_share < 0.8
+    # Pose spread follows the documented distribution (roll included).
+    angles = batch.params.angles_deg
+    d = world.config.params
+    assert angles[:, 0].abs().max() <= d.yaw_deg and angles[:, 2].abs().max() <= d.roll_deg
+    assert angles[:, 2].std() > 3.0
+
+
+def test_hair_can_be_removed_and_the_face_stays(world):
+    batch = world.sample(2, seed=8)
+    bald = dict(batch.scene, hair_front_cm=torch.full((2,), 99.0), hair_back_cm=torch.full((2,), 99.0))
+    rendered = world.render(batch.params, bald)
+    assert (rendered.part_index == WORLD_PART_NAMES.index("hair")).sum() == 0
+    assert torch.equal(rendered.landmarks, batch.landmarks)
+
+
+def test_render_is_differentiable_in_the_parameters(world):
+    batch = world.sample(2, seed=9)
+    vector = batch.params.to_vector().clone().requires_grad_(True)
+    out = world.render(morphable.FaceParams.from_vector(vector), batch.scene)
+    (out.images * batch.face_mask).mean().backward()
+    grad = vector.grad
+    for name in ("expression", "albedo", "light", "pose"):
+        assert grad[:, morphable.SLICES[name]].abs().sum() > 0, name
+
+
+def test_shards_round_trip_resume_and_refuse_a_different_dataset(tmp_path, world):
+    out = tmp_path / "data"
+    render_shards(out, 10, seed=4, shard_size=4, world=world, batch=4, progress=False)
+    files = sorted(out.glob("shard_*.npz"))
+    assert [f.name for f in files] == ["shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
+    data = FaceWorldShards(out)
+    assert len(data) == 10
+    image, params, landmarks = data[5]
+    assert image.shape == (3, 64, 64) and params.shape == (196,) and landmarks.shape == (68, 2)
+    # Shard 1 equals a direct render with its generator: the labels match the pixels.
+    direct = world.sample(4, generator=torch.Generator().manual_seed(4 * 1_000_003 + 1))
+    np.testing.assert_array_equal(data.images[4:8].numpy(), (direct.images * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    # Resume: delete a shard, rerun, identical content; other shards are not rewritten.
+    before = files[0].stat().st_mtime_ns
+    saved = np.load(files[1])["images"]
+    files[1].unlink()
+    with pytest.raises(FileNotFoundError, match="2 of 3 shards"):
+        FaceWorldShards(out)
+    render_shards(out, 10, seed=4, shard_size=4, world=world, batch=4, progress=False)
+    np.testing.assert_array_equal(np.load(files[1])["images"], saved)
+    assert files[0].stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="different FaceWorld dataset"):
+        render_shards(out, 12, seed=4, shard_size=4, world=world, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["count"] == 10
+
+
+def test_missing_dataset_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="render_shards"):
+        FaceWorldShards(tmp_path)
+
+
+def test_config_changes_the_distribution():
+    world = FaceWorld(morphable.load_face_model(progress=False), WorldConfig(bald_prob=1.0, headwear_prob=0.0))
+    batch = world.sample(4, seed=0)
+    assert (batch.part_index == WORLD_PART_NAMES.index("hair")).sum() == 0
