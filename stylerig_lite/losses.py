@@ -1,15 +1,15 @@
 """The rendering loss L_render, defined once for fitting (chapter 3), F and RigNet.
 
 StyleRig scores a 3DMM parameter vector ``p`` against an image ``I`` by
-rendering ``p`` and comparing {cite}`tewari2020stylerig`::
+rendering ``p`` and comparing (Tewari et al., CVPR 2020)::
 
     L_render(I, p) = w_photo * L_photo(I, p) + w_land * L_land(I, p)
 
 * **Photometric term** :func:`photometric_loss`: colour difference between
   the image and the rendering, only on the *rendered face mask* ``M`` (the
   pixels the face mesh covers; hair, background and everything else the
-  3DMM does not model are ignored). We use the robust ℓ2,1 form of MoFA and
-  Deng et al.: the Euclidean (not squared) RGB distance of each pixel,
+  3DMM does not model are ignored). We use the robust ℓ2,1 form of Deng et
+  al. (CVPRW 2019): the Euclidean (not squared) RGB distance of each pixel,
   averaged over the mask::
 
       L_photo = Σ_i M_i ‖I_i − R(p)_i‖₂ / max(Σ_i M_i, 1)
@@ -29,8 +29,8 @@ Rendering for the loss uses the face region of the ICT head only
 (``parts=("face",)``), the part a 3DMM fit is responsible for.
 :func:`crop_face_model` cuts the model down to the vertices of those parts,
 so the loss does not pay for eyeballs, teeth and the back of the head: the
-rendered image, mask and landmarks are identical to rendering the full model
-with the same ``parts`` (tested).
+rendered mask and landmarks are identical to rendering the full model with
+the same ``parts``, the image equal up to float rounding (tested).
 
 Gradients: the photometric term reaches colours and lighting directly and
 vertex positions through the barycentrics of the triangle visible at each
@@ -304,7 +304,9 @@ def render_loss(
         landmark = photometric.new_zeros(batch)
     else:
         assert_shape(target_landmarks, [batch, NUM_LANDMARKS, 2], "target_landmarks")
-        landmark = landmark_loss(render.landmarks, target_landmarks, image_size=(height, width), weights=landmark_weights)
+        landmark = landmark_loss(
+            render.landmarks, target_landmarks, image_size=(height, width), weights=landmark_weights
+        )
     total = w_photo * photometric + w_land * landmark
     return RenderLossTerms(total=total, photometric=photometric, landmark=landmark, render=render)
 

@@ -49,8 +49,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from stylerig_lite.camera import Camera, ImageSize, normalize_image_size
-from stylerig_lite.checks import assert_finite, assert_shape
+from stylerig_lite.camera import Camera, ImageSize, check_finite, normalize_image_size
+from stylerig_lite.checks import assert_shape
 
 _LOW32 = 0xFFFFFFFF
 
@@ -124,7 +124,7 @@ def check_mesh(vertices: torch.Tensor, faces: torch.Tensor) -> None:
         raise ValueError("vertices has batch size 0; pass at least one mesh [B >= 1, V, 3]")
     if vertices.shape[1] == 0:
         raise ValueError("empty mesh: vertices has 0 vertices; pass vertices of shape [B, V >= 3, 3]")
-    assert_finite(vertices, "vertices")
+    check_finite(vertices, "vertices")
     assert_shape(faces, [None, 3], "faces")
     if faces.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"faces must be an integer tensor (torch.long), got {faces.dtype}")
@@ -202,34 +202,33 @@ def visible_faces(
     batch, num_vertices, _ = uv.shape
     num_faces = faces.shape[0]
     dtype, device = uv.dtype, uv.device
-    index_dtype = torch.int64
 
-    # [V, 3B]: u of every image, then v, then 1/z.
-    table = torch.cat([uv.permute(1, 2, 0).reshape(num_vertices, 2 * batch), depth.t().reciprocal()], dim=1)
-    corner = [table.index_select(0, faces[:, k]) for k in range(3)]  # 3 x [F, 3B]
+    # [V, 2B]: u of every image, then v.
+    table = uv.permute(1, 2, 0).reshape(num_vertices, 2 * batch)
+    corner = [table.index_select(0, faces[:, k]) for k in range(3)]  # 3 x [F, 2B]
     cu = [c[:, :batch] for c in corner]  # [F, B] views
-    cv = [c[:, batch : 2 * batch] for c in corner]
+    cv = [c[:, batch:] for c in corner]
 
     # Pixel centres j + 0.5 inside [min u, max u]  <=>  j in [ceil(min u - 0.5), floor(max u - 0.5)].
-    col0 = torch.ceil(torch.minimum(torch.minimum(cu[0], cu[1]), cu[2]) - 0.5).clamp_(0, width)
-    col1 = torch.floor(torch.maximum(torch.maximum(cu[0], cu[1]), cu[2]) - 0.5).clamp_(-1, width - 1)
-    row0 = torch.ceil(torch.minimum(torch.minimum(cv[0], cv[1]), cv[2]) - 0.5).clamp_(0, height)
-    row1 = torch.floor(torch.maximum(torch.maximum(cv[0], cv[1]), cv[2]) - 0.5).clamp_(-1, height - 1)
-    ncols = (col1 - col0 + 1).clamp_(min=0)  # [F, B]
-    nrows = (row1 - row0 + 1).clamp_(min=0)
-    counts = ncols * nrows
+    col0 = torch.minimum(torch.minimum(cu[0], cu[1]), cu[2]).sub_(0.5).ceil_().clamp_(0, width)
+    col1 = torch.maximum(torch.maximum(cu[0], cu[1]), cu[2]).sub_(0.5).floor_().clamp_(-1, width - 1)
+    row0 = torch.minimum(torch.minimum(cv[0], cv[1]), cv[2]).sub_(0.5).ceil_().clamp_(0, height)
+    row1 = torch.maximum(torch.maximum(cv[0], cv[1]), cv[2]).sub_(0.5).floor_().clamp_(-1, height - 1)
+    ncols = col1.sub_(col0).add_(1).clamp_(min=0)  # [F, B]
+    counts = row1.sub_(row0).add_(1).clamp_(min=0).mul_(ncols)
 
     # Only triangles whose box holds a pixel centre go on. Flat id t = f * B + b.
     tri = (counts > 0).view(-1).nonzero().squeeze(1)  # [T]
     face_of = torch.div(tri, batch, rounding_mode="floor")
     batch_of = tri - face_of * batch
-    base = face_of * (3 * batch) + batch_of  # flat offset of (f, b) inside a [F, 3B] corner table
+    base = face_of * (2 * batch) + batch_of  # flat offset of (f, b) inside a [F, 2B] corner table
+    inv_z = depth.reciprocal().view(-1)
     pu, pv, iz = [], [], []
     for k in range(3):
         flat = corner[k].view(-1)
         pu.append(flat.index_select(0, base))
         pv.append(flat.index_select(0, base + batch))
-        iz.append(flat.index_select(0, base + 2 * batch))
+        iz.append(inv_z.index_select(0, batch_of * num_vertices + faces[:, k].index_select(0, face_of)))
     coefs = _edge_coefficients(pu[0], pv[0], pu[1], pv[1], pu[2], pv[2])
     area2 = coefs[0][2] + coefs[1][2] + coefs[2][2]  # [T] twice the signed area (shoelace)
     # In pixel space (v down) a face that is counter-clockwise in the world, seen from the
@@ -240,23 +239,25 @@ def visible_faces(
     sign = torch.where(area2 < 0, -torch.ones_like(area2), torch.ones_like(area2))
     inv_area = 1.0 / area2.abs()
     columns = []
-    ties = []
+    tie_bits = torch.zeros_like(tri)
     for k in range(3):
         a, b, c = (x * sign for x in coefs[k])  # exact negation: orientation-independent inside test
-        columns += [a, b, c, iz[k] * inv_area]
+        columns += [a, b, c]
         # Top-left rule: a zero edge function is inside for exactly one direction of each edge.
-        ties.append(((a < 0) | ((a == 0) & (b > 0))).to(dtype))
-    flat_counts = counts.view(-1).index_select(0, tri).to(index_dtype)
-    flat_counts = torch.where(ok, flat_counts, torch.zeros_like(flat_counts))
+        tie_bits |= ((a < 0) | ((a == 0) & (b > 0))).long() << k
+    columns += [iz[k] * inv_area for k in range(3)]
+    counts_t = counts.view(-1).index_select(0, tri).long()
+    counts_t = torch.where(ok, counts_t, torch.zeros_like(counts_t))
     col0_t = col0.view(-1).index_select(0, tri)
     row0_t = row0.view(-1).index_select(0, tri)
     ncols_t = ncols.view(-1).index_select(0, tri)
-    per_tri = torch.stack(columns + ties + [col0_t, row0_t, ncols_t], dim=1)  # [T, 18]
-    first_pixel = (batch_of * height + row0_t.to(index_dtype)) * width + col0_t.to(index_dtype)
+    # Rows of per-triangle numbers; gathering columns by owner keeps every row contiguous.
+    per_tri = torch.stack(columns + [col0_t, row0_t, ncols_t], dim=0)  # [15, T]
+    first_pixel = (batch_of * height + row0_t.long()) * width + col0_t.long()
     low_key = _LOW32 - face_of  # smaller face id wins depth ties under amax
 
     zbuf = torch.full((batch * height * width,), -1, dtype=torch.int64, device=device)
-    ends = flat_counts.cumsum(0)
+    ends = counts_t.cumsum(0)
     start_tri = 0
     num_tri = int(tri.shape[0])
     # Chunk triangles so that at most ~max_candidates (triangle, pixel) pairs live at once.
@@ -264,7 +265,7 @@ def visible_faces(
         before = int(ends[start_tri - 1]) if start_tri > 0 else 0
         stop_tri = int(torch.searchsorted(ends, before + max_candidates, right=True))
         stop_tri = min(max(stop_tri, start_tri + 1), num_tri)
-        chunk_counts = flat_counts[start_tri:stop_tri]
+        chunk_counts = counts_t[start_tri:stop_tri]
         n = int(ends[stop_tri - 1]) - before
         if n == 0:
             start_tri = stop_tri
@@ -274,22 +275,25 @@ def visible_faces(
         )  # [n] candidate -> triangle
         first = torch.repeat_interleave(ends[start_tri:stop_tri] - chunk_counts - before, chunk_counts, output_size=n)
         offset = torch.arange(n, device=device) - first  # position inside the triangle's box
-        rows = per_tri.index_select(0, owner)  # [n, 18]
-        ncol = rows[:, 17].to(index_dtype)
+        g = per_tri.index_select(1, owner)  # [15, n]
+        ncol = g[14].long()
         dr = torch.div(offset, ncol, rounding_mode="floor")
         dc = offset - dr * ncol
-        px = rows[:, 15] + (dc.to(dtype) + 0.5)  # pixel centre
-        py = rows[:, 16] + (dr.to(dtype) + 0.5)
-        inside = None
-        ws = []
-        for k in range(3):
-            w = torch.addcmul(torch.addcmul(rows[:, 4 * k + 2], rows[:, 4 * k], px), rows[:, 4 * k + 1], py)
-            ok_k = (w > 0) | ((w == 0) & (rows[:, 12 + k] > 0))
-            inside = ok_k if inside is None else inside & ok_k
-            ws.append(w)
+        px = g[12] + (dc.to(dtype) + 0.5)  # pixel centre
+        py = g[13] + (dr.to(dtype) + 0.5)
+        w = [torch.addcmul(torch.addcmul(g[3 * k + 2], g[3 * k], px), g[3 * k + 1], py) for k in range(3)]
+        lowest = torch.minimum(torch.minimum(w[0], w[1]), w[2])
+        inside = lowest > 0
+        on_edge = (lowest == 0).nonzero().squeeze(1)
+        if on_edge.numel():  # rare: a pixel centre exactly on an edge -> top-left rule
+            bits = tie_bits.index_select(0, owner.index_select(0, on_edge))
+            keep = torch.ones_like(on_edge, dtype=torch.bool)
+            for k in range(3):
+                wk = w[k].index_select(0, on_edge)
+                keep &= (wk > 0) | ((wk == 0) & (((bits >> k) & 1) == 1))
+            inside[on_edge] = keep
         sel = inside.nonzero().squeeze(1)
-        inv_depth = ws[0] * rows[:, 3] + ws[1] * rows[:, 7] + ws[2] * rows[:, 11]  # interpolated 1 / z
-        inv_depth = inv_depth.index_select(0, sel)
+        inv_depth = (w[0] * g[9] + w[1] * g[10] + w[2] * g[11]).index_select(0, sel)  # interpolated 1 / z
         owner_sel = owner.index_select(0, sel)
         key = (inv_depth.float().view(torch.int32).to(torch.int64) << 32) | low_key.index_select(0, owner_sel)
         pix = first_pixel.index_select(0, owner_sel) + dr.index_select(0, sel) * width + dc.index_select(0, sel)
@@ -400,6 +404,6 @@ def rasterize_reference(
                     if current is None or key > current:  # faces visited in increasing id: ties keep the first
                         best[b][i][j] = key
                         face_index[b, i, j] = f
-                        bary_out[b, i, j] = torch.tensor([q / inv_depth for q in weighted])
+                        bary_out[b, i, j] = torch.tensor([q / inv_depth for q in weighted], dtype=torch.float64)
                         depth_out[b, i, j] = 1.0 / inv_depth
     return face_index, bary_out, depth_out

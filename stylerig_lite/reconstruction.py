@@ -148,7 +148,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation-free ResNet basic block: conv-norm-relu-conv-norm + (projected) shortcut, relu."""
+    """ResNet basic block (post-activation): conv-norm-relu-conv-norm, plus the (projected) shortcut, then relu."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str):
         super().__init__()
@@ -222,6 +222,8 @@ class ReconstructionNet(nn.Module):
         # A zero last layer: training starts from "the mean face at the image centre".
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        # Channels-last convolutions: measured 1.1-1.8x faster for training on a CPU (width 16-32).
+        self.to(memory_format=torch.channels_last)
 
     # -- normalisation ------------------------------------------------------
     def normalize_params(self, params: torch.Tensor) -> torch.Tensor:
@@ -244,6 +246,7 @@ class ReconstructionNet(nn.Module):
         x = images
         if self.config.coord_channels:
             x = torch.cat([x, self._coordinates(x.shape[0], x)], dim=1)
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.stages(self.stem(x))  # [B, C, 4, 4]
         features = x.mean(dim=(2, 3))  # [B, C]
         out = self.head(features)  # [B, 196 + 136]
@@ -393,10 +396,13 @@ def check_images(images: Any, *, value_range: Tuple[float, float] = (0.0, 1.0), 
 #: Default loss weights: the mean squared error of each normalised component, the
 #: angle error in radians² and the landmark error in units of the image size.
 DEFAULT_LOSS_WEIGHTS: Dict[str, float] = {
+    # Per-component means give each of the 53 expression weights 1/53 of the component's weight, and most
+    # of them (eye gaze, brow details) are invisible at 64 px; the visible ones (jawOpen, smiles, blinks)
+    # then learn too slowly. Measured: with weight 1, expression and light error had not moved after 15 min.
     "identity": 1.0,
-    "expression": 1.0,
-    "albedo": 1.0,
-    "light": 1.0,
+    "expression": 10.0,
+    "albedo": 2.0,
+    "light": 5.0,
     "angles": 50.0,  # radians²: 1° error -> 0.015, 5° -> 0.38
     "translation": 1.0,
     "landmarks": 20.0,  # smooth-L1 in image sizes: 1 px at 64 px -> 0.31
@@ -416,6 +422,9 @@ def reconstruction_loss(
     weights (most of which a 64-px image barely shows) count as much as the 6
     pose values, not 17 times as much.
     """
+    unknown = set(weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
+    if unknown:
+        raise ValueError(f"unknown loss weights {sorted(unknown)}; expected keys of DEFAULT_LOSS_WEIGHTS: {list(DEFAULT_LOSS_WEIGHTS)}")
     weights = {**DEFAULT_LOSS_WEIGHTS, **(weights or {})}
     batch = output.params.shape[0]
     assert_shape(target_params, [batch, NUM_PARAMS], "target_params")
@@ -593,6 +602,7 @@ def parameter_errors(predicted: torch.Tensor, target: torch.Tensor) -> Dict[str,
     diff = predicted - target
     out["translation_cm_mean"] = float(diff[:, TRANSLATION_SLICE].abs().mean())
     out["expression_mae"] = float(diff[:, SLICES["expression"]].abs().mean())
+    out["jaw_open_mae"] = float(diff[:, SLICES["expression"].start + morphable.expression_index("jawOpen")].abs().mean())
     out["light_rmse"] = float(diff[:, SLICES["light"]].pow(2).mean().sqrt())
     out["identity_rmse"] = float(diff[:, SLICES["identity"]].pow(2).mean().sqrt())
     out["albedo_rmse"] = float(diff[:, SLICES["albedo"]].pow(2).mean().sqrt())
@@ -640,10 +650,10 @@ def evaluate_estimator(
 
     mean = dataset.params.mean(0, keepdim=True).expand_as(dataset.params)
     chance = parameter_errors(mean, dataset.params)
-    for key in ("yaw_deg_mean", "expression_mae", "light_rmse", "identity_rmse", "albedo_rmse"):
+    for key in ("yaw_deg_mean", "expression_mae", "jaw_open_mae", "light_rmse", "identity_rmse", "albedo_rmse"):
         metrics[f"{key}_mean_predictor"] = chance[key]
 
-    if photometric:
+    if photometric and dataset.face_mask is not None and dataset.scene:
         total, pixels = 0.0, 0.0
         device = world.model.neutral.device
         for start in range(0, len(dataset), batch_size):
@@ -678,7 +688,7 @@ def estimator_agreement(a: EstimatorLike, b: EstimatorLike, images: torch.Tensor
 def format_metrics(metrics: Dict[str, float], keys: Optional[Sequence[str]] = None) -> str:
     """One line of the headline metrics (for logs and the CLI)."""
     keys = keys or (
-        "yaw_deg_median", "pitch_deg_median", "roll_deg_median", "expression_mae", "light_rmse",
+        "yaw_deg_median", "pitch_deg_median", "roll_deg_median", "expression_mae", "jaw_open_mae", "light_rmse",
         "identity_rmse", "landmarks_px_mean", "photometric_face_mae_255",
     )
     return "  ".join(f"{k}={metrics[k]:.3g}" for k in keys if k in metrics)

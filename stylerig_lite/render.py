@@ -35,7 +35,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from stylerig_lite.camera import Camera, ImageSize
+from stylerig_lite.camera import Camera, ImageSize, check_finite
 from stylerig_lite.checks import assert_finite, assert_shape
 from stylerig_lite.rasterize import (
     Fragments,
@@ -124,7 +124,7 @@ def _check_per_vertex(values: torch.Tensor, batch: int, num_vertices: int, name:
         raise ValueError(f"{name} has batch size {values.shape[0]}, expected {batch} (or 1 to share)")
     if not values.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {values.dtype}")
-    assert_finite(values, name)
+    check_finite(values, name)
     return values.expand(batch, num_vertices, 3)
 
 
@@ -331,4 +331,48 @@ __all__ = [
     "pytorch3d_cameras",
     "Fragments",
     "interpolate",
+    "icosphere",
 ]
+
+
+def icosphere(subdivisions: int = 1, radius: float = 1.0, dtype: torch.dtype = torch.float32):
+    """A unit-ish sphere mesh for demos and tests: ``(vertices [V, 3], faces [F, 3] long)``.
+
+    Starts from the regular icosahedron (12 vertices, 20 faces) and splits every
+    triangle into 4, ``subdivisions`` times, projecting new vertices onto the
+    sphere. Faces are counter-clockwise seen from outside (outward normals).
+    """
+    if not isinstance(subdivisions, int) or subdivisions < 0:
+        raise ValueError(f"subdivisions must be an int >= 0, got {subdivisions!r}")
+    t = (1.0 + 5.0**0.5) / 2.0
+    verts = [
+        (-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0),
+        (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
+        (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1),
+    ]  # fmt: skip
+    faces = [
+        (0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11),
+        (1, 5, 9), (5, 11, 4), (11, 10, 2), (10, 7, 6), (7, 1, 8),
+        (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9),
+        (4, 9, 5), (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1),
+    ]  # fmt: skip
+    points = [tuple(c / (1.0 + t * t) ** 0.5 for c in v) for v in verts]
+    for _ in range(subdivisions):
+        midpoint_cache: Dict[Tuple[int, int], int] = {}
+
+        def midpoint(i: int, j: int) -> int:
+            key = (min(i, j), max(i, j))
+            if key not in midpoint_cache:
+                m = [(a + b) / 2.0 for a, b in zip(points[i], points[j])]
+                norm = sum(c * c for c in m) ** 0.5
+                points.append(tuple(c / norm for c in m))
+                midpoint_cache[key] = len(points) - 1
+            return midpoint_cache[key]
+
+        new_faces = []
+        for a, b, c in faces:
+            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
+            new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = new_faces
+    vertices = torch.tensor(points, dtype=dtype) * radius
+    return vertices, torch.tensor(faces, dtype=torch.long)

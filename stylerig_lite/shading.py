@@ -68,6 +68,8 @@ SH_C2 = math.sqrt(15.0 / (4.0 * math.pi))  # 1.092548
 SH_C3 = math.sqrt(5.0 / (16.0 * math.pi))  # 0.315392
 SH_C4 = math.sqrt(15.0 / (16.0 * math.pi))  # 0.546274
 
+_SH_CONSTANTS = (SH_C0, SH_C1, SH_C1, SH_C1, SH_C2, SH_C2, SH_C3, SH_C2, SH_C4)
+
 # Clamped-cosine convolution factors A_l (R&H 2001, eq. 8) per basis function.
 LAMBERT_BAND = (math.pi, 2.0 * math.pi / 3.0, math.pi / 4.0)
 LAMBERT_FACTORS = (LAMBERT_BAND[0],) + (LAMBERT_BAND[1],) * 3 + (LAMBERT_BAND[2],) * 5
@@ -123,9 +125,26 @@ def sh_shading(normals: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
             "pass one gamma row per image (or a single row for all)"
         )
     assert_finite(gamma, "gamma")
-    basis = sh_basis(normals)  # [B, V, 9]
-    coeffs = gamma.view(gamma.shape[0], 3, NUM_SH).to(basis.dtype)  # [B, 3, 9]
-    return torch.einsum("bvk,bck->bvc", basis, coeffs.expand(normals.shape[0], 3, NUM_SH))
+    batch = normals.shape[0]
+    # Basis as [B, 9, V] (contiguous rows), then one batched [3, 9] @ [9, V] product per image.
+    x, y, z = normals.unbind(-1)
+    factors = [c * f / math.pi for c, f in zip(_SH_CONSTANTS, LAMBERT_FACTORS)]
+    basis = torch.stack(
+        [
+            torch.full_like(x, factors[0]),
+            factors[1] * y,
+            factors[2] * z,
+            factors[3] * x,
+            factors[4] * x * y,
+            factors[5] * y * z,
+            factors[6] * (3.0 * z * z - 1.0),
+            factors[7] * x * z,
+            factors[8] * (x * x - y * y),
+        ],
+        dim=1,
+    )  # [B, 9, V]
+    coeffs = gamma.view(gamma.shape[0], 3, NUM_SH).to(basis.dtype).expand(batch, 3, NUM_SH)
+    return torch.bmm(coeffs, basis).transpose(1, 2)  # [B, V, 3]
 
 
 def _as_rgb(value: Union[Number, torch.Tensor], name: str, dtype, device) -> torch.Tensor:
@@ -220,23 +239,62 @@ def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
     Counter-clockwise faces (seen from outside) give outward normals, as in the ICT mesh.
     """
-    faces = faces.long()
-    return _face_normals_vertex_major(vertices, faces).view(faces.shape[0], 3, -1).permute(2, 0, 1)
+    v0, v1, v2 = (vertices[:, faces[:, k].long()] for k in range(3))
+    return torch.cross(v1 - v0, v2 - v0, dim=-1)
 
 
-def _face_normals_vertex_major(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Face normals as ``[F, 3B]`` rows (x of every image, then y, then z)."""
-    batch, num_vertices, _ = vertices.shape
-    num_faces = faces.shape[0]
-    # Vertex-major rows make gathers and scatters move whole rows of 3B numbers: much
-    # faster on the CPU than per-number indexing of a [B, V, 3] tensor.
-    rows = vertices.permute(1, 2, 0).reshape(num_vertices, 3 * batch)  # [V, 3B]
-    p0, p1, p2 = (rows.index_select(0, faces[:, k]).view(num_faces, 3, batch) for k in range(3))
-    e1, e2 = p1 - p0, p2 - p0  # [F, 3, B]
-    x1, y1, z1 = e1.unbind(1)
-    x2, y2, z2 = e2.unbind(1)
-    normal = torch.stack([y1 * z2 - z1 * y2, z1 * x2 - x1 * z2, x1 * y2 - y1 * x2], dim=1)  # [F, 3, B]
-    return normal.view(num_faces, 3 * batch)
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cross product of ``[F, 3, B]`` tensors along dim 1 (components as contiguous rows)."""
+    ax, ay, az = a.unbind(1)
+    bx, by, bz = b.unbind(1)
+    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], dim=1)
+
+
+class _VertexNormals(torch.autograd.Function):
+    """Area-weighted unit vertex normals in a vertex-major layout, with a hand-written backward.
+
+    Input ``rows [V, 3B]`` (x of every image, then y, then z), output ``[V, 3, B]``.
+    Gathering and scattering whole rows of 3B numbers is much faster on the CPU than
+    per-number indexing of ``[B, V, 3]``, and the fused backward avoids autograd's
+    many intermediate tensors on ``F x 3B`` arrays. (First-order gradients only.)
+    """
+
+    @staticmethod
+    def forward(ctx, rows, faces, eps):
+        num_vertices, width = rows.shape
+        batch = width // 3
+        corner = [faces[:, k] for k in range(3)]
+        p0, p1, p2 = (rows.index_select(0, c).view(-1, 3, batch) for c in corner)
+        e1, e2 = p1 - p0, p2 - p0  # [F, 3, B]
+        normal = _cross(e1, e2).view(-1, width)  # (2 x area)-long face normals
+        summed = rows.new_zeros(num_vertices, width)
+        for c in corner:
+            summed.index_add_(0, c, normal)
+        summed = summed.view(num_vertices, 3, batch)
+        raw_length = (summed * summed).sum(dim=1, keepdim=True).sqrt()  # [V, 1, B]
+        length = raw_length.clamp_min(eps)
+        unit = summed / length
+        ctx.save_for_backward(faces, e1, e2, unit, length, raw_length > eps)
+        return unit
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_unit):
+        faces, e1, e2, unit, length, normalised = ctx.saved_tensors
+        num_vertices, _, batch = unit.shape
+        # d(s / |s|) = (g - u (u . g)) / |s|; below eps the length is the constant eps.
+        projected = grad_unit - unit * (unit * grad_unit).sum(dim=1, keepdim=True)
+        grad_summed = torch.where(normalised, projected, grad_unit) / length
+        grad_summed = grad_summed.reshape(num_vertices, 3 * batch)
+        corner = [faces[:, k] for k in range(3)]
+        grad_face = sum(grad_summed.index_select(0, c) for c in corner).view(-1, 3, batch)  # [F, 3, B]
+        grad_e1 = _cross(e2, grad_face)  # n = e1 x e2  =>  dL/de1 = e2 x g, dL/de2 = g x e1
+        grad_e2 = _cross(grad_face, e1)
+        grad_rows = grad_summed.new_zeros(num_vertices, 3 * batch)
+        grad_rows.index_add_(0, corner[1], grad_e1.view(-1, 3 * batch))
+        grad_rows.index_add_(0, corner[2], grad_e2.view(-1, 3 * batch))
+        grad_rows.index_add_(0, corner[0], (grad_e1 + grad_e2).neg_().view(-1, 3 * batch))
+        return grad_rows, None, None
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -249,14 +307,10 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, eps: float = 1e-
     assert_shape(faces, [None, 3], "faces")
     if faces.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"faces must be an integer (long) tensor, got {faces.dtype}")
-    faces = faces.long()
     batch, num_vertices, _ = vertices.shape
-    normal = _face_normals_vertex_major(vertices, faces)  # [F, 3B]
-    summed = normal.new_zeros(num_vertices, 3 * batch)
-    for k in range(3):
-        summed = summed.index_add(0, faces[:, k], normal)
-    summed = summed.view(num_vertices, 3, batch).permute(2, 0, 1)  # [B, V, 3]
-    return torch.nn.functional.normalize(summed, dim=-1, eps=eps)
+    rows = vertices.permute(1, 2, 0).reshape(num_vertices, 3 * batch)  # [V, 3B]
+    unit = _VertexNormals.apply(rows, faces.long(), eps)  # [V, 3, B]
+    return unit.permute(2, 0, 1).contiguous()  # [B, V, 3]
 
 
 def vertex_normals_reference(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

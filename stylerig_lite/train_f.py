@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -48,6 +49,7 @@ import torch
 
 from .morphable import NUM_PARAMS, FaceParams
 from .reconstruction import (
+    DEFAULT_LOSS_WEIGHTS,
     AugmentConfig,
     ReconstructionConfig,
     ReconstructionNet,
@@ -86,8 +88,8 @@ class FaceDataset:
     images: torch.Tensor  # [N, 3, H, W] uint8
     params: torch.Tensor  # [N, 196] float32
     landmarks: torch.Tensor  # [N, 68, 2] float32 pixels
-    face_mask: torch.Tensor  # [N, H, W] bool
-    scene: Dict[str, torch.Tensor]  # FaceWorld scene context, each [N, ...]
+    face_mask: Optional[torch.Tensor]  # [N, H, W] bool (None for world.render_shards folders)
+    scene: Dict[str, torch.Tensor]  # FaceWorld scene context, each [N, ...] (empty for world.render_shards folders)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -97,8 +99,8 @@ class FaceDataset:
 
     def subset(self, index: Any) -> "FaceDataset":
         return FaceDataset(
-            self.images[index], self.params[index], self.landmarks[index], self.face_mask[index],
-            {k: v[index] for k, v in self.scene.items()},
+            self.images[index], self.params[index], self.landmarks[index],
+            self.face_mask[index] if self.face_mask is not None else None, {k: v[index] for k, v in self.scene.items()},
         )
 
     @staticmethod
@@ -107,7 +109,7 @@ class FaceDataset:
             torch.cat([p.images for p in parts]),
             torch.cat([p.params for p in parts]),
             torch.cat([p.landmarks for p in parts]),
-            torch.cat([p.face_mask for p in parts]),
+            torch.cat([p.face_mask for p in parts]) if all(p.face_mask is not None for p in parts) else None,
             {k: torch.cat([p.scene[k] for p in parts]) for k in parts[0].scene},
         )
 
@@ -281,6 +283,48 @@ def _progress(iterable, enabled: bool, desc: str, per_item: int):
         bar.close()
 
 
+def load_world_shards(root: Union[str, os.PathLike], count: int) -> FaceDataset:
+    """The first ``count`` images of a folder written by :func:`stylerig_lite.world.render_shards`.
+
+    Such folders (rendered once for the GAN) hold images, parameters and
+    landmarks but no face masks or scene context, so they serve F's
+    regression losses only. Shards are read in order, so a folder that is
+    still being rendered can be used for the shards it already has.
+    """
+    import warnings
+
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{root} is not a FaceWorld shard folder (no manifest.json); make one with stylerig_lite.world.render_shards")
+    manifest = json.loads(manifest_path.read_text())
+    try:
+        from .world import WorldConfig, config_hash
+
+        if manifest.get("world_hash") != config_hash(WorldConfig()):
+            warnings.warn(
+                f"{root} was rendered by another FaceWorld version (world_hash {manifest.get('world_hash')} != "
+                f"{config_hash(WorldConfig())}); its labels may not match the current renderer"
+            )
+    except ImportError:
+        pass
+    parts, have = [], 0
+    for k in range(math.ceil(manifest["count"] / manifest["shard_size"])):
+        path = root / f"shard_{k:05d}.npz"
+        if have >= count or not path.exists():
+            break
+        with np.load(path, allow_pickle=False) as data:
+            images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # [n, 3, H, W] uint8
+            parts.append(FaceDataset(images, torch.from_numpy(data["params"]).float(), torch.from_numpy(data["landmarks"]).float(), None, {}))
+        have += len(parts[-1])
+    if have < count:
+        raise ValueError(
+            f"{root} holds {have} images so far (of {manifest['count']}); asked for {count}. Ask for fewer with "
+            "--images, or wait for world.render_shards to finish"
+        )
+    return FaceDataset.concatenate(parts).subset(slice(0, count))
+
+
 # ----------------------------------------------------------------------------
 # Training configuration.
 
@@ -296,12 +340,14 @@ class TrainConfig:
     norm: str = "batch"
     images: int = 16384  # training images (rendered once, cached)
     data_seed: int = 0  # which FaceWorld set to train on (the evaluation estimator shares it)
+    data_dir: Optional[str] = None  # instead: read images from a folder made by world.render_shards (shared with the GAN)
     steps: int = 12000
     batch: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     augment: bool = True
+    loss_weights: Dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     photometric_weight: float = 0.0  # > 0 adds a re-render loss on the face mask (slow: a render + backward per step)
     val_images: int = 256
     val_seed: int = 10_000
@@ -470,11 +516,14 @@ def _train(
     progress: bool,
     log: Callable[[str], None],
 ) -> TrainState:
-    if world is None and (dataset is None or val is None or config.photometric_weight > 0):
+    needs_rendering = (dataset is None and not config.data_dir) or (val is None and config.val_images > 0)
+    if world is None and (needs_rendering or config.photometric_weight > 0):
         from .world import FaceWorld
 
         world = FaceWorld()
     cache: Union[str, None] = config.cache_dir
+    if dataset is None and config.data_dir:
+        dataset = load_world_shards(config.data_dir, config.images)
     if dataset is None:
         dataset = load_or_render_dataset(world, config.images, config.data_seed, cache_dir=cache, progress=progress)
     if len(dataset) < config.images:
@@ -482,8 +531,11 @@ def _train(
     dataset = dataset.subset(slice(0, config.images))
     if val is None and config.val_images > 0:
         val = load_or_render_dataset(world, config.val_images, config.val_seed, cache_dir=cache, progress=progress)
-    if config.photometric_weight > 0 and world is None:
-        raise ValueError("photometric_weight > 0 needs a FaceWorld to render with")
+    if config.photometric_weight > 0 and (dataset.face_mask is None or not dataset.scene):
+        raise ValueError(
+            "photometric_weight > 0 needs the face masks and scene context of the training images, which only the "
+            "train_f cache stores (not folders made by world.render_shards): drop --data-dir or the photometric term"
+        )
 
     out = Path(config.out)
     if out.exists() and not fresh:
@@ -524,10 +576,11 @@ def _train(
             generator = torch.Generator().manual_seed(derive_seed(config.seed, 1, step))
             aug = augment(
                 dataset.float_images(index), dataset.landmarks[index], dataset.params[index], generator, augment_config,
-                cm_per_px=cm_per_px, camera_distance=distance, face_mask=dataset.face_mask[index][:, None].float(),
+                cm_per_px=cm_per_px, camera_distance=distance,
+                face_mask=dataset.face_mask[index][:, None].float() if dataset.face_mask is not None else None,
             )
             output = net(aug["images"])
-            loss, parts = reconstruction_loss(net, output, aug["params"], aug["landmarks"])
+            loss, parts = reconstruction_loss(net, output, aug["params"], aug["landmarks"], config.loss_weights)
             if config.photometric_weight > 0:
                 scene = {k: v[index] for k, v in dataset.scene.items()}
                 rendered = world.render(FaceParams.from_vector(output.params), scene).images
@@ -598,6 +651,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="batch size")
     parser.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine decay)")
     parser.add_argument("--data-seed", type=int, help="FaceWorld training set seed (keep it shared between F and the evaluation estimator)")
+    parser.add_argument("--data-dir", help="train on a folder rendered by stylerig_lite.world.render_shards instead of the cache")
     parser.add_argument("--blocks-per-stage", type=int)
     parser.add_argument("--norm", choices=("batch", "group"))
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="train on clean renders only")
@@ -619,12 +673,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     overrides = {
         name: getattr(args, name, None)
         for name in (
-            "out", "seed", "width", "images", "steps", "batch", "lr", "data_seed", "blocks_per_stage", "norm", "augment",
+            "out", "seed", "width", "images", "steps", "batch", "lr", "data_seed", "data_dir", "blocks_per_stage", "norm", "augment",
             "photometric_weight", "eval_every", "val_images", "minutes", "threads", "cache_dir",
         )
     }
-    config = make_config(args.preset, **overrides)
-    state = train(config, fresh=args.fresh, progress=not args.quiet)
+    try:
+        config = make_config(args.preset, **overrides)
+        state = train(config, fresh=args.fresh, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as error:  # bad options or data: say what, without a traceback
+        print(f"stylerig-lite train-f: error: {error}", file=sys.stderr)
+        return 2
     if args.evaluate > 0:
         from .world import FaceWorld
 

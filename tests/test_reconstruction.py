@@ -277,6 +277,17 @@ def test_resume_continues_exactly(tmp_path, dataset):
         train_f.train(dataclasses.replace(half, width=4, steps=8), dataset=dataset, progress=False)
 
 
+def test_photometric_term_trains_through_the_renderer(tmp_path, world, dataset):
+    config = _tiny_train_config(tmp_path, steps=2, batch=4, photometric_weight=1.0)
+    state = train_f.train(config, world=world, dataset=dataset, progress=False, log=lambda s: None)
+    photometric = [entry["photometric"] for entry in state.history]
+    assert photometric and all(math.isfinite(v) and v > 0 for v in photometric)
+    # Without face masks (a world.render_shards folder) the term is refused with a reason.
+    no_masks = dataclasses.replace(dataset, face_mask=None, scene={})
+    with pytest.raises(ValueError, match="face masks"):
+        train_f.train(dataclasses.replace(config, out=str(tmp_path / "g.pt")), world=world, dataset=no_masks, progress=False)
+
+
 def test_batches_cover_each_epoch_once():
     seen = torch.cat([train_f.batch_indices(0, step, 6, 20) for step in range(10)])  # 60 draws = 3 epochs
     for epoch in range(3):
@@ -321,3 +332,25 @@ def test_cli_train_f_tiny(tmp_path, world, dataset, small_chunks, cache_dir, mon
     assert cli.main(argv[:8] + ["6"] + argv[9:]) == 0  # same command, more steps: resumes
     assert "resuming" in capsys.readouterr().out
     assert torch.load(out, weights_only=True)["train"]["step"] == 6
+
+
+def test_training_can_read_a_world_render_shards_folder(tmp_path):
+    """Folders written by world.render_shards ([N, H, W, 3] uint8 shards + manifest) load as a FaceDataset."""
+    import json
+
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    shards = [g.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    params = [g.standard_normal((4, NUM_PARAMS)).astype(np.float32) for _ in range(2)]
+    landmarks = [(64 * g.random((4, 68, 2))).astype(np.float32) for _ in range(2)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"count": 10, "seed": 0, "shard_size": 4, "image_size": 64, "world_hash": "x"}))
+    for k in range(2):  # the third shard is "still rendering"
+        np.savez(tmp_path / f"shard_{k:05d}.npz", images=shards[k], params=params[k], landmarks=landmarks[k])
+    with pytest.warns(UserWarning, match="another FaceWorld version"):
+        data = train_f.load_world_shards(tmp_path, 6)
+    assert data.images.shape == (6, 3, 64, 64) and data.images.dtype == torch.uint8
+    assert torch.equal(data.images[5], torch.from_numpy(shards[1][1]).permute(2, 0, 1))
+    assert torch.equal(data.params[4], torch.from_numpy(params[1][0])) and data.face_mask is None
+    with pytest.raises(ValueError, match="holds 8 images so far"):
+        train_f.load_world_shards(tmp_path, 9)

@@ -1,8 +1,8 @@
 """Repository conventions that the book, CI and Colab rely on.
 
-Notebooks: committed without outputs; chapters follow the skeleton (title, "What you will
-learn", numbered sections, Summary, Exercises), install the package only on Colab and
-read quick mode from ``STYLERIG_LITE_QUICK``. Book: every notebook is in ``_toc.yml``,
+Notebooks: committed without outputs; install the package only on Colab and read quick
+mode from ``STYLERIG_LITE_QUICK``; chapters follow the skeleton (title, "What you will
+learn", numbered sections, Summary, Exercises). Book: every notebook is in ``_toc.yml``,
 every listed file exists, every citation is in ``book/references.bib``. Packaging: the
 extras exist and the CI lock satisfies every requirement. Links: README badges and
 ``pyproject.toml`` name the repository that ``_config.yml`` names.
@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 QUICK_ENV = "STYLERIG_LITE_QUICK"
 
-# Scratch notebooks start with "_": neither in the book nor tested. Chapters start with a digit.
+# Scratch notebooks start with "_": neither in the book nor tested. Every other notebook is in
+# the book, executed by `make book` and opened from Colab (install cell, quick mode, badge);
+# chapters, whose names start with a digit, also follow the chapter skeleton.
 BOOK_NOTEBOOKS = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith("_"))
 CHAPTERS = [p for p in BOOK_NOTEBOOKS if p.name[0].isdigit()]
 ALL_NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -97,8 +99,8 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
-def test_chapter_installs_package_only_on_colab(path: Path) -> None:
+@pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=_ids(BOOK_NOTEBOOKS))
+def test_notebook_installs_package_only_on_colab(path: Path) -> None:
     owner, name, _ = repository()
     cells = code_cells(load_notebook(path))
     assert cells, f"{path.name} has no code cells"
@@ -137,8 +139,8 @@ def _quick_expression(path: Path) -> ast.expr:
     raise AssertionError(f"{path.name}: the `parameters` cell does not assign `quick`")
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
-def test_chapter_reads_quick_mode_from_environment(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=_ids(BOOK_NOTEBOOKS))
+def test_notebook_reads_quick_mode_from_environment(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expression = _quick_expression(path)
     text = ast.unparse(expression)
     assert QUICK_ENV in text, f"{path.name}: `quick = {text}` must read the {QUICK_ENV} environment variable"
@@ -322,7 +324,7 @@ def test_readme_links_name_the_configured_repository() -> None:
     wrong = [b for b in badges if b[:3] != (owner, name, branch)]
     assert not wrong, f"README Colab links must point at {owner}/{name} branch {branch}: {wrong}"
     linked = {b[3] for b in badges}
-    unlinked = [p.name for p in CHAPTERS if p.name not in linked]
+    unlinked = [p.name for p in BOOK_NOTEBOOKS if p.name not in linked]
     assert not unlinked, f"README has no Colab badge for {unlinked}"
     assert f"https://{owner}.github.io/{name}/" in readme, "README must link the GitHub Pages book"
 

@@ -141,6 +141,8 @@ def test_conv2d_resample_fast_matches_reference(k, up, down, groups, flip_weight
     fast, ref = conv2d_resample(x, w, impl="fast", **kw), conv2d_resample(x, w, impl="ref", **kw)
     assert fast.shape == ref.shape == (2, 6, 8 * up // down, 8 * up // down)
     torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+    nhwc = conv2d_resample(x, w, impl="fast", channels_last=True, **kw)
+    torch.testing.assert_close(nhwc, ref, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("up,demodulate,k", [(1, True, 3), (2, True, 3), (1, False, 1), (2, False, 3)])
@@ -161,12 +163,20 @@ def test_fused_and_nonfused_modconv_agree(up, demodulate, k):
         torch.testing.assert_close(modulated_conv2d(x, w, 3 * s, fused_modconv=True, **kw), fused)
 
 
-def test_generator_fused_and_nonfused_give_the_same_image():
-    G = Generator(_tiny(architecture="resnet", conv_clamp=0.5), seed=0)
+@pytest.mark.parametrize("arch", ["skip", "resnet"])
+def test_generator_fused_nonfused_and_channels_last_give_the_same_image(arch):
+    cfg = _tiny(architecture=arch, conv_clamp=0.5, channels_last=False)
+    G = Generator(cfg, seed=0)
+    G_cl = Generator(cfg.replace(channels_last=True), seed=0)
+    D, D_cl = Discriminator(cfg, seed=1), Discriminator(cfg.replace(channels_last=True), seed=1)
     z = _z(4, G.z_dim)
     a = G(z, noise_mode="const", fused_modconv=True)
     b = G(z, noise_mode="const", fused_modconv=False)
+    c = G_cl(z, noise_mode="const", fused_modconv=False)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-5)
+    assert c.is_contiguous()
+    torch.testing.assert_close(D_cl(a), D(a), rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,10 +380,10 @@ def test_short_training_run_learns(tmp_path):
     gap1 = colour_gap()
     d_loss_first, d_loss_last = history[0]["loss_D"], np.mean([h["loss_D"] for h in history[-10:]])
     assert abs(d_loss_first - math.log(4)) < 0.2  # D starts at chance: 2 * softplus(0)
-    assert d_loss_last < d_loss_first - 0.1  # ... and learns
+    assert d_loss_last < d_loss_first - 0.05  # ... and learns
     moved = sum(float((trainer.G.state_dict()[k] - v).norm()) for k, v in G0.items() if v.is_floating_point())
     assert moved > 1.0
-    assert gap1 < 0.8 * gap0  # G's output statistics approach the data's
+    assert gap1 < 0.5 * gap0  # G's output statistics approach the data's (seeds 0-2: 8x closer)
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "reals.png").exists()
     assert list(tmp_path.glob("fakes*.png"))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["images_seen"] == 320
@@ -542,3 +552,38 @@ def test_malicious_pickles_are_refused(tmp_path, monkeypatch):
         load_official_pickle(ours)
     with pytest.raises(FileNotFoundError):
         load_official_pickle(tmp_path / "nope.pkl")
+
+
+def test_config_from_official_kwargs():
+    legacy = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3,
+                  mapping_kwargs=dict(num_layers=8, embed_features=None, layer_features=None, activation="lrelu",
+                                      lr_multiplier=0.01, w_avg_beta=0.995),
+                  synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256,
+                                        architecture="skip", resample_filter=[1, 3, 3, 1], use_noise=True,
+                                        activation="lrelu"))
+    cfg = sg.config_from_official_kwargs(legacy)
+    ffhq = get_config("ffhq1024")
+    assert (cfg.num_ws, cfg.channel_base, cfg.channel_max, cfg.conv_clamp) == (18, 32768, 512, 256.0)
+    assert [cfg.g_channels(r) for r in cfg.block_resolutions] == [ffhq.g_channels(r) for r in ffhq.block_resolutions]
+    odd = dict(legacy, synthesis_kwargs=dict(legacy["synthesis_kwargs"], activation="relu"))
+    with pytest.raises(OfficialPickleError, match="activation"):
+        sg.config_from_official_kwargs(odd)
+
+
+def test_train_gan_resumes_from_out_dir(tmp_path, capsys):
+    from stylerig_lite.train_gan import main
+
+    args = ["--out", str(tmp_path), "--preset", "tiny", "--batch", "4", "--checkpoint-every", "8",
+            "--sample-every", "8", "--no-progress"]
+    assert main(args + ["--images", "8"]) == 0
+    first = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (first["step"], first["images_seen"], first["compact"]) == (2, 8, False)
+    # Resume: bookkeeping options may change (compact), training options stay the checkpoint's.
+    assert main(args + ["--images", "12", "--compact", "--seed", "5"]) == 0
+    second = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (second["step"], second["images_seen"], second["compact"]) == (3, 12, True)
+    assert second["extra"]["train_config"]["seed"] == 0
+    assert "keeping the checkpoint's ['seed'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("fakes*.png")) == ["fakes000000008.png", "fakes000000012.png"]
+    # Files get the usual umask-based mode, not mkstemp's private 0600 (the checkpoint is shared).
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == sg._default_file_mode()
