@@ -18,7 +18,6 @@ object whose top-level ``ours_ms``, ``pytorch3d_ms`` and ``speedup`` are the
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import statistics
@@ -35,26 +34,11 @@ from stylerig_lite.shading import directional_gamma
 
 # ----------------------------------------------------------------------------------------- the mesh
 def _load_head() -> Tuple[torch.Tensor, torch.Tensor]:
-    """THE ONE PLACE the benchmark gets its mesh: ``(vertices [V, 3] cm, faces [F, 3] long)``.
+    """The benchmark's mesh: the ICT neutral head ``(vertices [V, 3] cm, faces [F, 3] long)``, all parts."""
+    from stylerig_lite.morphable import load_face_model
 
-    Today: the ICT-FaceKit neutral head read from its OBJ (quads split into
-    (v0, v1, v2), (v0, v2, v3)). TODO(lead): point this at
-    ``stylerig_lite.morphable.load_face_model()`` (its ``.faces`` and neutral vertices).
-    """
-    from stylerig_lite.assets import fetch
-
-    path = fetch("ict-facekit/FaceXModel/generic_neutral_mesh.obj", progress=False)
-    opener = gzip.open if str(path).endswith(".gz") else open
-    vertices: List[List[float]] = []
-    faces: List[List[int]] = []
-    with opener(path, "rt") as handle:
-        for line in handle:
-            if line.startswith("v "):
-                vertices.append([float(x) for x in line.split()[1:4]])
-            elif line.startswith("f "):
-                ids = [int(token.split("/")[0]) - 1 for token in line.split()[1:]]
-                faces.extend([ids[0], ids[k], ids[k + 1]] for k in range(1, len(ids) - 1))
-    return torch.tensor(vertices), torch.tensor(faces, dtype=torch.long)
+    model = load_face_model(progress=False)
+    return model.neutral.clone(), model.faces.clone()
 
 
 def _head_batch(batch: int, seed: int = 0):
@@ -179,8 +163,41 @@ def _print_render_table(result: dict) -> None:
               f"same face {p['same_face_fraction']:.4f}")
 
 
-BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None], str]] = {
-    "render": (bench_render, _print_render_table, "our rasterizer vs pytorch3d on the full ICT head"),
+def bench_world(args: argparse.Namespace) -> dict:
+    """FaceWorld sampling throughput (render + scene + labels), batches of ``--batch``."""
+    from stylerig_lite.world import FaceWorld
+
+    world = FaceWorld()
+    world.sample(args.batch, seed=0)  # warm-up
+    times = []
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        world.sample(args.batch, seed=1 + r)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "seconds_per_batch": round(seconds, 4),
+        "images_per_s": round(args.batch / seconds, 2),
+        "triangles": int(world.faces.shape[0]),
+    }
+
+
+def _print_world(result: dict) -> None:
+    print(f"FaceWorld: {result['images_per_s']} images/s ({result['batch']} per batch, "
+          f"{result['seconds_per_batch']} s per batch, {result['triangles']:,} triangles, {result['threads']} threads)")
+
+
+def _add_world_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches (default 3)")
+
+
+# name -> (run, print, help, add arguments)
+BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None], str, Callable]] = {
+    "render": (bench_render, _print_render_table, "our rasterizer vs pytorch3d on the full ICT head", None),
+    "world": (bench_world, _print_world, "FaceWorld images per second", _add_world_args),
 }
 
 
@@ -197,25 +214,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     sub = parser.add_subparsers(dest="benchmark")
-    for name, (_, _, help_text) in BENCHMARKS.items():
+    for name, (_, _, help_text, add_args) in BENCHMARKS.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object")
         p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch threads")
-        _add_render_args(p)
+        (add_args or _add_render_args)(p)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.benchmark is None:  # `make bench`: every benchmark with its defaults
         names = list(BENCHMARKS)
-        defaults = argparse.ArgumentParser()
-        _add_render_args(defaults)
-        for key, value in vars(defaults.parse_args([])).items():
-            setattr(args, key, value)
     else:
         names = [args.benchmark]
     results = {}
     for name in names:
-        run, show, _ = BENCHMARKS[name]
+        run, show, _, add_args = BENCHMARKS[name]
+        if args.benchmark is None:  # each benchmark with its own defaults
+            defaults = argparse.ArgumentParser()
+            (add_args or _add_render_args)(defaults)
+            for key, value in vars(defaults.parse_args([])).items():
+                setattr(args, key, value)
         results[name] = run(args)
         if not args.json:
             show(results[name])

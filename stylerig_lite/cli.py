@@ -65,6 +65,23 @@ COMMANDS["train-f"] = ("train F, the image -> 3DMM parameter network, on cached 
 # -- end train-f ------------------------------------------------------------------------------
 
 
+# -- train-gan: the StyleGAN2 (code in stylerig_lite/train_gan.py) -----------------------------
+def _add_train_gan_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train_gan import build_arg_parser
+
+    build_arg_parser(parser)
+
+
+def _run_train_gan(args: argparse.Namespace) -> int:
+    from .train_gan import run_from_args
+
+    return run_from_args(args)
+
+
+COMMANDS["train-gan"] = ("train (or resume) the StyleGAN2 on FaceWorld renders", _add_train_gan_arguments, _run_train_gan)
+# -- end train-gan ----------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stylerig-lite",

@@ -562,11 +562,30 @@ def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images:
 DATA_SOURCES: dict[str, Callable[[int], SampleReal]] = {"blobs": make_blob_source}
 
 
+def make_shards_source(root: str | os.PathLike, resolution: int) -> SampleReal:
+    """``sample_real`` drawing uniformly (with the trainer's generator) from a rendered FaceWorld dataset."""
+    from .world import FaceWorldShards
+
+    data = FaceWorldShards(root)
+    images = data.images  # [N, H, W, 3] uint8, kept compact; converted per batch
+    if images.shape[1] != resolution:
+        raise ValueError(f"{root} holds {images.shape[1]}px images but the generator makes {resolution}px; "
+                         "render the dataset at the generator's resolution")
+
+    def sample_real(batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        return images[index].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    return sample_real
+
+
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="stylerig-lite train-gan",
                                           description="Train (or resume) the StyleGAN2 on a data source.")
     p.add_argument("--out", required=True, help="output directory (checkpoint.pt, sample grids, log.jsonl)")
-    p.add_argument("--data", default="blobs", help=f"data source: {sorted(DATA_SOURCES)}")
+    p.add_argument("--data", default="blobs",
+                   help=f"data source: {sorted(DATA_SOURCES)} or the folder of a rendered FaceWorld dataset "
+                        "(stylerig_lite.world.render_shards)")
     p.add_argument("--preset", default="cpu64", help="model preset: tiny, cpu64, ffhq1024")
     p.add_argument("--images", type=int, default=100_000, help="train until this many images have been seen")
     p.add_argument("--batch", type=int, default=32)
@@ -584,14 +603,21 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def main(argv: Sequence[str] | None = None, sample_real: SampleReal | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    return run_from_args(build_arg_parser().parse_args(argv), sample_real)
+
+
+def run_from_args(args: argparse.Namespace, sample_real: SampleReal | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_config = get_config(args.preset)
     if sample_real is None:
-        if args.data not in DATA_SOURCES:
-            raise SystemExit(f"unknown data source {args.data!r}; available: {sorted(DATA_SOURCES)}")
-        sample_real = DATA_SOURCES[args.data](model_config.img_resolution)
+        if (Path(args.data) / "manifest.json").exists():
+            sample_real = make_shards_source(args.data, model_config.img_resolution)
+        elif args.data in DATA_SOURCES:
+            sample_real = DATA_SOURCES[args.data](model_config.img_resolution)
+        else:
+            raise SystemExit(f"unknown data source {args.data!r}; expected one of {sorted(DATA_SOURCES)} "
+                             "or a folder with a rendered FaceWorld dataset (manifest.json)")
     train_cfg = TrainConfig(batch_size=args.batch, seed=args.seed, r1_gamma=args.r1_gamma,
                             pl_weight=args.pl_weight, augment=args.augment,
                             checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,

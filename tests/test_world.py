@@ -112,3 +112,11 @@ def test_config_changes_the_distribution():
     world = FaceWorld(morphable.load_face_model(progress=False), WorldConfig(bald_prob=1.0, headwear_prob=0.0))
     batch = world.sample(4, seed=0)
     assert (batch.part_index == WORLD_PART_NAMES.index("hair")).sum() == 0
+
+
+def test_world_benchmark_prints_images_per_second(capsys):
+    from stylerig_lite import bench
+
+    assert bench.main(["world", "--json", "--batch", "2", "--repeats", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["batch"] == 2 and result["images_per_s"] > 0
