@@ -1,0 +1,147 @@
+"""The embedded default world's trained networks, committed in ``stylerig_lite/weights``.
+
+Every file there is listed in ``weights/manifest.json`` with its sha256, the command and seed
+that made it, and the metrics measured on it. The loaders here verify the hash before reading, so
+a truncated or edited file gives a clear error instead of a silently wrong network::
+
+    G = pretrained.generator()                 # FaceWorld StyleGAN2, G_ema, eval mode, frozen
+    F = pretrained.face_estimator()            # F, the reconstruction network RigNet trains with
+    E = pretrained.evaluation_estimator()      # the independent judge of every control number
+
+Each loader also takes an explicit ``path`` (your own checkpoint; no hash check then).
+:func:`export` turns a training checkpoint into a small fp16 file and records it in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+
+#: name -> (file name, kind) of every embedded network.
+EMBEDDED = {
+    "generator": ("faceworld_stylegan2.pt", "stylegan2"),
+    "face_estimator": ("face_estimator.pt", "reconstruction"),
+    "evaluation_estimator": ("evaluation_estimator.pt", "reconstruction"),
+}
+
+
+class WeightsError(RuntimeError):
+    """An embedded weights file is missing, corrupt, or not listed in the manifest."""
+
+
+def read_manifest() -> Dict[str, Any]:
+    if not MANIFEST.is_file():
+        return {}
+    return json.loads(MANIFEST.read_text())
+
+
+def sha256_of(path: Union[str, os.PathLike]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_path(name: str) -> Path:
+    """Path of an embedded network after checking it exists and matches the manifest's sha256."""
+    if name not in EMBEDDED:
+        raise KeyError(f"unknown embedded network {name!r}; expected one of {sorted(EMBEDDED)}")
+    path = WEIGHTS_DIR / EMBEDDED[name][0]
+    entry = read_manifest().get(name)
+    if not path.is_file() or entry is None:
+        raise WeightsError(
+            f"the embedded {name} ({path}) is missing or not in {MANIFEST.name}; reinstall the package "
+            f"(pip install -e .) or pass path= to load your own checkpoint"
+        )
+    actual = sha256_of(path)
+    if actual != entry["sha256"]:
+        raise WeightsError(
+            f"{path} is corrupt: sha256 {actual[:16]}... differs from the manifest's {entry['sha256'][:16]}...; "
+            f"restore it with `git checkout -- {path.relative_to(WEIGHTS_DIR.parent.parent)}`"
+        )
+    return path
+
+
+def generator(path: Optional[Union[str, os.PathLike]] = None):
+    """The FaceWorld StyleGAN2 (``G_ema``), in eval mode with gradients off."""
+    from .stylegan2 import load_generator
+
+    return load_generator(path if path is not None else embedded_path("generator"))
+
+
+def face_estimator(path: Optional[Union[str, os.PathLike]] = None):
+    """F: image -> 3DMM parameters and landmarks, in eval mode with gradients off."""
+    from .reconstruction import ReconstructionNet
+
+    return ReconstructionNet.load(path if path is not None else embedded_path("face_estimator"))
+
+
+def evaluation_estimator(path: Optional[Union[str, os.PathLike]] = None):
+    """The evaluation estimator (another seed and width than F, same data), eval mode, frozen."""
+    from .reconstruction import ReconstructionNet
+
+    return ReconstructionNet.load(path if path is not None else embedded_path("evaluation_estimator"))
+
+
+def _half(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor) and obj.is_floating_point():
+        return obj.half()
+    if isinstance(obj, dict):
+        return {k: _half(v) for k, v in obj.items()}
+    return obj
+
+
+def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed: int,
+           metrics: Optional[Dict[str, Any]] = None, notes: str = "") -> Path:
+    """Write the small fp16 embedded file for ``name`` from a training checkpoint and record it.
+
+    For the generator only ``G_ema`` (and the config) is kept; for an estimator, the network
+    without its optimizer state. The normalisation buffers of an estimator stay float32.
+    """
+    from .reconstruction import ReconstructionNet, atomic_torch_save
+    from .stylegan2 import load_checkpoint, save_checkpoint, load_generator
+
+    if name not in EMBEDDED:
+        raise KeyError(f"unknown embedded network {name!r}; expected one of {sorted(EMBEDDED)}")
+    out = WEIGHTS_DIR / EMBEDDED[name][0]
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    if EMBEDDED[name][1] == "stylegan2":
+        payload = load_checkpoint(checkpoint)
+        G_ema = load_generator(checkpoint)
+        save_checkpoint(out, G_ema, G_ema=G_ema, step=payload["step"], images_seen=payload["images_seen"], compact=True)
+        # Keep only one copy of the weights: G is G_ema here.
+        data = torch.load(out, weights_only=True)
+        data["G"] = None
+        atomic_torch_save(data, out)
+        extra = {"images_seen": int(payload["images_seen"])}
+    else:
+        net = ReconstructionNet.load(checkpoint)
+        data = net.checkpoint()
+        state = {k: (v if k in ("param_mean", "param_std") else _half(v)) for k, v in data["state_dict"].items()}
+        data["state_dict"] = state
+        atomic_torch_save(data, out)
+        extra = {}
+    manifest = read_manifest()
+    manifest[name] = {
+        "file": out.name,
+        "sha256": sha256_of(out),
+        "bytes": out.stat().st_size,
+        "command": command,
+        "seed": int(seed),
+        "metrics": metrics or {},
+        "notes": notes,
+        **extra,
+    }
+    tmp = MANIFEST.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, MANIFEST)
+    return out
