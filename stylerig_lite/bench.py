@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m stylerig_lite.bench [render] [--json] [--quick]``.
+"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit] [--json] [--quick]``.
 
 Each benchmark is a subcommand registered in ``BENCHMARKS``; without one, all run.
 
@@ -13,6 +13,10 @@ numbers; ``min_ms`` is the least disturbed run and ``cpu_ms`` (process CPU
 time, all threads) is the least sensitive to other processes sharing the cores. ``--json`` prints one JSON
 object whose top-level ``ours_ms``, ``pytorch3d_ms`` and ``speedup`` are the
 64 px forward + backward case; ``cases`` holds every case.
+
+``edit``: the interactive editor's latency on the CPU, slider change -> new frame (RigNet(s) +
+generator + 3DMM preview), beside one generator forward pass timed in the same run (interleaved);
+``--json`` gives ``update_ms``, ``generator_ms`` and ``overhead_ratio`` = (update - G) / G.
 """
 
 from __future__ import annotations
@@ -194,10 +198,202 @@ def _add_world_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed batches (default 3)")
 
 
+def bench_corpus(args: argparse.Namespace) -> dict:
+    """(w, I_w) corpus throughput: mapping + synthesis + F + shard writing, end to end.
+
+    Uses the embedded G and F when they exist; otherwise randomly initialised networks of the
+    same architecture (the 'cpu64' StyleGAN2 and F's default config), which cost the same.
+    """
+    import tempfile
+
+    from stylerig_lite import pretrained
+    from stylerig_lite.corpus import make_corpus
+
+    try:
+        G, F, weights = pretrained.generator(), pretrained.face_estimator(), "embedded"
+    except (pretrained.WeightsError, FileNotFoundError):
+        from stylerig_lite.reconstruction import ReconstructionNet
+        from stylerig_lite.stylegan2 import Generator
+
+        G, F, weights = Generator("cpu64", seed=0).eval(), ReconstructionNet().eval(), "random (no embedded weights yet)"
+    with tempfile.TemporaryDirectory() as tmp:
+        make_corpus(tmp + "/warmup", args.batch, generator=G, estimator=F, batch=args.batch, progress=False)
+        start = time.perf_counter()
+        make_corpus(tmp + "/corpus", args.count, generator=G, estimator=F, batch=args.batch, progress=False)
+        seconds = time.perf_counter() - start
+    return {
+        "count": args.count,
+        "batch": args.batch,
+        "seconds": round(seconds, 3),
+        "pairs_per_s": round(args.count / seconds, 2),
+        "num_ws": int(G.num_ws),
+        "w_dim": int(G.w_dim),
+        "weights": weights,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _print_corpus(result: dict) -> None:
+    print(f"corpus: {result['pairs_per_s']} pairs/s ({result['count']} pairs in {result['seconds']} s, batch "
+          f"{result['batch']}, W+ {result['num_ws']}x{result['w_dim']}, {result['weights']} weights, "
+          f"{result['threads']} threads)")
+
+
+def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=256, help="pairs to sample (default 256)")
+    parser.add_argument("--batch", type=int, default=64, help="images per G/F batch (default 64)")
+
+
+def _paper_shaped_rig(num_ws: int, w_dim: int, latent: int = 32, seed: int = 0):
+    """A random RigNet-shaped stand-in: per-layer encoder w_i -> l_i (32), decoder [l_i, p] -> d_i, w + d.
+
+    Only for timing when no trained RigNet is available: it costs what the paper's RigNet costs.
+    """
+    from stylerig_lite.morphable import NUM_PARAMS
+
+    g = torch.Generator().manual_seed(seed)
+    enc = torch.randn(num_ws, w_dim, latent, generator=g) / w_dim ** 0.5
+    dec = torch.randn(num_ws, latent + NUM_PARAMS, w_dim, generator=g) * 0.01
+
+    def rig(w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        codes = torch.einsum("bnd,ndl->bnl", w, enc)  # [B, num_ws, 32]
+        inputs = torch.cat([codes, p[:, None, :].expand(-1, num_ws, -1)], dim=2)  # [B, num_ws, 32 + 196]
+        return w + torch.einsum("bnk,nkd->bnd", inputs, dec)
+
+    return rig
+
+
+def bench_edit(args: argparse.Namespace) -> dict:
+    """Editor latency: slider change -> new frame (RigNet + generator + 3DMM preview), vs one G pass.
+
+    The embedded networks when they exist, else random networks of the same size (recorded in
+    ``networks``): latency depends on the architecture, not on the weights. The yaw slider is
+    the headline (a pose change keeps the cached face shape); ``expression_update_ms`` moves
+    jawOpen, which also recomputes the preview's shape and normals.
+    """
+    from stylerig_lite import editing, pretrained
+    from stylerig_lite.morphable import load_face_model
+    from stylerig_lite.reconstruction import ReconstructionNet
+    from stylerig_lite.stylegan2 import Generator
+
+    networks = {}
+    try:
+        G = pretrained.generator()
+        networks["generator"] = "embedded"
+    except (pretrained.WeightsError, FileNotFoundError):
+        G = Generator("cpu64", seed=0).eval().requires_grad_(False)
+        networks["generator"] = "random cpu64 (no embedded weights yet)"
+    try:
+        F = pretrained.face_estimator()
+        networks["estimator"] = "embedded"
+    except (pretrained.WeightsError, FileNotFoundError):
+        F = ReconstructionNet().eval().requires_grad_(False)
+        networks["estimator"] = "random default config"
+    rigs = {}
+    for component in editing.RIG_COMPONENTS:
+        try:
+            rigs[component] = pretrained.rignet(component)
+            networks[f"rig_{component}"] = "embedded"
+        except (AttributeError, KeyError, pretrained.WeightsError, FileNotFoundError):
+            try:  # an untrained RigNet of the right size costs what a trained one costs
+                from stylerig_lite.rignet import RigNet, RigNetConfig
+
+                rigs[component] = RigNet(RigNetConfig.for_generator(G, component)).eval().requires_grad_(False)
+                networks[f"rig_{component}"] = "untrained RigNet (no embedded weights yet)"
+            except ImportError:
+                rigs[component] = _paper_shaped_rig(G.num_ws, G.w_dim, seed=len(rigs))
+                networks[f"rig_{component}"] = "paper-shaped random stand-in"
+    face_model = load_face_model(progress=False)
+    state = editing.EditorState(G, rigs, F, face_model, seed=0, preview_size=args.preview_size)
+    yaw0 = state.slider_value("yaw")
+
+    def update(name: str, values: List[float]):
+        counter = iter(range(10**9))
+
+        def run():
+            # Alternate between two values so that every update is a real change.
+            state.set_slider(name, values[next(counter) % 2])
+            return state.compute_frame(estimate=False)
+        return run
+
+    frames: List[editing.Frame] = []
+
+    def yaw_update():
+        frames.append(update_yaw())
+
+    update_yaw = update("yaw", [yaw0 + 10.0, yaw0 - 10.0])
+    w = state.w
+
+    def generator_pass():
+        with torch.no_grad():
+            return G.synthesis(w, noise_mode="const")
+
+    # Interleave the two measurements so that background load hits both alike.
+    gen_times, upd_times, exp_times = [], [], []
+    update_jaw = update("jawOpen", [0.6, 0.1])
+    for fn in (generator_pass, yaw_update, update_jaw):  # warm-up
+        fn()
+    frames.clear()
+    for _ in range(args.repeats):
+        gen_times.append(_time(generator_pass, 1, 0)["ms"])
+        upd_times.append(_time(yaw_update, 1, 0)["ms"])
+    state.reset()
+    for _ in range(max(3, args.repeats // 4)):
+        exp_times.append(_time(update_jaw, 1, 0)["ms"])
+    breakdown = {key: round(statistics.median(f.timings_ms[key] for f in frames), 3)
+                 for key in ("rig_ms", "generator_ms", "render_ms")}
+    update_ms, generator_ms = statistics.median(upd_times), statistics.median(gen_times)
+    overhead = (update_ms - generator_ms) / generator_ms
+    return {
+        "benchmark": "edit",
+        "update_ms": round(update_ms, 3),
+        "generator_ms": round(generator_ms, 3),
+        "overhead_ratio": round(overhead, 3),
+        "update_min_ms": round(min(upd_times), 3),
+        "generator_min_ms": round(min(gen_times), 3),
+        "expression_update_ms": round(statistics.median(exp_times), 3),
+        "breakdown_ms": breakdown,
+        "goal": {"update_ms_below": 50.0, "overhead_ratio_below": 0.25,
+                 "update_met": update_ms < 50.0, "overhead_met": overhead < 0.25},
+        "image_size": int(G.img_resolution),
+        "num_ws": int(G.num_ws),
+        "w_dim": int(G.w_dim),
+        "preview_size": args.preview_size,
+        "preview_points": state.preview.num_points,
+        "networks": networks,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def _print_edit(result: dict) -> None:
+    b = result["breakdown_ms"]
+    print(f"edit: {result['image_size']} px generator ({result['num_ws']} x {result['w_dim']} W+), "
+          f"3DMM preview {result['preview_size']} px ({result['preview_points']:,} points), "
+          f"{result['threads']} threads, median of {result['repeats']}")
+    print(f"  slider (yaw) -> new frame   {result['update_ms']:8.2f} ms   (min {result['update_min_ms']:.2f})")
+    print(f"  one generator forward pass  {result['generator_ms']:8.2f} ms   (min {result['generator_min_ms']:.2f})")
+    print(f"  edit overhead               {100 * result['overhead_ratio']:8.1f} %    "
+          f"(rigs {b['rig_ms']:.2f} ms, 3DMM preview {b['render_ms']:.2f} ms)")
+    print(f"  slider (jawOpen) -> frame   {result['expression_update_ms']:8.2f} ms   (recomputes the preview's shape)")
+    goal = result["goal"]
+    print(f"  goal: < {goal['update_ms_below']:.0f} ms {'met' if goal['update_met'] else 'NOT met'}, "
+          f"overhead < {100 * goal['overhead_ratio_below']:.0f}% {'met' if goal['overhead_met'] else 'NOT met'}")
+    print(f"  networks: {result['networks']}")
+
+
+def _add_edit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=40, help="timed slider updates (default 40)")
+    parser.add_argument("--preview-size", type=int, default=40, help="3DMM preview size in pixels (default 40)")
+
+
 # name -> (run, print, help, add arguments)
 BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None], str, Callable]] = {
     "render": (bench_render, _print_render_table, "our rasterizer vs pytorch3d on the full ICT head", None),
     "world": (bench_world, _print_world, "FaceWorld images per second", _add_world_args),
+    "edit": (bench_edit, _print_edit, "editor latency: slider -> frame vs one generator pass", _add_edit_args),
+    "corpus": (bench_corpus, _print_corpus, "(w, I_w) corpus pairs per second (G + F + shard writing)", _add_corpus_args),
 }
 
 

@@ -82,6 +82,57 @@ COMMANDS["train-gan"] = ("train (or resume) the StyleGAN2 on FaceWorld renders",
 # -- end train-gan ----------------------------------------------------------------------------
 
 
+# -- make-corpus: the (w, I_w) corpus with F's estimates (code in stylerig_lite/corpus.py) -----
+def _add_make_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    from .corpus import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_make_corpus(args: argparse.Namespace) -> int:
+    from .corpus import run_from_args
+
+    return run_from_args(args)
+
+
+COMMANDS["make-corpus"] = ("sample the (w, G(w), F(G(w))) corpus RigNet trains on, into resumable shards", _add_make_corpus_arguments, _run_make_corpus)
+# -- end make-corpus --------------------------------------------------------------------------
+
+
+# -- evaluate: control metrics of editing methods (code in stylerig_lite/evaluate.py) ----------
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluate import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import run_from_args
+
+    return run_from_args(args)
+
+
+COMMANDS["evaluate"] = ("score editing methods (target error and preservation, judged by E) or the generator's quality", _add_evaluate_arguments, _run_evaluate)
+# -- end evaluate -----------------------------------------------------------------------------
+
+
+# -- train-rignet: one RigNet per component (code in stylerig_lite/train_rignet.py) ------------
+def _add_train_rignet_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train_rignet import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_train_rignet(args: argparse.Namespace) -> int:
+    from .train_rignet import run_from_args
+
+    return run_from_args(args)
+
+
+COMMANDS["train-rignet"] = ("train (or resume) a RigNet for pose, expression or illumination", _add_train_rignet_arguments, _run_train_rignet)
+# -- end train-rignet -------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stylerig-lite",

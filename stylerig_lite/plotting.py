@@ -121,6 +121,41 @@ def overview_figure(world=None, *, seeds: Sequence[int] = (3, 14, 15, 92, 65), i
     return fig
 
 
+def reconstruction_figure(images: torch.Tensor, estimator, model, *, value_range=(0.0, 1.0), true_landmarks=None):
+    """A picture like StyleRig's Figure 4: input, F's re-rendering, and the overlay with landmarks.
+
+    ``images [N, 3, H, W]`` in ``value_range``; ``estimator`` is F (``.estimate``); ``model`` the face
+    model. Rows: the input, the 3DMM rendering of F's parameters (face only, on white), the
+    rendering pasted over the input where its mask is, with F's landmarks (lime) and, if given, the
+    true ones (magenta). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from .face_render import default_camera, render_face
+
+    with torch.no_grad():
+        params, landmarks = estimator.estimate(images, value_range=value_range)
+        lo, hi = value_range
+        unit = ((images - lo) / (hi - lo)).clamp(0, 1)
+        render = render_face(model, params, default_camera(images.shape[-1]), parts=("face",), background=1.0)
+        mask = render.mask.reshape(unit.shape[0], 1, *unit.shape[-2:])  # [N, 1, H, W]
+        overlay = torch.where(mask > 0, render.image, unit)
+    n = images.shape[0]
+    fig, axes = plt.subplots(3, n, figsize=(1.45 * n, 4.6), squeeze=False)
+    for c in range(n):
+        for r, picture in enumerate([unit[c], render.image[c], overlay[c]]):
+            axes[r, c].imshow(to_numpy_image(picture))
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        if true_landmarks is not None:
+            overlay_landmarks(axes[2, c], true_landmarks[c], colour="magenta", size=3)
+        overlay_landmarks(axes[2, c], landmarks[c], size=3)
+    for r, label in enumerate(["input I", "render of F(I)", "overlay"]):
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 

@@ -7,6 +7,7 @@ a truncated or edited file gives a clear error instead of a silently wrong netwo
     G = pretrained.generator()                 # FaceWorld StyleGAN2, G_ema, eval mode, frozen
     F = pretrained.face_estimator()            # F, the reconstruction network RigNet trains with
     E = pretrained.evaluation_estimator()      # the independent judge of every control number
+    R = pretrained.rignet("pose")              # a RigNet: R.rig(w, p_target) -> edited W+ latents
 
 Each loader also takes an explicit ``path`` (your own checkpoint; no hash check then).
 :func:`export` turns a training checkpoint into a small fp16 file and records it in the manifest.
@@ -30,6 +31,8 @@ EMBEDDED = {
     "generator": ("faceworld_stylegan2.pt", "stylegan2"),
     "face_estimator": ("face_estimator.pt", "reconstruction"),
     "evaluation_estimator": ("evaluation_estimator.pt", "reconstruction"),
+    # One RigNet per controlled component: rignet_pose, rignet_expression, rignet_illumination.
+    **{f"rignet_{component}": (f"rignet_{component}.pt", "rignet") for component in ("pose", "expression", "illumination")},
 }
 
 
@@ -92,6 +95,14 @@ def evaluation_estimator(path: Optional[Union[str, os.PathLike]] = None):
     return ReconstructionNet.load(path if path is not None else embedded_path("evaluation_estimator"))
 
 
+def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None):
+    """The RigNet for ``component`` ('pose', 'expression', 'illumination'), eval mode, frozen."""
+    from .rignet import RigNet, get_component
+
+    get_component(component)  # a clear KeyError for a misspelt component, before any file lookup
+    return RigNet.load(path if path is not None else embedded_path(f"rignet_{component}"))
+
+
 def _half(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor) and obj.is_floating_point():
         return obj.half()
@@ -123,6 +134,14 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         data["G"] = None
         atomic_torch_save(data, out)
         extra = {"images_seen": int(payload["images_seen"])}
+    elif EMBEDDED[name][1] == "rignet":
+        from .rignet import RigNet
+
+        data = RigNet.load(checkpoint).checkpoint()  # drops the optimizer state and history
+        # The normalisation buffers stay float32 (like an estimator's).
+        data["state_dict"] = {k: (v if k in ("param_mean", "param_std") else _half(v)) for k, v in data["state_dict"].items()}
+        atomic_torch_save(data, out)
+        extra = {}
     else:
         net = ReconstructionNet.load(checkpoint)
         data = net.checkpoint()

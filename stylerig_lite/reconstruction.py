@@ -34,6 +34,7 @@ Training lives in :mod:`stylerig_lite.train_f`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -45,7 +46,7 @@ from torch import nn
 
 from . import morphable
 from .checks import assert_finite, assert_shape
-from .morphable import NUM_PARAMS, SLICES, FaceParams, ParamDistribution
+from .morphable import NUM_EXPRESSION, NUM_PARAMS, SLICES, FaceParams, ParamDistribution
 
 NUM_LANDMARKS = 68
 CHECKPOINT_FORMAT = "stylerig_lite.reconstruction/1"
@@ -270,6 +271,20 @@ class ReconstructionNet(nn.Module):
         out = self(images.to(self.param_mean.device))
         return out.face_params, out.landmarks
 
+    def features(self, images: torch.Tensor, *, value_range: Tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+        """The pooled features ``[B, C]`` the head reads (C = the last stage's width).
+
+        A feature space trained on faces, used like Inception features in FID:
+        :func:`stylerig_lite.evaluate.frechet_distance` compares generated and
+        FaceWorld images in it. Same input checks and ``value_range`` as :meth:`estimate`.
+        """
+        images = check_images(images, value_range=value_range, image_size=self.config.image_size)
+        x = images.to(self.param_mean.device)
+        if self.config.coord_channels:
+            x = torch.cat([x, self._coordinates(x.shape[0], x)], dim=1)
+        x = self.stages(self.stem(x.contiguous(memory_format=torch.channels_last)))  # [B, C, 4, 4]
+        return x.mean(dim=(2, 3))  # [B, C], as in forward
+
     # -- checkpoints ---------------------------------------------------------
     def checkpoint(self) -> Dict[str, Any]:
         """The network as a plain dict (its config travels with it)."""
@@ -393,22 +408,37 @@ def check_images(images: Any, *, value_range: Tuple[float, float] = (0.0, 1.0), 
 # ----------------------------------------------------------------------------
 # The loss.
 
-#: Default loss weights: the mean squared error of each normalised component, the
-#: angle error in radians² and the landmark error in units of the image size.
+#: Default loss weights: the mean squared error of each normalised component, the expression
+#: error as a mean squared vertex displacement (mm², see :func:`expression_metric`), the angle
+#: error in radians² and the landmark error in units of the image size.
 DEFAULT_LOSS_WEIGHTS: Dict[str, float] = {
-    # Per-component means give each of the 53 expression weights 1/53 of the component's weight, and most
-    # of them (eye gaze, brow details) are invisible at 64 px; the visible ones (jawOpen, smiles, blinks)
-    # then learn too slowly. Measured: with weight 1, expression and light error had not moved after 15 min;
-    # with 10, jawOpen error still equalled the mean predictor's (0.17) after 20 min; 300 (about 5.7 per
-    # weight) is what made jawOpen learnable in the same time.
     "identity": 1.0,
-    "expression": 300.0,
+    # Expression is scored by what it does to the face, not weight by weight: most of the 53 weights
+    # (eye gaze, brow details) move the surface by a fraction of a millimetre and are invisible at
+    # 64 px, while jawOpen moves it by 11 mm per unit. Measured: with a per-weight normalised loss
+    # (weights 10 or 300), jawOpen error stayed at the mean predictor's 0.17 after 20 minutes, and at
+    # 300 the loss also drowned pose and lighting. The mean predictor costs about 12 mm² here.
+    "expression": 0.1,
     "albedo": 2.0,
     "light": 5.0,
     "angles": 50.0,  # radians²: 1° error -> 0.015, 5° -> 0.38
     "translation": 1.0,
     "landmarks": 20.0,  # smooth-L1 in image sizes: 1 px at 64 px -> 0.31
 }
+
+
+@functools.lru_cache(maxsize=1)
+def expression_metric() -> torch.Tensor:
+    """``[53, 53]`` Gram matrix ``M`` with ``Δβᵀ M Δβ`` = mean squared displacement (mm²) of the face.
+
+    Over the vertices of the ICT ``face`` part: ``M = B Bᵀ / V`` with the expression basis ``B``
+    ``[53, V·3]`` in millimetres. Its diagonal says how much each blendshape moves the face
+    (jawOpen: 11 mm RMS per unit weight; eye gaze: 0.4 mm).
+    """
+    model = morphable.load_face_model()
+    selected = model.vertex_part == morphable.PART_NAMES.index("face")  # [V]
+    basis = model.expression_basis.view(NUM_EXPRESSION, -1, 3)[:, selected] * 10.0  # [53, V', 3] mm
+    return (torch.einsum("avc,bvc->ab", basis, basis) / int(selected.sum())).float()
 
 
 def reconstruction_loss(
@@ -422,7 +452,8 @@ def reconstruction_loss(
 
     Each component's error is a *mean* over its dimensions, so the 100 identity
     weights (most of which a 64-px image barely shows) count as much as the 6
-    pose values, not 17 times as much.
+    pose values, not 17 times as much. Expression is the exception: its error is
+    the mean squared displacement of the face surface (:func:`expression_metric`).
     """
     unknown = set(weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
     if unknown:
@@ -432,7 +463,10 @@ def reconstruction_loss(
     assert_shape(target_params, [batch, NUM_PARAMS], "target_params")
     assert_shape(target_landmarks, [batch, NUM_LANDMARKS, 2], "target_landmarks")
     squared = (output.params_normalized - net.normalize_params(target_params)) ** 2  # [B, 196]
-    parts = {name: squared[:, SLICES[name]].mean() for name in ("identity", "expression", "albedo", "light")}
+    parts = {name: squared[:, SLICES[name]].mean() for name in ("identity", "albedo", "light")}
+    delta = output.params[:, SLICES["expression"]] - target_params[:, SLICES["expression"]]  # [B, 53]
+    metric = expression_metric().to(delta)
+    parts["expression"] = torch.einsum("ba,ac,bc->b", delta, metric, delta).mean()
     parts["angles"] = squared[:, ANGLE_SLICE].mean()
     parts["translation"] = squared[:, TRANSLATION_SLICE].mean()
     size = float(net.config.image_size)

@@ -1,0 +1,572 @@
+"""The (w, I_w) corpus: latents of the frozen StyleGAN2, their images and F's estimates.
+
+StyleRig trains RigNet on 200k latent codes sampled from StyleGAN's mapping
+network, each with its image ``I_w = G(w)`` and the face parameters
+``p_w = F(I_w)`` (the paper's section 4). Sampling, synthesising and
+estimating once, into files, lets RigNet training, the linear baseline and the
+chapters read the same pairs instead of re-running G and F every epoch::
+
+    stylerig-lite make-corpus --count 20000 --out corpus/      # resumable
+    data = CorpusDataset("corpus/")                            # a torch Dataset
+    item = data[0]   # {'w': [num_ws, w_dim], 'image': [3, H, W] in [-1, 1],
+                     #  'params': [196] F's estimate, 'landmarks': [68, 2], 'index': int}
+
+Layout of a corpus folder: ``manifest.json`` (count, seed, shard size,
+truncation, hashes of G and F, format version) and ``shard_00000.npz``, ...
+each holding ``shard_size`` consecutive items with the arrays ``z`` float32
+``[n, z_dim]``, ``w`` float32 ``[n, num_ws, w_dim]`` (the mapping output, so
+W+ corpora of edited latents fit the same format), ``images`` uint8
+``[n, H, W, 3]`` (as :class:`~stylerig_lite.world.FaceWorldShards`),
+``params`` float32 ``[n, 196]``, ``landmarks`` float32 ``[n, 68, 2]`` (pixels
+of F's input image) and ``index`` int64 ``[n]``.
+
+Reproducibility: item ``k`` of a corpus with seed ``s`` has its own latent
+``z_k ~ N(0, I)`` drawn from a generator seeded by :func:`latent_seed` ``(s, k)``,
+and images are synthesised with constant noise (``noise_mode='const'``), so an
+item is a pure function of ``(G, F, s, k, truncation)``: an interrupted shard is
+re-made identically, a larger ``--count`` extends a corpus, and ``G.synthesis(w)``
+reproduces the stored image (up to its 8-bit quantisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+
+from .checks import assert_finite, assert_shape
+from .morphable import NUM_PARAMS
+
+FORMAT = "stylerig_lite.corpus"
+FORMAT_VERSION = 1
+DEFAULT_COUNT = 20_000  # the paper used 200k; a tenth is hours, not days, on a CPU
+QUICK_COUNT = 256  # STYLERIG_LITE_QUICK=1: enough to exercise every code path
+DEFAULT_SHARD_SIZE = 1000  # about 22 MB per shard for the 10 x 256 W+ of the embedded GAN
+QUICK_SHARD_SIZE = 128
+DEFAULT_TRUNCATION = 1.0  # the paper samples the mapping network untruncated: RigNet should see all of W
+NUM_LANDMARKS = 68
+SHARD_KEYS = ("z", "w", "images", "params", "landmarks", "index")
+
+PathLike = Union[str, os.PathLike]
+
+
+class CorpusError(ValueError):
+    """A corpus folder is incomplete, corrupt, or belongs to another generator/estimator/seed."""
+
+
+def quick_mode() -> bool:
+    """True when ``STYLERIG_LITE_QUICK=1``: the book's smoke builds use small corpora."""
+    return os.environ.get("STYLERIG_LITE_QUICK", "").strip().lower() in {"1", "true", "yes"}
+
+
+# ----------------------------------------------------------------------------
+# Hashes and seeds.
+
+
+def module_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a network's weights and config (not of its file).
+
+    Two files that load to the same network (say an fp16 export read back as
+    float32 twice) hash alike, and a network built in memory has a hash too, so
+    a corpus can be matched to the G that will synthesise its latents.
+    """
+    digest = hashlib.sha256()
+    config = getattr(module, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        array = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)}".encode())
+        # Raw bytes (a 0-dim tensor cannot be viewed as bytes: flatten first); bfloat16 has no numpy type.
+        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def latent_seed(seed: int, index: int, stream: str = "corpus") -> int:
+    """The seed of item ``index``'s latent: a hash, so seeds and streams never overlap.
+
+    ``stream`` separates independent sets drawn with the same seed (the corpus,
+    the evaluation pairs' ``w`` and ``v``).
+    """
+    digest = hashlib.sha256(f"{stream}:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_z(z_dim: int, seed: int, start: int, count: int, *, stream: str = "corpus") -> torch.Tensor:
+    """Latents ``[count, z_dim]`` of items ``start .. start + count - 1``, one seeded generator each.
+
+    One generator per item (not one per batch) is what makes item ``k``
+    independent of the batch and shard sizes it was drawn in.
+    """
+    z = torch.empty(count, z_dim)
+    for i in range(count):
+        generator = torch.Generator().manual_seed(latent_seed(seed, start + i, stream))
+        z[i] = torch.randn(z_dim, generator=generator)
+    return z
+
+
+def device_of(module: Any) -> torch.device:
+    """The device of a network's parameters (CPU for parameterless stand-ins)."""
+    try:
+        return next(module.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------
+# G and F on batches.
+
+
+@torch.no_grad()
+def synthesize(G: Any, ws: torch.Tensor) -> torch.Tensor:
+    """``G.synthesis(ws)`` with constant noise, clamped to [-1, 1]: ``[B, num_ws, w_dim] -> [B, 3, H, W]``.
+
+    Constant noise makes the image a function of ``ws`` alone. The clamp is the
+    range images are stored and shown in; a GAN overshoots it slightly.
+    """
+    assert_shape(ws, [None, G.num_ws, G.w_dim], "ws (W+ latents)")
+    assert_finite(ws, "ws (W+ latents)")
+    images = G.synthesis(ws.to(device_of(G)), noise_mode="const")
+    return images.clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def estimate_images(estimator: Any, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An estimator's ``(params [B, 196], landmarks [B, 68, 2])`` for GAN images in [-1, 1].
+
+    Images of another size than the estimator's input (say an FFHQ generator's
+    1024 px) are resized for it (antialiased bilinear); landmarks are in pixels
+    of the estimator's input. Works with any object that has
+    ``estimate(images, value_range=(-1, 1)) -> (FaceParams, landmarks)``.
+    """
+    config = getattr(estimator, "config", None)
+    size = getattr(config, "image_size", None)
+    if size is not None and tuple(images.shape[-2:]) != (size, size):
+        images = nnf.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    params, landmarks = estimator.estimate(images.clamp(-1.0, 1.0), value_range=(-1.0, 1.0))
+    vector = params.to_vector() if hasattr(params, "to_vector") else params
+    return vector.float().cpu(), landmarks.float().cpu()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8 (the storage format)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(images: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    """Inverse of :func:`to_uint8`: ``[B, H, W, 3]`` uint8 -> ``[B, 3, H, W]`` float in [-1, 1]."""
+    images = torch.as_tensor(images)
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def sample_pairs(
+    G: Any,
+    F: Any,
+    count: int,
+    *,
+    seed: int = 0,
+    start: int = 0,
+    truncation: float = DEFAULT_TRUNCATION,
+    batch: int = 64,
+    stream: str = "corpus",
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> Dict[str, torch.Tensor]:
+    """Items ``start .. start + count - 1`` of the corpus of ``seed``, in memory.
+
+    Returns ``{'z' [N, z_dim], 'w' [N, num_ws, w_dim], 'images' [N, 3, H, W]
+    in [-1, 1] (float, before 8-bit storage), 'params' [N, 196],
+    'landmarks' [N, 68, 2], 'index' [N]}``. ``params`` are F's estimates on the
+    float images. This is what :func:`make_corpus` writes, shard by shard; the
+    evaluation fits its linear baseline on it when no corpus folder is given.
+    ``on_batch(n)`` is called after every ``n`` items (progress bars).
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    z = sample_z(G.z_dim, seed, start, count, stream=stream)
+    out: Dict[str, list] = {key: [] for key in ("w", "images", "params", "landmarks")}
+    device = device_of(G)
+    for i in range(0, count, batch):
+        ws = G.mapping(z[i : i + batch].to(device), None, truncation_psi=truncation)  # [b, num_ws, w_dim]
+        images = synthesize(G, ws)
+        params, landmarks = estimate_images(F, images)
+        out["w"].append(ws.float().cpu())
+        out["images"].append(images.float().cpu())
+        out["params"].append(params)
+        out["landmarks"].append(landmarks)
+        if on_batch is not None:
+            on_batch(ws.shape[0])
+    if count == 0:
+        res = getattr(G, "img_resolution", 64)
+        return {"z": z, "w": torch.zeros(0, G.num_ws, G.w_dim), "images": torch.zeros(0, 3, res, res),
+                "params": torch.zeros(0, NUM_PARAMS), "landmarks": torch.zeros(0, NUM_LANDMARKS, 2),
+                "index": torch.zeros(0, dtype=torch.long)}
+    result = {key: torch.cat(values) for key, values in out.items()}
+    result["z"] = z
+    result["index"] = torch.arange(start, start + count, dtype=torch.long)
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Writing a corpus.
+
+
+def _resolve_network(network: Any, kind: str) -> Tuple[Any, Optional[str]]:
+    """``(module, file sha256 or None)`` for a module, a path, or None (the embedded default)."""
+    from . import pretrained
+
+    if network is not None and not isinstance(network, (str, os.PathLike)):
+        return network, None
+    if network is None:
+        name = "generator" if kind == "generator" else "face_estimator"
+        try:
+            path = pretrained.embedded_path(name)
+        except pretrained.WeightsError as error:
+            flag = "--generator" if kind == "generator" else "--estimator"
+            raise FileNotFoundError(
+                f"no {kind}: the embedded one is not available ({error}). Pass {flag} PATH "
+                f"(a `stylerig-lite train-{'gan' if kind == 'generator' else 'f'}` checkpoint)"
+            ) from None
+    else:
+        path = Path(network)
+        if not path.is_file():
+            raise FileNotFoundError(f"{kind} checkpoint not found: {path}")
+    module = pretrained.generator(path) if kind == "generator" else pretrained.face_estimator(path)
+    return module, pretrained.sha256_of(path)
+
+
+def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, truncation: float,
+                    generator_file_sha256: Optional[str] = None, estimator_file_sha256: Optional[str] = None) -> Dict[str, Any]:
+    """The manifest a corpus of these settings has (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "count": int(count),
+        "seed": int(seed),
+        "shard_size": int(shard_size),
+        "truncation": float(truncation),
+        "noise_mode": "const",
+        "num_ws": int(G.num_ws),
+        "w_dim": int(G.w_dim),
+        "z_dim": int(G.z_dim),
+        "image_size": int(getattr(G, "img_resolution", 64)),
+        # The state hashes identify the networks; the file hashes (when loaded from a file)
+        # match weights/manifest.json and `sha256sum`.
+        "generator_sha256": module_sha256(G),
+        "estimator_sha256": module_sha256(F),
+        "generator_file_sha256": generator_file_sha256,
+        "estimator_file_sha256": estimator_file_sha256,
+    }
+
+
+# Settings that define the items; a folder made with other values holds other pairs.
+_IDENTITY_KEYS = ("format", "version", "seed", "shard_size", "truncation", "noise_mode", "num_ws", "w_dim", "z_dim",
+                  "image_size", "generator_sha256", "estimator_sha256")
+
+
+def _check_manifest(existing: Dict[str, Any], wanted: Dict[str, Any], out: Path) -> None:
+    differ = [k for k in _IDENTITY_KEYS if existing.get(k) != wanted.get(k)]
+    if differ:
+        def show(manifest: Dict[str, Any]) -> str:
+            return ", ".join(
+                f"{k}={str(manifest.get(k))[:12] + '...' if k.endswith('sha256') and manifest.get(k) else manifest.get(k)}"
+                for k in differ
+            )
+
+        what = "generator" if "generator_sha256" in differ else "estimator" if "estimator_sha256" in differ else "settings"
+        raise CorpusError(
+            f"{out} holds a corpus of another {what} ({show(existing)}); asked for {show(wanted)}. "
+            f"Use a new --out folder, or --overwrite to replace this corpus"
+        )
+    if wanted["count"] < existing["count"]:
+        raise CorpusError(
+            f"{out} holds a corpus of {existing['count']} pairs; asked for {wanted['count']}. A corpus can grow but "
+            f"not shrink: use the first {wanted['count']} items of CorpusDataset, a new --out, or --overwrite"
+        )
+
+
+def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def shard_path(root: PathLike, index: int) -> Path:
+    return Path(root) / f"shard_{index:05d}.npz"
+
+
+def num_shards(count: int, shard_size: int) -> int:
+    return (count + shard_size - 1) // shard_size
+
+
+def _shard_length(manifest: Dict[str, Any], index: int) -> int:
+    return min(manifest["shard_size"], manifest["count"] - index * manifest["shard_size"])
+
+
+def read_shard(path: PathLike, manifest: Dict[str, Any], index: int) -> Dict[str, np.ndarray]:
+    """Load and check one shard; a truncated or foreign file raises :class:`CorpusError`."""
+    path = Path(path)
+    n = _shard_length(manifest, index)
+    fix = (f"delete {path} and rerun `stylerig-lite make-corpus --out {path.parent}` with the same arguments "
+           f"(shards are deterministic, so it is re-made identically)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in SHARD_KEYS}
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise CorpusError(f"corrupt corpus shard {path} ({type(error).__name__}: {error}); {fix}") from None
+    size = manifest["image_size"]
+    expected = {
+        "z": (n, manifest["z_dim"]),
+        "w": (n, manifest["num_ws"], manifest["w_dim"]),
+        "images": (n, size, size, 3),
+        "params": (n, NUM_PARAMS),
+        "landmarks": (n, NUM_LANDMARKS, 2),
+        "index": (n,),
+    }
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            raise CorpusError(f"corrupt corpus shard {path}: {key} has shape {arrays[key].shape}, expected {shape}; {fix}")
+    start = index * manifest["shard_size"]
+    if not np.array_equal(arrays["index"], np.arange(start, start + n)):
+        raise CorpusError(f"corrupt corpus shard {path}: it does not hold items {start}..{start + n - 1}; {fix}")
+    return arrays
+
+
+def make_corpus(
+    out: PathLike,
+    count: Optional[int] = None,
+    *,
+    generator: Any = None,
+    estimator: Any = None,
+    seed: int = 0,
+    shard_size: Optional[int] = None,
+    truncation: float = DEFAULT_TRUNCATION,
+    batch: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_shard: Optional[Callable[[int, Path], None]] = None,
+) -> Path:
+    """Sample ``count`` (w, I_w) pairs with F's estimates into ``out`` (resumable).
+
+    ``generator`` / ``estimator``: a network, a checkpoint path, or None for the
+    embedded FaceWorld StyleGAN2 and F. ``count`` / ``shard_size`` default to
+    :data:`DEFAULT_COUNT` / :data:`DEFAULT_SHARD_SIZE` (:data:`QUICK_COUNT` /
+    :data:`QUICK_SHARD_SIZE` under ``STYLERIG_LITE_QUICK=1``).
+
+    Rerunning with the same arguments skips complete shards and re-makes any
+    missing or corrupt one; a larger ``count`` extends the corpus. A folder whose
+    manifest names another generator, estimator, seed, truncation or shard size
+    raises :class:`CorpusError` unless ``overwrite=True``, which deletes its
+    shards first. Each shard is written to a temporary file and renamed, so an
+    interruption never leaves a half-written shard. ``on_shard(index, path)``
+    is called after each shard is written (tests interrupt a run with it).
+    Returns ``out``.
+    """
+    quick = quick_mode()
+    count = (QUICK_COUNT if quick else DEFAULT_COUNT) if count is None else int(count)
+    shard_size = (QUICK_SHARD_SIZE if quick else DEFAULT_SHARD_SIZE) if shard_size is None else int(shard_size)
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    if not 0.0 <= float(truncation) <= 1.0:
+        raise ValueError(f"truncation psi must be in [0, 1], got {truncation}")
+    G, g_file = _resolve_network(generator, "generator")
+    F, f_file = _resolve_network(estimator, "estimator")
+    for net in (G, F):
+        if isinstance(net, torch.nn.Module):
+            net.eval()
+
+    root = Path(out)
+    manifest = corpus_manifest(G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
+                               generator_file_sha256=g_file, estimator_file_sha256=f_file)
+    manifest_path = root / "manifest.json"
+    if overwrite and manifest_path.exists():
+        remove_corpus(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if manifest_path.exists():
+        existing = _read_manifest(root)
+        _check_manifest(existing, manifest, root)
+        if existing["count"] != count:  # growing: the old last shard may be short, re-make it below
+            _write_json_atomic(manifest_path, manifest)
+    else:
+        _write_json_atomic(manifest_path, manifest)
+    for stale in root.glob(".shard_*.tmp*"):  # left by an interrupted write
+        stale.unlink()
+
+    shards = num_shards(count, shard_size)
+    todo = []
+    for i in range(shards):
+        path = shard_path(root, i)
+        if path.exists():
+            try:
+                read_shard(path, manifest, i)
+                continue
+            except CorpusError as error:
+                print(f"make-corpus: re-making {path.name}: {error}", file=sys.stderr)
+        todo.append(i)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        done = count - sum(_shard_length(manifest, i) for i in todo)
+        bar = tqdm(total=count, initial=done, desc=f"corpus -> {root.name}", unit="pair", dynamic_ncols=True)
+    try:
+        for i in todo:
+            n = _shard_length(manifest, i)
+            items = sample_pairs(G, F, n, seed=seed, start=i * shard_size, truncation=truncation, batch=batch,
+                                 on_batch=bar.update if bar is not None else None)
+            arrays = {
+                "z": items["z"].float().numpy(),
+                "w": items["w"].float().numpy(),
+                "images": to_uint8(items["images"]),
+                "params": items["params"].float().numpy(),
+                "landmarks": items["landmarks"].float().numpy(),
+                "index": items["index"].numpy(),
+            }
+            path = shard_path(root, i)
+            tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}")
+            with open(tmp, "wb") as handle:  # a file object: np.savez would append '.npz' to a name
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)
+            if on_shard is not None:
+                on_shard(i, path)
+    finally:
+        if bar is not None:
+            bar.close()
+    return root
+
+
+def remove_corpus(root: PathLike) -> None:
+    """Delete a corpus's manifest and shards (only those: other files in the folder stay)."""
+    root = Path(root)
+    for path in list(root.glob("shard_*.npz")) + list(root.glob(".shard_*.tmp*")):
+        path.unlink()
+    (root / "manifest.json").unlink(missing_ok=True)
+
+
+def _read_manifest(root: Path) -> Dict[str, Any]:
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{root} is not a corpus (no manifest.json); make one with `stylerig-lite make-corpus --out {root}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{path} is not valid JSON ({error}); remake the corpus with --overwrite") from None
+    if manifest.get("format") != FORMAT:
+        raise CorpusError(f"{root} is not a (w, I_w) corpus (manifest format {manifest.get('format')!r}, expected {FORMAT!r})")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise CorpusError(f"{root}: corpus format version {manifest.get('version')!r}; this code reads version {FORMAT_VERSION}. "
+                          f"Remake it with `stylerig-lite make-corpus --overwrite --out {root}`")
+    return manifest
+
+
+# ----------------------------------------------------------------------------
+# Reading a corpus.
+
+
+class CorpusDataset(torch.utils.data.Dataset):
+    """A corpus folder as a PyTorch dataset (all shards loaded into memory).
+
+    ``dataset[i]`` is a dict: ``'w'`` float32 ``[num_ws, w_dim]``, ``'image'``
+    float32 ``[3, H, W]`` in [-1, 1] (from the stored uint8), ``'params'``
+    ``[196]`` and ``'landmarks'`` ``[68, 2]`` (F's estimates) and ``'index'``
+    (int). The whole arrays are attributes too, for code that wants them at
+    once (the linear baseline): ``w``, ``z``, ``images`` (uint8 ``[N, H, W, 3]``),
+    ``params``, ``landmarks``. ``manifest`` is the folder's manifest.
+    """
+
+    def __init__(self, root: PathLike):
+        self.root = Path(root)
+        self.manifest = _read_manifest(self.root)
+        shards = num_shards(self.manifest["count"], self.manifest["shard_size"])
+        missing = [i for i in range(shards) if not shard_path(self.root, i).exists()]
+        if missing:
+            raise CorpusError(
+                f"{self.root} has {shards - len(missing)} of {shards} shards (first missing: "
+                f"{shard_path(self.root, missing[0]).name}); rerun `stylerig-lite make-corpus --out {self.root}` "
+                f"with the same arguments to finish it"
+            )
+        arrays = [read_shard(shard_path(self.root, i), self.manifest, i) for i in range(shards)]
+
+        def cat(key: str) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate([a[key] for a in arrays]))
+
+        self.z = cat("z")  # [N, z_dim]
+        self.w = cat("w")  # [N, num_ws, w_dim]
+        self.images = cat("images")  # [N, H, W, 3] uint8
+        self.params = cat("params")  # [N, 196]
+        self.landmarks = cat("landmarks")  # [N, 68, 2]
+        self.index = cat("index")  # [N]
+
+    def __len__(self) -> int:
+        return self.w.shape[0]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"corpus index {index} out of range for {len(self)} items")
+        return {
+            "w": self.w[index],
+            "image": from_uint8(self.images[index][None])[0],
+            "params": self.params[index],
+            "landmarks": self.landmarks[index],
+            "index": int(self.index[index]),
+        }
+
+    def float_images(self, index: Any = slice(None)) -> torch.Tensor:
+        """Images ``[n, 3, H, W]`` in [-1, 1] for an index or slice of items."""
+        return from_uint8(self.images[index].reshape(-1, *self.images.shape[1:]))
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"CorpusDataset({str(self.root)!r}, {len(self)} pairs, W+ {m['num_ws']}x{m['w_dim']}, "
+                f"{m['image_size']} px, seed {m['seed']}, truncation {m['truncation']})")
+
+
+# ----------------------------------------------------------------------------
+# Command line (registered in stylerig_lite/cli.py as `make-corpus`).
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="corpus folder (an unfinished one with the same arguments is resumed)")
+    parser.add_argument("--count", type=int, help=f"pairs to sample (default {DEFAULT_COUNT}; {QUICK_COUNT} with "
+                                                  f"STYLERIG_LITE_QUICK=1; the paper used 200,000)")
+    parser.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    parser.add_argument("--truncation", type=float, default=DEFAULT_TRUNCATION,
+                        help=f"truncation psi of the mapping network (default {DEFAULT_TRUNCATION}: untruncated, as in the paper)")
+    parser.add_argument("--shard-size", type=int, help=f"pairs per shard file (default {DEFAULT_SHARD_SIZE})")
+    parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded FaceWorld StyleGAN2)")
+    parser.add_argument("--estimator", help="F checkpoint whose estimates are stored (default: the embedded F)")
+    parser.add_argument("--batch", type=int, default=64, help="images per G/F batch (default 64)")
+    parser.add_argument("--overwrite", action="store_true", help="delete a corpus already in --out first")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        root = make_corpus(args.out, args.count, generator=args.generator, estimator=args.estimator, seed=args.seed,
+                           shard_size=args.shard_size, truncation=args.truncation, batch=args.batch,
+                           overwrite=args.overwrite, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as error:  # bad options, foreign folder, missing weights: no traceback
+        print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
+        return 2
+    manifest = _read_manifest(root)
+    print(f"corpus of {manifest['count']} pairs in {root} (W+ {manifest['num_ws']}x{manifest['w_dim']}, "
+          f"{manifest['image_size']} px, seed {manifest['seed']})")
+    return 0

@@ -1,0 +1,816 @@
+"""Control metrics: how well does an editing method set one rig component and keep the rest?
+
+StyleRig edits a latent ``w`` so that the face in ``G(ŵ)`` takes one component
+(pose, expression or illumination) from target parameters and keeps
+everything else. This module scores any such method the same way:
+
+1. :class:`EvalSet`: a fixed, seeded set of latent pairs ``(w, v)`` from the
+   generator, with F's estimates ``p_w = F(G(w))``, ``p_v = F(G(v))`` and the
+   evaluation estimator's ``e_w = E(G(w))``, ``e_v = E(G(v))``.
+2. An *editing method* is a callable ``method(w, p_target) -> ŵ`` on W+
+   latents ``[B, num_ws, w_dim]`` and parameter vectors ``[B, 196]``. For a
+   component ``c``, ``p_target`` is ``p_w`` with ``c`` replaced by ``p_v``'s
+   (pose: yaw, pitch, roll; the translation stays ``p_w``'s).
+3. Scores come from E, the *other* estimator: the target error
+   ``|E(G(ŵ))_c - target_c|`` and the preservation of everything else,
+   ``E(G(ŵ))`` against ``E(G(w))`` for the other components, plus the mean
+   absolute pixel change of the image outside the face (outside the union of
+   the rendered face masks of ``E(G(w))`` and ``E(G(ŵ))``).
+
+Targets come from F (the estimator a method may see, as RigNet is trained
+with it) and scores from E (the judge), so even a perfect edit does not score
+zero: the floor includes where F and E disagree. The two trivial references
+make the scale clear: ``'none'`` (ŵ = w: perfect preservation, the target
+error of doing nothing) and ``'random'`` (ŵ = v: the target component is
+exactly right *as F sees it*, so its target error is the F/E floor, but
+everything else changes).
+
+The linear baseline (:class:`LinearBaseline`), in the spirit of InterFaceGAN
+(Shen et al. 2020), regresses a component from w on a corpus and edits by
+moving w along the regressed directions. :func:`generator_quality` measures
+the GAN itself: a Fréchet distance to FaceWorld in F's feature space and the
+spread of the head pose and jaw opening it generates.
+
+Public API: :data:`COMPONENTS`, :func:`component_slice`, :func:`target_params`,
+:class:`EvalSet`, :func:`evaluate_method`, :func:`evaluate_methods`,
+:class:`RenderedFaceMask`, :class:`LinearBaseline`, :data:`METHODS` /
+:func:`register_method` / :class:`MethodContext`, :func:`frechet_distance`,
+:func:`generator_quality`, :func:`faceworld_images`. Command line:
+``stylerig-lite evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .checks import assert_finite, assert_shape
+from .corpus import (CorpusDataset, CorpusError, device_of, estimate_images, module_sha256, quick_mode, sample_pairs,
+                     sample_z, synthesize)
+from .morphable import NUM_PARAMS, SLICES, expression_index
+
+#: The rig components a method can edit (the paper's three RigNets).
+COMPONENTS: Tuple[str, ...] = ("pose", "expression", "illumination")
+ANGLE_NAMES: Tuple[str, ...] = ("yaw", "pitch", "roll")
+_ANGLES = slice(SLICES["pose"].start, SLICES["pose"].start + 3)
+_TRANSLATION = slice(SLICES["pose"].start + 3, SLICES["pose"].stop)
+_JAW_OPEN = SLICES["expression"].start + expression_index("jawOpen")
+
+DEFAULT_SEED = 2020  # the evaluation pairs; their own seed stream, so never corpus items
+DEFAULT_COUNT = 500
+QUICK_COUNT = 64
+DEFAULT_FIT_COUNT = 5000  # latents for the linear baseline when no --corpus is given
+QUICK_FIT_COUNT = 256
+DEFAULT_RIDGE = 1e-2
+
+EditMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: The trivial references, recognised by name wherever a method is expected.
+REFERENCES: Tuple[str, ...] = ("none", "random")
+
+
+def check_component(component: str) -> str:
+    """Return ``component`` if it is one of :data:`COMPONENTS`, else raise ``ValueError``."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}; expected one of {list(COMPONENTS)}")
+    return component
+
+
+def component_slice(component: str) -> slice:
+    """The entries of the 196-vector an edit of ``component`` sets.
+
+    pose: the three angles (yaw, pitch, roll; radians), not the translation:
+    StyleRig's pose rig turns the head, and where it sits in the frame is
+    scene context. expression: the 53 blendshape weights. illumination: the 27
+    SH coefficients (``SLICES['light']``).
+    """
+    check_component(component)
+    return {"pose": _ANGLES, "expression": SLICES["expression"], "illumination": SLICES["light"]}[component]
+
+
+def target_params(p_w: torch.Tensor, p_v: torch.Tensor, component: str) -> torch.Tensor:
+    """``p_w`` with ``component`` taken from ``p_v``: ``[B, 196], [B, 196] -> [B, 196]``."""
+    assert_shape(p_w, [None, NUM_PARAMS], "p_w")
+    assert_shape(p_v, [p_w.shape[0], NUM_PARAMS], "p_v")
+    target = p_w.clone()
+    index = component_slice(component)
+    target[:, index] = p_v[:, index]
+    return target
+
+
+# ----------------------------------------------------------------------------
+# Errors between parameter sets, in each component's units.
+
+
+def _abs_deg(a: torch.Tensor, b: torch.Tensor, i: int) -> torch.Tensor:
+    return torch.rad2deg((a[:, _ANGLES.start + i] - b[:, _ANGLES.start + i]).abs()).double()  # [N]
+
+
+def _rmse(a: torch.Tensor, b: torch.Tensor, index: slice) -> float:
+    return float((a[:, index] - b[:, index]).double().pow(2).mean().sqrt())
+
+
+def _mae(a: torch.Tensor, b: torch.Tensor, index: Union[slice, int]) -> float:
+    return float((a[:, index] - b[:, index]).double().abs().mean())
+
+
+def _angle_errors(a: torch.Tensor, b: torch.Tensor, medians: bool) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for i, name in enumerate(ANGLE_NAMES):
+        error = _abs_deg(a, b, i)
+        out[f"{name}_deg"] = float(error.mean())
+        if medians:
+            out[f"{name}_deg_median"] = float(error.median())
+    return out
+
+
+def target_errors(estimated: torch.Tensor, target: torch.Tensor, component: str) -> Dict[str, float]:
+    """How far ``estimated`` is from ``target`` in the edited component (``[N, 196]`` each).
+
+    pose: mean absolute yaw/pitch/roll error in degrees (``yaw_deg``, ...) and
+    their medians (``yaw_deg_median``, ...); expression: mean absolute error
+    over the 53 weights (``expression_mae``) and of jawOpen alone
+    (``jaw_open_mae``); illumination: RMSE over the 27 SH coefficients
+    (``light_rmse``).
+    """
+    assert_shape(estimated, [None, NUM_PARAMS], "estimated parameters")
+    assert_shape(target, [estimated.shape[0], NUM_PARAMS], "target parameters")
+    check_component(component)
+    if component == "pose":
+        return _angle_errors(estimated, target, medians=True)
+    if component == "expression":
+        return {"expression_mae": _mae(estimated, target, SLICES["expression"]),
+                "jaw_open_mae": _mae(estimated, target, _JAW_OPEN)}
+    return {"light_rmse": _rmse(estimated, target, SLICES["light"])}
+
+
+def preservation_errors(edited: torch.Tensor, original: torch.Tensor, component: str) -> Dict[str, float]:
+    """How much the components an edit of ``component`` must keep changed (``[N, 196]`` each).
+
+    Always identity and albedo RMSE (units of standard deviation) and the
+    translation (``translation_cm``, mean absolute, cm); plus every other rig
+    component in the units of :func:`target_errors` (degrees for the angles).
+    """
+    assert_shape(edited, [None, NUM_PARAMS], "edited parameters")
+    assert_shape(original, [edited.shape[0], NUM_PARAMS], "original parameters")
+    check_component(component)
+    out = {
+        "identity_rmse": _rmse(edited, original, SLICES["identity"]),
+        "albedo_rmse": _rmse(edited, original, SLICES["albedo"]),
+        "translation_cm": _mae(edited, original, _TRANSLATION),
+    }
+    if component != "pose":
+        out.update(_angle_errors(edited, original, medians=False))
+    if component != "expression":
+        out["expression_mae"] = _mae(edited, original, SLICES["expression"])
+        out["jaw_open_mae"] = _mae(edited, original, _JAW_OPEN)
+    if component != "illumination":
+        out["light_rmse"] = _rmse(edited, original, SLICES["light"])
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Face masks (what "outside the face" means).
+
+#: The parts whose pixels count as "the face": the skin of the face and what shows through it.
+#: The scalp, ears and neck (``head_neck``) count as outside, like hair and background.
+FACE_MASK_PARTS: Tuple[str, ...] = ("face", "mouth_interior", "teeth", "eyes", "eyelashes")
+
+
+class RenderedFaceMask:
+    """``params [B, 196] -> [B, 1, H, W]`` bool: where the 3DMM face of ``params`` covers the image.
+
+    Renders the whole head with :func:`~stylerig_lite.face_render.render_face`
+    (so the head hides what it should) with the book's camera (FaceWorld's)
+    and keeps the pixels of :data:`FACE_MASK_PARTS`. The face model is loaded
+    on first use.
+    """
+
+    def __init__(self, image_size: int = 64, parts: Sequence[str] = FACE_MASK_PARTS, model: Any = None):
+        self.image_size = int(image_size)
+        self.parts = tuple(parts)
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, params: torch.Tensor) -> torch.Tensor:
+        from .face_render import default_camera, render_face
+        from .morphable import load_face_model
+
+        assert_shape(params, [None, NUM_PARAMS], "params")
+        if self.model is None:
+            self.model = load_face_model(progress=False)
+        device = self.model.neutral.device
+        out = render_face(self.model, params.to(device), default_camera(self.image_size))
+        return out.part_mask(list(self.parts)).cpu() > 0
+
+
+# ----------------------------------------------------------------------------
+# The evaluation set.
+
+
+def _batches(count: int, batch: int):
+    for start in range(0, count, batch):
+        yield slice(start, min(start + batch, count))
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """A fixed set of latent pairs ``(w, v)`` and what F and E see in them.
+
+    Build one with :meth:`build`; score a method with :meth:`score` (or
+    :func:`evaluate_method`). Fields (N pairs):
+
+    - ``w``, ``v``: W+ latents ``[N, num_ws, w_dim]`` (mapping outputs of seeded z)
+    - ``p_w``, ``p_v``: F's estimates ``[N, 196]`` (targets are made of these)
+    - ``e_w``, ``e_v``: E's estimates ``[N, 196]`` (scores are measured with E)
+    - ``images_w``: ``G(w)`` ``[N, 3, H, W]`` in [-1, 1] (constant noise)
+    - ``mask_w``: face mask of ``e_w`` ``[N, 1, H, W]`` bool, or None without a mask function
+    - ``G``, ``F``, ``E``, ``face_mask``: the networks and mask function used
+    """
+
+    w: torch.Tensor
+    v: torch.Tensor
+    p_w: torch.Tensor
+    p_v: torch.Tensor
+    e_w: torch.Tensor
+    e_v: torch.Tensor
+    images_w: torch.Tensor
+    mask_w: Optional[torch.Tensor]
+    seed: int
+    truncation: float
+    G: Any = dataclasses.field(repr=False, default=None)
+    F: Any = dataclasses.field(repr=False, default=None)
+    E: Any = dataclasses.field(repr=False, default=None)
+    face_mask: Optional[Callable[[torch.Tensor], torch.Tensor]] = dataclasses.field(repr=False, default=None)
+    batch: int = 64
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        G: Any,
+        F: Any,
+        E: Any,
+        count: int = DEFAULT_COUNT,
+        seed: int = DEFAULT_SEED,
+        *,
+        truncation: float = 1.0,
+        batch: int = 64,
+        face_mask: Union[str, None, Callable[[torch.Tensor], torch.Tensor]] = "render",
+    ) -> "EvalSet":
+        """Sample ``count`` pairs with ``seed`` and run G, F and E on them.
+
+        ``G``: a generator (``mapping``/``synthesis`` API of
+        :mod:`stylerig_lite.stylegan2`); ``F``, ``E``: estimators with
+        ``estimate(images, value_range=(-1, 1))``. ``face_mask``: ``'render'``
+        (:class:`RenderedFaceMask` at G's resolution), any callable
+        ``params [B, 196] -> [B, 1, H, W]``, or None to skip the outside-face
+        pixel metric. ``w`` and ``v`` use their own seed streams
+        (:func:`~stylerig_lite.corpus.latent_seed`), so no corpus item reappears here.
+        """
+        if count < 1:
+            raise ValueError(f"count must be positive, got {count}")
+        if not 0.0 <= float(truncation) <= 1.0:
+            raise ValueError(f"truncation psi must be in [0, 1], got {truncation}")
+        for net in (G, F, E):
+            if isinstance(net, torch.nn.Module):
+                net.eval()
+        if isinstance(face_mask, str):
+            if face_mask != "render":
+                raise ValueError(f"face_mask must be 'render', a callable or None, got {face_mask!r}")
+            face_mask = RenderedFaceMask(getattr(G, "img_resolution", 64))
+        device = device_of(G)
+        out: Dict[str, List[torch.Tensor]] = {k: [] for k in ("w", "v", "p_w", "p_v", "e_w", "e_v", "images_w", "mask_w")}
+        for name in ("w", "v"):
+            z = sample_z(G.z_dim, seed, 0, count, stream=f"eval-{name}")
+            for index in _batches(count, batch):
+                ws = G.mapping(z[index].to(device), None, truncation_psi=truncation)
+                images = synthesize(G, ws)
+                p, _ = estimate_images(F, images)
+                e, _ = estimate_images(E, images)
+                out[name].append(ws.float().cpu())
+                out[f"p_{name}"].append(p)
+                out[f"e_{name}"].append(e)
+                if name == "w":
+                    out["images_w"].append(images.float().cpu())
+                    if face_mask is not None:
+                        out["mask_w"].append(_check_mask(face_mask(e), images))
+        data = {k: torch.cat(v) if v else None for k, v in out.items()}
+        return cls(**data, seed=int(seed), truncation=float(truncation), G=G, F=F, E=E, face_mask=face_mask, batch=batch)
+
+    def __len__(self) -> int:
+        return self.w.shape[0]
+
+    def target(self, component: str) -> torch.Tensor:
+        """``p_w`` with ``component`` from ``p_v``: the targets ``[N, 196]`` a method is given."""
+        return target_params(self.p_w, self.p_v, component)
+
+    def score(self, method: Union[str, EditMethod], component: str) -> Dict[str, Any]:
+        """:func:`evaluate_method` on this set."""
+        return evaluate_method(method, self, component)
+
+
+def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    assert_shape(mask, [images.shape[0], 1, images.shape[2], images.shape[3]], "face mask")
+    return mask.cpu().bool()
+
+
+@torch.no_grad()
+def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component: str) -> Dict[str, Any]:
+    """Score ``method`` on ``evalset`` for ``component``.
+
+    ``method``: a callable ``(w [B, num_ws, w_dim], p_target [B, 196]) -> ŵ``
+    or a reference name, ``'none'`` (ŵ = w) or ``'random'`` (ŵ = v).
+    Returns ``{'target_error': {...}, 'preservation': {...}, 'count': N}`` with
+    the keys of :func:`target_errors` and :func:`preservation_errors`;
+    preservation also holds ``outside_face_mae_255``, the mean absolute change
+    of ``G(ŵ)`` against ``G(w)`` over the pixels outside both face masks, in
+    0..255 levels (absent when the set has no mask function).
+    """
+    check_component(component)
+    if isinstance(method, str) and method not in REFERENCES:
+        raise ValueError(f"unknown reference method {method!r}; expected one of {list(REFERENCES)} or a callable")
+    if not isinstance(method, str) and not callable(method):
+        raise TypeError(f"method must be a callable (w, p_target) -> w_hat or one of {list(REFERENCES)}, got {type(method).__name__}")
+    G, E = evalset.G, evalset.E
+    target = evalset.target(component)
+    estimates, changed, outside = [], 0.0, 0.0
+    for index in _batches(len(evalset), evalset.batch):
+        w = evalset.w[index]
+        if method == "none":
+            w_hat = w
+        elif method == "random":
+            w_hat = evalset.v[index]
+        else:
+            w_hat = method(w.clone(), target[index].clone())
+            name = getattr(method, "__name__", type(method).__name__)
+            if not isinstance(w_hat, torch.Tensor):
+                raise TypeError(f"method {name} returned {type(w_hat).__name__}; expected a tensor [B, num_ws, w_dim]")
+            assert_shape(w_hat, list(w.shape), f"latents returned by method {name}")
+            assert_finite(w_hat, f"latents returned by method {name}")
+        images = synthesize(G, w_hat.to(w.dtype))
+        e_hat, _ = estimate_images(E, images)
+        estimates.append(e_hat)
+        if evalset.face_mask is not None and evalset.mask_w is not None:
+            keep = ~(evalset.mask_w[index] | _check_mask(evalset.face_mask(e_hat), images))  # [B, 1, H, W]
+            diff = (images.cpu().float() - evalset.images_w[index]).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
+            changed += float((diff * keep).double().sum())
+            outside += float(keep.double().sum())
+    e_hat = torch.cat(estimates)
+    preservation = preservation_errors(e_hat, evalset.e_w, component)
+    if evalset.face_mask is not None and evalset.mask_w is not None:
+        # [-1, 1] image units -> 0..255 levels: x 127.5.
+        preservation["outside_face_mae_255"] = 127.5 * changed / outside if outside else math.nan
+    return {"target_error": target_errors(e_hat, target, component), "preservation": preservation, "count": len(evalset)}
+
+
+def evaluate_methods(methods: Dict[str, Union[str, EditMethod]], evalset: EvalSet,
+                     components: Sequence[str] = COMPONENTS) -> Dict[str, Dict[str, Any]]:
+    """``{method name: {component: evaluate_method(...)}}`` for several methods (one method per
+    name for every component; use :func:`evaluate_method` when a method is per component)."""
+    return {name: {c: evaluate_method(m, evalset, c) for c in components} for name, m in methods.items()}
+
+
+# ----------------------------------------------------------------------------
+# The linear baseline (InterFaceGAN-style directions in W).
+
+
+def _first_w(ws: torch.Tensor, name: str) -> torch.Tensor:
+    """``[N, num_ws, w_dim]`` (or ``[N, w_dim]``) -> the W vector ``[N, w_dim]`` (layer 0 of W+)."""
+    if not isinstance(ws, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ws).__name__}")
+    if ws.ndim == 3:
+        return ws[:, 0]
+    if ws.ndim == 2:
+        return ws
+    raise ValueError(f"{name} has shape {tuple(ws.shape)}; expected W+ latents [N, num_ws, w_dim] or W vectors [N, w_dim]")
+
+
+class LinearBaseline:
+    """Edit a rig component by moving w along linearly regressed directions.
+
+    :meth:`fit` ridge-regresses the component's entries ``y`` (``k`` values:
+    3 angles, 53 expression weights or 27 SH coefficients; see
+    :func:`component_slice`) from the W vector, ``y ≈ A w + b`` with ``A``
+    ``[k, w_dim]``. An edit then moves w by the minimum-norm step that makes
+    the prediction hit the target, ``Δw = A⁺ (t - (A w + b))``, the same
+    ``Δw`` for every layer of W+. This is the InterFaceGAN idea (Shen et al.
+    2020: attributes are linear in W) with regression instead of an SVM,
+    because our attributes are continuous.
+
+    Everything a linear edit of W cannot do shows up in the metrics: the
+    directions of correlated components (say, light that follows yaw in the
+    corpus) are entangled, so moving along one moves the other.
+    """
+
+    def __init__(self, component: str, weight: torch.Tensor, bias: torch.Tensor, *, ridge: float = DEFAULT_RIDGE,
+                 r2: Optional[Sequence[float]] = None):
+        self.component = check_component(component)
+        index = component_slice(component)
+        k = index.stop - index.start
+        assert_shape(weight, [k, None], "weight A")
+        assert_shape(bias, [k], "bias b")
+        assert_finite(weight, "weight A")
+        assert_finite(bias, "bias b")
+        self.weight = weight.double()  # [k, w_dim]
+        self.bias = bias.double()  # [k]
+        # The pseudo-inverse gives the minimum-norm step; rcond drops directions the corpus never moves.
+        self.pinv = torch.linalg.pinv(self.weight, rtol=1e-10)  # [w_dim, k]
+        self.ridge = float(ridge)
+        self.r2 = list(r2) if r2 is not None else None
+
+    @property
+    def w_dim(self) -> int:
+        return self.weight.shape[1]
+
+    @classmethod
+    def fit(cls, ws: torch.Tensor, params: Any, component: str, *, ridge: float = DEFAULT_RIDGE) -> "LinearBaseline":
+        """Ridge regression of ``params``' ``component`` entries on ``ws`` (``[N, num_ws, w_dim]`` or ``[N, w_dim]``).
+
+        ``params``: ``[N, 196]`` (F's estimates, e.g. a corpus's ``params``) or a
+        :class:`~stylerig_lite.morphable.FaceParams`. ``ridge`` is relative: the
+        penalty is ``ridge`` times the mean variance of a w coordinate, so it
+        does not depend on the scale of W; ``0`` is ordinary least squares.
+        """
+        check_component(component)
+        x = _first_w(ws, "ws").double()
+        if hasattr(params, "to_vector"):
+            params = params.to_vector()
+        assert_shape(params, [x.shape[0], NUM_PARAMS], "params")
+        assert_finite(x, "ws")
+        assert_finite(params, "params")
+        if ridge < 0 or not math.isfinite(ridge):
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
+        if x.shape[0] < 2:
+            raise ValueError(f"need at least 2 samples to fit, got {x.shape[0]}")
+        y = params[:, component_slice(component)].double()  # [N, k]
+        x_mean, y_mean = x.mean(0), y.mean(0)
+        xc, yc = x - x_mean, y - y_mean
+        n, d = xc.shape
+        gram = xc.T @ xc / n  # [D, D] covariance of w
+        penalty = ridge * float(torch.diagonal(gram).mean())
+        # Solve (C + λ I) Aᵀ = Xᵀ Y / n; lstsq also copes with a singular C at λ = 0.
+        weight_t = torch.linalg.lstsq(gram + penalty * torch.eye(d, dtype=gram.dtype), xc.T @ yc / n).solution  # [D, k]
+        weight = weight_t.T
+        bias = y_mean - weight @ x_mean
+        residual = yc - xc @ weight_t
+        r2 = (1 - residual.pow(2).sum(0) / yc.pow(2).sum(0).clamp_min(1e-30)).tolist()
+        return cls(component, weight, bias, ridge=ridge, r2=r2)
+
+    @classmethod
+    def fit_corpus(cls, corpus: Union[CorpusDataset, str, os.PathLike], component: str, *, ridge: float = DEFAULT_RIDGE,
+                   limit: Optional[int] = None) -> "LinearBaseline":
+        """:meth:`fit` on a corpus folder or :class:`~stylerig_lite.corpus.CorpusDataset` (first ``limit`` items)."""
+        data = corpus if isinstance(corpus, CorpusDataset) else CorpusDataset(corpus)
+        index = slice(None) if limit is None else slice(0, int(limit))
+        return cls.fit(data.w[index], data.params[index], component, ridge=ridge)
+
+    def predict(self, w: torch.Tensor) -> torch.Tensor:
+        """The regressed component ``[B, k]`` of latents ``[B, num_ws, w_dim]`` (or ``[B, w_dim]``)."""
+        x = _first_w(w, "w")
+        assert_shape(x, [None, self.w_dim], "w")
+        return (x.double() @ self.weight.T + self.bias).to(x.dtype)
+
+    def __call__(self, w: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
+        """``ŵ = w + A⁺ (t - (A w₀ + b))`` on every layer: ``[B, num_ws, w_dim], [B, 196] -> [B, num_ws, w_dim]``."""
+        assert_shape(w, [None, None, self.w_dim], "w (W+ latents)")
+        assert_shape(p_target, [w.shape[0], NUM_PARAMS], "p_target")
+        assert_finite(w, "w (W+ latents)")
+        assert_finite(p_target, "p_target")
+        t = p_target[:, component_slice(self.component)].double()  # [B, k]
+        step = (t - (w[:, 0].double() @ self.weight.T + self.bias)) @ self.pinv.T  # [B, w_dim]
+        return w + step.to(w.dtype)[:, None, :]
+
+    def state(self) -> Dict[str, Any]:
+        return {"format": "stylerig_lite.linear_baseline/1", "component": self.component, "weight": self.weight,
+                "bias": self.bias, "ridge": self.ridge, "r2": self.r2}
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the directions atomically (read back with :meth:`load`)."""
+        from .reconstruction import atomic_torch_save
+
+        return atomic_torch_save(self.state(), path)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "LinearBaseline":
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or data.get("format") != "stylerig_lite.linear_baseline/1":
+            raise ValueError(f"{path} is not a LinearBaseline file (save one with LinearBaseline.save)")
+        return cls(data["component"], data["weight"], data["bias"], ridge=data["ridge"], r2=data["r2"])
+
+    def __repr__(self) -> str:
+        r2 = "" if self.r2 is None else f", mean R² {sum(self.r2) / len(self.r2):.3f}"
+        return f"LinearBaseline({self.component!r}, w_dim={self.w_dim}, k={self.weight.shape[0]}, ridge={self.ridge:g}{r2})"
+
+
+# ----------------------------------------------------------------------------
+# The method table (RigNet registers itself here).
+
+
+@dataclasses.dataclass
+class MethodContext:
+    """What a method factory may use: the evaluation set (G and F, never E), and training data.
+
+    ``training_pairs()`` gives ``(ws [N, num_ws, w_dim], params [N, 196])``:
+    the corpus folder ``corpus`` when given (it must come from the same G), else
+    ``fit_count`` pairs sampled in memory with ``fit_seed`` (the
+    :func:`~stylerig_lite.corpus.make_corpus` items of that seed).
+    """
+
+    evalset: EvalSet
+    corpus: Optional[Union[str, os.PathLike]] = None
+    fit_count: int = DEFAULT_FIT_COUNT
+    fit_seed: int = 0
+    ridge: float = DEFAULT_RIDGE
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    _pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default=None, repr=False)
+
+    def training_pairs(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._pairs is None:
+            G, F = self.evalset.G, self.evalset.F
+            if self.corpus is not None:
+                data = CorpusDataset(self.corpus)
+                if data.manifest["generator_sha256"] != module_sha256(G):
+                    raise CorpusError(f"the corpus {self.corpus} was sampled from another generator than the one "
+                                      f"evaluated; make one with `stylerig-lite make-corpus --generator ...`")
+                if F is not None and data.manifest["estimator_sha256"] != module_sha256(F):
+                    print(f"warning: the corpus {self.corpus} holds another estimator's parameters than F", file=sys.stderr)
+                self._pairs = (data.w, data.params)
+            else:
+                items = sample_pairs(G, F, self.fit_count, seed=self.fit_seed, truncation=self.evalset.truncation,
+                                     batch=self.evalset.batch)
+                self._pairs = (items["w"], items["params"])
+        return self._pairs
+
+
+MethodFactory = Callable[[MethodContext, str], Union[str, EditMethod]]
+
+
+def _linear_factory(context: MethodContext, component: str) -> EditMethod:
+    ws, params = context.training_pairs()
+    return LinearBaseline.fit(ws, params, component, ridge=context.ridge)
+
+
+#: name -> factory(context, component) -> method (or a reference name). Extend with :func:`register_method`.
+METHODS: Dict[str, MethodFactory] = {
+    "none": lambda context, component: "none",
+    "random": lambda context, component: "random",
+    "linear": _linear_factory,
+}
+
+
+def register_method(name: str, factory: MethodFactory) -> None:
+    """Make ``name`` available to ``stylerig-lite evaluate --methods``.
+
+    ``factory(context, component)`` returns the editing method for one
+    component (e.g. that component's trained RigNet).
+    """
+    METHODS[name] = factory
+
+
+# ----------------------------------------------------------------------------
+# Generator quality: Fréchet distance in F's feature space and pose coverage.
+
+
+def frechet_distance(feats_a: Union[torch.Tensor, np.ndarray], feats_b: Union[torch.Tensor, np.ndarray]) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]`` and ``[M, D]``.
+
+    ``|μa - μb|² + tr(Σa + Σb - 2 (Σa^½ Σb Σa^½)^½)``, the FID formula
+    (Heusel et al. 2017). The matrix square roots are taken by symmetric
+    eigendecomposition (``Σa^½ Σb Σa^½`` is symmetric positive semi-definite,
+    and its square root has the same trace as ``(Σa Σb)^½``), in float64, with
+    round-off negative eigenvalues clipped to zero.
+    """
+    a = np.asarray(torch.as_tensor(feats_a).detach().cpu().double())
+    b = np.asarray(torch.as_tensor(feats_b).detach().cpu().double())
+    for name, f in (("feats_a", a), ("feats_b", b)):
+        if f.ndim != 2:
+            raise ValueError(f"{name} has shape {f.shape}; expected features [N, D]")
+        if f.shape[0] < 2:
+            raise ValueError(f"{name} has {f.shape[0]} rows; a covariance needs at least 2")
+        if not np.isfinite(f).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sizes differ: feats_a has {a.shape[1]} dims, feats_b {b.shape[1]}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False).reshape(a.shape[1], -1), np.cov(b, rowvar=False).reshape(b.shape[1], -1)
+
+    def psd_sqrt(m: np.ndarray) -> np.ndarray:
+        values, vectors = np.linalg.eigh((m + m.T) / 2)
+        return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+    root_a = psd_sqrt(cov_a)
+    middle = root_a @ cov_b @ root_a
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    distance = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+    return max(distance, 0.0)
+
+
+def faceworld_images(count: int, seed: int = 7, *, world: Any = None, folder: Optional[Union[str, os.PathLike]] = None,
+                     batch: int = 64) -> torch.Tensor:
+    """``count`` FaceWorld images ``[N, 3, 64, 64]`` in [0, 1]: rendered with ``seed`` or read from a
+    :func:`~stylerig_lite.world.render_shards` ``folder`` (its first ``count``)."""
+    if folder is not None:
+        from .world import FaceWorldShards
+
+        data = FaceWorldShards(folder)
+        if len(data) < count:
+            raise ValueError(f"{folder} holds {len(data)} images; asked for {count}")
+        return data.images[:count].permute(0, 3, 1, 2).float() / 255.0
+    from .world import FaceWorld
+
+    world = world or FaceWorld()
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.cat([world.sample(s.stop - s.start, generator=generator).images.cpu()
+                      for s in _batches(count, batch)])
+
+
+def _quality_stats(F: Any, images: torch.Tensor, value_range: Tuple[float, float], batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """F's features ``[N, C]`` and (yaw°, pitch°, roll°, jawOpen) ``[N, 4]`` of images in ``value_range``."""
+    import torch.nn.functional as nnf
+
+    size = F.config.image_size
+    feats, stats = [], []
+    for index in _batches(images.shape[0], batch):
+        x = images[index]
+        if tuple(x.shape[-2:]) != (size, size):
+            x = nnf.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.clamp(*value_range)
+        feats.append(F.features(x, value_range=value_range).float().cpu())
+        params, _ = F.estimate(x, value_range=value_range)
+        p = params.to_vector().float().cpu()
+        stats.append(torch.cat([torch.rad2deg(p[:, _ANGLES]), p[:, _JAW_OPEN : _JAW_OPEN + 1]], dim=1))
+    return torch.cat(feats), torch.cat(stats)
+
+
+@torch.no_grad()
+def generator_quality(G: Any, F: Any, faceworld: torch.Tensor, count: Optional[int] = None, seed: int = 0, *,
+                      truncation: float = 1.0, batch: int = 64, tolerance: float = 0.2) -> Dict[str, Any]:
+    """How close the generator's images are to FaceWorld, seen through F.
+
+    ``faceworld``: FaceWorld images ``[M, 3, H, W]`` in [0, 1] (see
+    :func:`faceworld_images`), split into halves A and B. ``count`` generated
+    images (default ``M // 2``, so both distances compare equal-sized sets:
+    the Fréchet distance of finite samples is biased upward, more so for small
+    ones) of latents with ``seed``.
+
+    Returns ``fd`` (generated vs half B), ``fd_floor`` (half A vs half B: what
+    sampling alone gives), ``fd_ratio`` = fd / fd_floor, and ``coverage``: for
+    ``yaw``, ``pitch``, ``roll`` (F's estimates, degrees) and ``jaw_open``, the
+    standard deviation over generated images, over all FaceWorld images, their
+    ``ratio`` and ``pass`` (ratio within 1 ± ``tolerance``); ``pass`` overall
+    when every ratio passes.
+    """
+    assert_shape(faceworld, [None, 3, None, None], "faceworld images")
+    assert_finite(faceworld, "faceworld images")
+    if faceworld.shape[0] < 8:
+        raise ValueError(f"need at least 8 FaceWorld images (two halves of >= 4), got {faceworld.shape[0]}")
+    if not hasattr(F, "features"):
+        raise TypeError("F needs a features(images) method (a stylerig_lite ReconstructionNet)")
+    if isinstance(F, torch.nn.Module):
+        F.eval()
+    half = faceworld.shape[0] // 2
+    count = half if count is None else int(count)
+    if count < 2:
+        raise ValueError(f"count must be >= 2, got {count}")
+    fw_feats, fw_stats = _quality_stats(F, faceworld, (0.0, 1.0), batch)
+
+    z = sample_z(G.z_dim, seed, 0, count, stream="quality")
+    device = device_of(G)
+    generated = torch.cat([synthesize(G, G.mapping(z[i].to(device), None, truncation_psi=truncation)).cpu()
+                           for i in _batches(count, batch)])
+    gen_feats, gen_stats = _quality_stats(F, generated, (-1.0, 1.0), batch)
+
+    fd = frechet_distance(gen_feats, fw_feats[half:])
+    floor = frechet_distance(fw_feats[:half], fw_feats[half:])
+    coverage = {}
+    for i, name in enumerate(("yaw", "pitch", "roll", "jaw_open")):
+        std_gen, std_fw = float(gen_stats[:, i].std()), float(fw_stats[:, i].std())
+        ratio = std_gen / std_fw if std_fw > 0 else math.nan
+        coverage[name] = {"generated_std": std_gen, "faceworld_std": std_fw, "ratio": ratio,
+                          "pass": bool(abs(ratio - 1) <= tolerance)}
+    return {
+        "fd": fd,
+        "fd_floor": floor,
+        "fd_ratio": fd / floor if floor > 0 else math.inf,
+        "count": count,
+        "faceworld_count": int(faceworld.shape[0]),
+        "truncation": float(truncation),
+        "coverage": coverage,
+        "pass": all(c["pass"] for c in coverage.values()),
+    }
+
+
+# ----------------------------------------------------------------------------
+# Command line (registered in stylerig_lite/cli.py as `evaluate`).
+
+
+def _load_networks(args: argparse.Namespace) -> Tuple[Any, Any, Any]:
+    from . import pretrained
+
+    def load(loader: Callable, path: Optional[str], flag: str) -> Any:
+        try:
+            return loader(path)
+        except pretrained.WeightsError as error:
+            raise FileNotFoundError(f"{error}; or pass {flag} PATH") from None
+
+    G = load(pretrained.generator, args.generator, "--generator")
+    F = load(pretrained.face_estimator, args.face_estimator, "--face-estimator")
+    E = load(pretrained.evaluation_estimator, args.evaluation_estimator, "--evaluation-estimator")
+    return G, F, E
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--component", default="all", choices=COMPONENTS + ("all",), help="which rig component to edit (default all)")
+    parser.add_argument("--methods", default="none,random,linear",
+                        help="comma-separated methods (default none,random,linear); known: " + ", ".join(METHODS))
+    parser.add_argument("--count", type=int, help=f"evaluation pairs (default {DEFAULT_COUNT}; {QUICK_COUNT} with STYLERIG_LITE_QUICK=1)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"evaluation pair seed (default {DEFAULT_SEED})")
+    parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi of the sampled latents (default 1)")
+    parser.add_argument("--corpus", help="corpus folder (make-corpus) to fit the linear baseline on "
+                                         "(default: sample --fit-count pairs in memory)")
+    parser.add_argument("--fit-count", type=int, help=f"in-memory fitting pairs without --corpus (default {DEFAULT_FIT_COUNT})")
+    parser.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help=f"linear baseline ridge, relative (default {DEFAULT_RIDGE})")
+    parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded one)")
+    parser.add_argument("--face-estimator", help="F checkpoint, the estimator methods see (default: the embedded F)")
+    parser.add_argument("--evaluation-estimator", help="E checkpoint, the judge (default: the embedded one)")
+    parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--quality", action="store_true",
+                        help="instead: the generator's Fréchet distance to FaceWorld in F's features and its pose coverage")
+    parser.add_argument("--faceworld", help="with --quality: a render_shards folder of FaceWorld images (default: render them)")
+    parser.add_argument("--quality-count", type=int, help="with --quality: FaceWorld images (default 2000; 256 quick)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (method -> component -> metrics)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def format_table(results: Dict[str, Dict[str, Any]]) -> str:
+    """The JSON result as one plain-text table per component."""
+    lines = []
+    components = list(dict.fromkeys(c for per in results.values() for c in per))
+    for component in components:
+        rows = [(name, per[component]) for name, per in results.items() if component in per]
+        target_keys = [k for k in rows[0][1]["target_error"] if not k.endswith("_median")]
+        keep_keys = list(rows[0][1]["preservation"])
+        lines.append(f"{component}: {rows[0][1]['count']} pairs; targets from F, scores from E (errors; lower is better)")
+        width = {k: max(len(k), 9) + 2 for k in target_keys + keep_keys}
+        target_width = sum(width[k] for k in target_keys)
+        keep_width = sum(width[k] for k in keep_keys)
+        lines.append(f"{'':<10}{'target error':>{target_width}}  |{'preservation':>{keep_width}}")
+        lines.append(f"{'method':<10}" + "".join(f"{k:>{width[k]}}" for k in target_keys) + "  |"
+                     + "".join(f"{k:>{width[k]}}" for k in keep_keys))
+        for name, r in rows:
+            lines.append(f"{name:<10}" + "".join(f"{r['target_error'][k]:>{width[k]}.4g}" for k in target_keys) + "  |"
+                         + "".join(f"{r['preservation'][k]:>{width[k]}.4g}" for k in keep_keys))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = quick_mode()
+    try:
+        G, F, E = _load_networks(args)
+        if args.quality:
+            count = args.quality_count or (256 if quick else 2000)
+            images = faceworld_images(count, folder=args.faceworld)
+            result: Dict[str, Any] = generator_quality(G, F, images, seed=args.seed, truncation=args.truncation, batch=args.batch)
+            if args.json:
+                print(json.dumps(result, indent=1))
+            else:
+                print(f"Fréchet distance in F's features: {result['fd']:.4g} (FaceWorld vs FaceWorld floor "
+                      f"{result['fd_floor']:.4g}; {result['count']} generated, {result['faceworld_count']} FaceWorld)")
+                for name, c in result["coverage"].items():
+                    print(f"  {name:<9} std generated {c['generated_std']:.3g}, FaceWorld {c['faceworld_std']:.3g}: "
+                          f"ratio {c['ratio']:.2f} {'ok' if c['pass'] else 'OUTSIDE 0.8-1.2'}")
+            return 0
+        names = [n.strip() for n in args.methods.split(",") if n.strip()]
+        unknown = [n for n in names if n not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+        components = list(COMPONENTS) if args.component == "all" else [args.component]
+        count = args.count or (QUICK_COUNT if quick else DEFAULT_COUNT)
+        print(f"evaluate: sampling {count} pairs (seed {args.seed}) ...", file=sys.stderr)
+        evalset = EvalSet.build(G, F, E, count, args.seed, truncation=args.truncation, batch=args.batch)
+        context = MethodContext(evalset, corpus=args.corpus, ridge=args.ridge,
+                                fit_count=args.fit_count or (QUICK_FIT_COUNT if quick else DEFAULT_FIT_COUNT))
+        results: Dict[str, Dict[str, Any]] = {}
+        for name in names:
+            results[name] = {}
+            for component in components:
+                print(f"evaluate: {name} / {component} ...", file=sys.stderr)
+                method = METHODS[name](context, component)
+                results[name][component] = evaluate_method(method, evalset, component)
+    except (ValueError, FileNotFoundError, TypeError) as error:  # bad options or data: say what, without a traceback
+        print(f"stylerig-lite evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=1) if args.json else format_table(results))
+    return 0

@@ -1,0 +1,410 @@
+"""Training RigNet: the resumable loop behind ``stylerig-lite train-rignet``.
+
+One RigNet per component (pose, expression, illumination), trained through
+the frozen generator G and the frozen face estimator F with the siamese
+StyleRig objective of :func:`stylerig_lite.rignet.rig_losses`::
+
+    stylerig-lite train-rignet --component pose --out runs/rignet_pose.pt
+    stylerig-lite train-rignet --component pose --out runs/rignet_pose.pt          # again: resumes
+    stylerig-lite train-rignet --component pose --out runs/rignet_pose_no_rec.pt --ablate rec
+
+Each step draws ``batch`` pairs ``(w, v)``:
+
+* from a corpus (``--corpus DIR``, :class:`stylerig_lite.corpus.CorpusDataset`):
+  stored latents and images; F's parameters and landmarks are re-estimated
+  with the F being trained against (cheap, no gradient), because ``p̂`` comes
+  from that F and the corpus may have been labelled by another;
+* or on the fly: ``w = G.mapping(z)`` from ``z`` seeded by ``(seed, step)``,
+  rendered by G and estimated by F.
+
+Either way a step's batch is a function of ``(seed, step)`` alone, so an
+interrupted and resumed run takes exactly the steps of an uninterrupted one
+(tested). The checkpoint (one path, written atomically) carries the RigNet,
+its config, the training config, the optimizer state and the loss history;
+running the same command again resumes, ``--minutes`` stops and checkpoints.
+Loss curves go to ``<out stem>.log.jsonl`` beside the checkpoint.
+
+Optimizer: AdaDelta with learning rate 0.01, as in the paper (``--optimizer``
+and ``--lr`` change it).
+
+Cost, measured on the 2-core development CPU with 1 thread (torch 2.11): one
+training step at batch 8 (8 pairs, 16 edits both ways) with the ``cpu64``
+generator (10 ws x 256, random weights) and the default F (widths
+32/64/128/256) takes **≈ 1.3 s** when latents are sampled on the fly and
+**≈ 1.1 s** from a corpus (no no-grad G pass): about 2,700-3,300 steps, i.e.
+22k-26k pairs, per CPU hour. Most of it is G and F forward + backward on the
+16 edited latents (≈ 0.5 s) and the two render losses (≈ 0.4 s). The ``cpu``
+preset (3,000 steps) is therefore about an hour per component.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .rignet import (
+    COMPONENTS,
+    LossWeights,
+    RigNet,
+    RigNetConfig,
+    RigSample,
+    describe,
+    freeze,
+    get_component,
+    rig_losses,
+)
+from .train_f import batch_indices, derive_seed
+
+ABLATIONS = ("rec", "edit", "consist")
+
+
+# ----------------------------------------------------------------------------
+# Configuration.
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one RigNet training run depends on (stored in its checkpoint)."""
+
+    out: str = "rignet.pt"
+    component: str = "pose"
+    seed: int = 0  # initialisation and the (w, v) pairs
+    steps: int = 3000
+    batch: int = 8  # pairs per step; both directions are trained, so 2*batch edits
+    optimizer: str = "adadelta"  # the paper's AdaDelta; "adam" for comparison
+    lr: float = 0.01  # the paper's learning rate
+    latent_dim: int = 32
+    w_rec: float = 1.0
+    w_edit: float = 1.0
+    w_consist: float = 1.0
+    ablate: List[str] = dataclasses.field(default_factory=list)  # terms dropped (weight 0): rec, edit, consist
+    truncation_psi: float = 1.0  # on-the-fly sampling only
+    corpus: Optional[str] = None  # folder of a stylerig_lite.corpus.CorpusDataset; None = sample w on the fly
+    generator: Optional[str] = None  # None = the embedded FaceWorld generator
+    estimator: Optional[str] = None  # None = the embedded F
+    log_every: int = 10
+    checkpoint_seconds: float = 60.0
+    minutes: float = 0.0  # stop (and checkpoint) after this long in this process; 0 = no limit
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    #: Fields that may differ between a checkpoint and the run that resumes it.
+    RESUMABLE_CHANGES = ("out", "steps", "log_every", "checkpoint_seconds", "minutes", "threads")
+
+    def __post_init__(self) -> None:
+        get_component(self.component)
+        self.ablate = sorted(set(self.ablate))
+        for name in self.ablate:
+            if name not in ABLATIONS:
+                raise ValueError(f"unknown --ablate {name!r}; expected one of {list(ABLATIONS)}")
+        if self.optimizer not in ("adadelta", "adam"):
+            raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
+        if self.batch < 1 or self.steps < 0 or not self.lr > 0:
+            raise ValueError(f"need batch >= 1, steps >= 0 and lr > 0 (got {self.batch}, {self.steps}, {self.lr})")
+
+    def loss_weights(self) -> LossWeights:
+        weights = {"rec": self.w_rec, "edit": self.w_edit, "consist": self.w_consist}
+        for name in self.ablate:
+            weights[name] = 0.0
+        if not any(weights.values()):
+            raise ValueError("every loss term is ablated or has weight 0: nothing to train")
+        return LossWeights(**weights)
+
+
+#: Named starting points; explicit command-line options override them.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Seconds: for tests and a first look at the loop (pair it with small G and F).
+    "tiny": dict(steps=20, batch=2, log_every=5),
+    # About an hour per component on one CPU core (≈ 1.1-1.3 s per step, see the module docstring).
+    "cpu": dict(steps=3000, batch=8, log_every=10),
+}
+
+
+def make_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)}")
+    return TrainConfig(**values)
+
+
+def log_path(out: Union[str, os.PathLike]) -> Path:
+    """The jsonl loss log beside checkpoint ``out``: ``runs/rignet_pose.pt`` -> ``runs/rignet_pose.log.jsonl``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".log.jsonl")
+
+
+# ----------------------------------------------------------------------------
+# Pairs.
+
+
+class PairSource:
+    """Step ``s``'s pairs ``(w, v)`` with F's view of them; a function of ``(seed, s)`` alone."""
+
+    def __init__(self, G: nn.Module, F: nn.Module, config: TrainConfig, corpus: Any = None):
+        self.G, self.F, self.config = G, F, config
+        if corpus is None and config.corpus:
+            from .corpus import CorpusDataset  # written alongside; imported only when asked for
+
+            corpus = CorpusDataset(config.corpus)
+        self.corpus = corpus
+        if corpus is not None and len(corpus) < 2:
+            raise ValueError(f"the corpus holds {len(corpus)} latents; pairs need at least 2")
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> Tuple[RigSample, RigSample]:
+        B = self.config.batch
+        if self.corpus is not None:
+            index = batch_indices(derive_seed(self.config.seed, 3), step, 2 * B, len(self.corpus))
+            items = [self.corpus[int(i)] for i in index]
+            w = torch.stack([torch.as_tensor(item["w"]) for item in items]).float()  # [2B, num_ws, w_dim]
+            images = torch.stack([torch.as_tensor(item["image"]) for item in items]).float()  # [2B, 3, R, R] in [-1, 1]
+            sample = describe(self.G, self.F, w, images)
+        else:
+            generator = torch.Generator().manual_seed(derive_seed(self.config.seed, 1, step))
+            z = torch.randn(2 * B, self.G.z_dim, generator=generator)
+            w = self.G.mapping(z, None, truncation_psi=self.config.truncation_psi)
+            sample = describe(self.G, self.F, w)
+        halves = [RigSample(*(getattr(sample, f.name)[k * B : (k + 1) * B] for f in dataclasses.fields(RigSample))) for k in (0, 1)]
+        return halves[0], halves[1]
+
+
+# ----------------------------------------------------------------------------
+# State and checkpoints.
+
+
+@dataclasses.dataclass
+class TrainState:
+    rignet: RigNet
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+    # Sums of the terms since the last log entry: checkpointed, so that a run stopped between
+    # two entries logs the same averages as one that never stopped.
+    running: Dict[str, float] = dataclasses.field(default_factory=dict)
+    running_count: int = 0
+
+
+def make_optimizer(rignet: RigNet, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(rignet.parameters(), lr=config.lr)
+    return torch.optim.Adadelta(rignet.parameters(), lr=config.lr)
+
+
+def save_checkpoint(state: TrainState, config: TrainConfig, path: Union[str, os.PathLike]) -> Path:
+    """One file: the RigNet (loadable by ``RigNet.load``) plus everything needed to resume."""
+    train = {
+        "config": dataclasses.asdict(config),
+        "step": state.step,
+        "elapsed_s": state.elapsed_s,
+        "optimizer": state.optimizer.state_dict(),
+        "history": state.history,
+        "running": state.running,
+        "running_count": state.running_count,
+    }
+    return state.rignet.save(path, extra={"train": train})
+
+
+def load_train_state(path: Union[str, os.PathLike], config: TrainConfig) -> TrainState:
+    """Restore RigNet, optimizer, step and history from a checkpoint made with a compatible config."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if "train" not in data:
+        raise ValueError(f"{path} holds a RigNet without training state; it cannot be resumed (use --fresh to overwrite)")
+    saved, current = data["train"]["config"], dataclasses.asdict(config)
+    differences = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
+        for k in current
+        if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != current[k]
+    ]
+    if differences:
+        raise ValueError(
+            f"cannot resume {path}: its training config differs ({'; '.join(differences)}). "
+            "Use the same options, another --out, or --fresh to start over"
+        )
+    rignet = RigNet.from_checkpoint(data)
+    optimizer = make_optimizer(rignet, config)
+    optimizer.load_state_dict(data["train"]["optimizer"])
+    t = data["train"]
+    return TrainState(rignet, optimizer, int(t["step"]), float(t["elapsed_s"]), list(t["history"]), dict(t["running"]), int(t["running_count"]))
+
+
+def _write_log(path: Path, history: List[Dict[str, float]]) -> None:
+    """Rewrite the jsonl log from the checkpoint's history (atomic), dropping entries past a crash."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in history))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def train(
+    config: TrainConfig,
+    *,
+    G: Optional[nn.Module] = None,
+    F: Optional[nn.Module] = None,
+    corpus: Any = None,
+    face_model: Any = None,
+    fresh: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainState:
+    """Train a RigNet (or resume ``config.out``) and return the final state; checkpoints as it goes.
+
+    ``G`` and ``F`` default to ``config.generator`` / ``config.estimator`` (None: the embedded ones); they are frozen here
+    (eval mode, no parameter gradients). ``corpus``: a dataset of dicts with
+    ``'w'`` and ``'image'`` (default: ``CorpusDataset(config.corpus)`` when set).
+    ``face_model`` defaults to :func:`~stylerig_lite.morphable.load_face_model`.
+    """
+    threads_before = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, G=G, F=F, corpus=corpus, face_model=face_model, fresh=fresh, progress=progress, log=log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progress: bool, log: Callable[[str], None]) -> TrainState:
+    from .face_render import default_camera
+    from .losses import RenderLoss
+    from .morphable import load_face_model
+
+    weights = config.loss_weights()
+    if G is None or F is None:
+        from . import pretrained
+
+        G = G if G is not None else pretrained.generator(config.generator)
+        F = F if F is not None else pretrained.face_estimator(config.estimator)
+    freeze(G)
+    freeze(F)
+    render = RenderLoss(face_model or load_face_model(progress=False), default_camera(F.config.image_size))
+    pairs = PairSource(G, F, config, corpus)
+
+    out = Path(config.out)
+    if out.exists() and not fresh:
+        state = load_train_state(out, config)
+        log(f"resuming {out} at step {state.step} ({state.elapsed_s / 60:.1f} min trained)")
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config.seed, 0))
+            rignet = RigNet(RigNetConfig.for_generator(G, config.component, latent_dim=config.latent_dim))
+        state = TrainState(rignet, make_optimizer(rignet, config))
+    rignet, optimizer = state.rignet, state.optimizer
+    if (rignet.config.num_ws, rignet.config.w_dim) != (G.num_ws, G.w_dim):
+        raise ValueError(f"{out} rigs a {rignet.config.num_ws}x{rignet.config.w_dim} W+, the generator's is {G.num_ws}x{G.w_dim}")
+    rignet.train()
+    logfile = log_path(out)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    _write_log(logfile, state.history)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=min(state.step, config.steps), unit="step", dynamic_ncols=True,
+                   desc=f"train RigNet ({config.component}) -> {out.name}")
+    process_start = started = last_save = time.monotonic()
+    try:
+        while state.step < config.steps:
+            sample_w, sample_v = pairs(state.step)
+            loss, parts = rig_losses(rignet, G, F, render, sample_w, sample_v, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+
+            for k, v in {"loss": loss, **parts}.items():
+                state.running[k] = state.running.get(k, 0.0) + float(v.detach().mean())
+            state.running_count += 1
+            now = time.monotonic()
+            if state.step % config.log_every == 0 or state.step == config.steps:
+                entry = {k: v / state.running_count for k, v in state.running.items()}
+                entry.update(step=state.step, elapsed_s=round(state.elapsed_s + now - started, 2))
+                state.history.append(entry)
+                with open(logfile, "a") as handle:  # live curves; rewritten from the checkpoint on resume
+                    handle.write(json.dumps(entry) + "\n")
+                state.running, state.running_count = {}, 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{entry['loss']:.4g}")
+            if bar is not None:
+                bar.update(1)
+            if now - last_save > config.checkpoint_seconds:
+                state.elapsed_s += now - started
+                save_checkpoint(state, config, out)
+                started = last_save = time.monotonic()
+            if config.minutes > 0 and now - process_start > 60 * config.minutes:
+                log(f"stopping after {config.minutes} min at step {state.step}; run the same command to resume")
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        state.elapsed_s += time.monotonic() - started
+        save_checkpoint(state, config, out)
+        _write_log(logfile, state.history)
+    rignet.eval()
+    return state
+
+
+# ----------------------------------------------------------------------------
+# Command line (registered in stylerig_lite/cli.py as `train-rignet`).
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--component", required=True, choices=list(COMPONENTS), help="what this RigNet controls")
+    parser.add_argument("--out", required=True, help="checkpoint path (overwritten atomically; an existing one is resumed)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="starting values (tiny: a seconds-long smoke run)")
+    parser.add_argument("--corpus", help="folder of (w, image) pairs (stylerig_lite.corpus); default: sample w = G.mapping(z) on the fly")
+    parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded FaceWorld generator)")
+    parser.add_argument("--estimator", help="F checkpoint (default: the embedded F)")
+    parser.add_argument("--ablate", action="append", choices=ABLATIONS, help="drop a loss term (repeatable), for the ablation table")
+    parser.add_argument("--seed", type=int, help="initialisation and pair seed")
+    parser.add_argument("--steps", type=int, help="optimizer steps in total (a resumed run continues to this many)")
+    parser.add_argument("--batch", type=int, help="pairs (w, v) per step; both directions are trained")
+    parser.add_argument("--optimizer", choices=("adadelta", "adam"), help="AdaDelta (the paper's, default) or Adam")
+    parser.add_argument("--lr", type=float, help="learning rate (default 0.01, the paper's)")
+    parser.add_argument("--w-rec", type=float, help="weight of L_rec (default 1)")
+    parser.add_argument("--w-edit", type=float, help="weight of L_edit (default 1)")
+    parser.add_argument("--w-consist", type=float, help="weight of L_consist (default 1)")
+    parser.add_argument("--truncation-psi", type=float, help="truncation of on-the-fly latents (default 1: none)")
+    parser.add_argument("--log-every", type=int, help="steps averaged per log line")
+    parser.add_argument("--minutes", type=float, help="stop and checkpoint after this many minutes (resume later)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--fresh", action="store_true", help="start over even if --out exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .pretrained import WeightsError
+
+    overrides = {
+        name: getattr(args, name, None)
+        for name in (
+            "out", "component", "corpus", "generator", "estimator", "ablate", "seed", "steps", "batch", "optimizer", "lr",
+            "w_rec", "w_edit", "w_consist", "truncation_psi", "log_every", "minutes", "threads",
+        )
+    }
+    try:
+        config = make_config(args.preset, **overrides)
+        state = train(config, fresh=args.fresh, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, KeyError, WeightsError) as error:  # bad options or inputs: say what, no traceback
+        hint = " (on the command line: --generator PATH / --estimator PATH)" if isinstance(error, WeightsError) else ""
+        print(f"stylerig-lite train-rignet: error: {error}{hint}", file=sys.stderr)
+        return 2
+    if state.history:
+        last = state.history[-1]
+        print(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "elapsed_s")))
+    return 0

@@ -1,0 +1,206 @@
+"""The (w, I_w) corpus: resumable, deterministic shards, a Dataset that matches G, clear errors.
+
+Tiny randomly initialised networks stand in for the embedded G and F: the corpus
+code does not care what the networks learned, only that they are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stylerig_lite import corpus as corpus_mod
+from stylerig_lite.corpus import (CorpusDataset, CorpusError, estimate_images, make_corpus, module_sha256, sample_pairs,
+                                  shard_path, synthesize)
+from stylerig_lite.reconstruction import ReconstructionNet, tiny_config
+from stylerig_lite.stylegan2 import Generator, get_config, save_checkpoint
+
+torch.set_num_threads(1)
+
+
+def tiny_generator(seed: int = 0) -> Generator:
+    # 64 px so that F (64 px input) sees the images unresized; the tiny preset's channels keep it fast.
+    return Generator(get_config("tiny", img_resolution=64), seed=seed).eval()
+
+
+def tiny_estimator(seed: int = 0) -> ReconstructionNet:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = ReconstructionNet(tiny_config())
+        # F's last layer starts at zero (constant estimates); random weights make estimates depend on the image.
+        torch.nn.init.normal_(net.head[-1].weight, std=0.1)
+    return net.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def G() -> Generator:
+    return tiny_generator()
+
+
+@pytest.fixture(scope="module")
+def F() -> ReconstructionNet:
+    return tiny_estimator()
+
+
+def shard_arrays(root, index):
+    with np.load(shard_path(root, index)) as data:
+        return {key: data[key].copy() for key in data.files}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_identical_shards(tmp_path, G, F):
+    full = make_corpus(tmp_path / "full", 10, generator=G, estimator=F, shard_size=4, progress=False)
+
+    def stop_after_first(index, path):
+        if index == 0:
+            raise Interrupt
+
+    partial = tmp_path / "partial"
+    with pytest.raises(Interrupt):
+        make_corpus(partial, 10, generator=G, estimator=F, shard_size=4, progress=False, on_shard=stop_after_first)
+    assert shard_path(partial, 0).exists() and not shard_path(partial, 1).exists()
+    manifest_before = json.loads((partial / "manifest.json").read_text())
+
+    written = []
+    make_corpus(partial, 10, generator=G, estimator=F, shard_size=4, progress=False,
+                on_shard=lambda index, path: written.append(index))
+    assert written == [1, 2]  # the complete shard was skipped
+    assert json.loads((partial / "manifest.json").read_text()) == manifest_before
+    assert manifest_before == json.loads((full / "manifest.json").read_text())
+    for i in range(3):
+        a, b = shard_arrays(full, i), shard_arrays(partial, i)
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"shard {i} {key}")
+    data = CorpusDataset(partial)
+    assert len(data) == 10
+    assert data.index.tolist() == list(range(10))  # no duplicates, no gaps
+    assert not list(partial.glob(".shard_*"))  # no temporary files left
+
+
+def test_count_growth_extends_with_the_same_items(tmp_path, G, F):
+    reference = CorpusDataset(make_corpus(tmp_path / "ref", 10, generator=G, estimator=F, shard_size=4, progress=False))
+    root = tmp_path / "grow"
+    make_corpus(root, 6, generator=G, estimator=F, shard_size=4, progress=False)
+    assert len(CorpusDataset(root)) == 6
+    make_corpus(root, 10, generator=G, estimator=F, shard_size=4, progress=False)
+    grown = CorpusDataset(root)
+    assert grown.manifest["count"] == 10
+    torch.testing.assert_close(grown.w, reference.w, rtol=0, atol=0)
+    assert torch.equal(grown.images, reference.images)
+    with pytest.raises(CorpusError, match="grow but not shrink"):
+        make_corpus(root, 5, generator=G, estimator=F, shard_size=4, progress=False)
+
+
+def test_items_match_resynthesis_and_estimates(tmp_path, G, F):
+    data = CorpusDataset(make_corpus(tmp_path / "c", 6, generator=G, estimator=F, shard_size=4, progress=False))
+    assert data.manifest["generator_sha256"] == module_sha256(G)
+    assert data.manifest["num_ws"] == G.num_ws and data.manifest["w_dim"] == G.w_dim
+    item = data[5]
+    assert item["w"].shape == (G.num_ws, G.w_dim) and item["w"].dtype == torch.float32
+    assert item["image"].shape == (3, 64, 64) and item["params"].shape == (196,) and item["landmarks"].shape == (68, 2)
+    assert item["index"] == 5
+    assert -1.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+    # w is the mapping output of the item's own seeded z.
+    with torch.no_grad():
+        ws = G.mapping(data.z[5:6], None, truncation_psi=1.0)
+    torch.testing.assert_close(ws[0], item["w"])
+    # The stored image is G(w) up to 8-bit quantisation (half a level of 2/255).
+    image = synthesize(G, item["w"][None])[0]
+    assert float((image - item["image"]).abs().max()) <= 1 / 127.5 + 1e-5
+    # The stored parameters are F's estimate of the (unquantised) image.
+    params, landmarks = estimate_images(F, image[None])
+    torch.testing.assert_close(params[0], item["params"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(landmarks[0], item["landmarks"], atol=1e-4, rtol=1e-5)
+    # Same items as the in-memory sampler.
+    items = sample_pairs(G, F, 2, seed=0, start=4)
+    torch.testing.assert_close(items["w"], data.w[4:6])
+    torch.testing.assert_close(items["params"], data.params[4:6], atol=1e-5, rtol=1e-5)
+    assert items["index"].tolist() == [4, 5]
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    batch = next(iter(loader))
+    assert batch["w"].shape == (4, G.num_ws, G.w_dim) and batch["image"].shape == (4, 3, 64, 64)
+
+
+def test_foreign_folder_is_refused_with_a_fix(tmp_path, G, F):
+    root = make_corpus(tmp_path / "c", 4, generator=G, estimator=F, shard_size=4, progress=False)
+    with pytest.raises(CorpusError, match=r"seed.*new --out.*--overwrite"):
+        make_corpus(root, 4, generator=G, estimator=F, shard_size=4, seed=1, progress=False)
+    with pytest.raises(CorpusError, match="another generator"):
+        make_corpus(root, 4, generator=tiny_generator(seed=1), estimator=F, shard_size=4, progress=False)
+    with pytest.raises(CorpusError, match="another estimator"):
+        make_corpus(root, 4, generator=G, estimator=tiny_estimator(seed=1), shard_size=4, progress=False)
+    make_corpus(root, 4, generator=G, estimator=F, shard_size=4, seed=1, overwrite=True, progress=False)
+    assert CorpusDataset(root).manifest["seed"] == 1
+
+
+def test_corrupt_shard_is_reported_and_remade(tmp_path, G, F):
+    root = make_corpus(tmp_path / "c", 8, generator=G, estimator=F, shard_size=4, progress=False)
+    good = shard_arrays(root, 1)
+    shard_path(root, 1).write_bytes(b"not a zip file")
+    with pytest.raises(CorpusError, match=r"corrupt corpus shard .*shard_00001.npz.*delete"):
+        CorpusDataset(root)
+    make_corpus(root, 8, generator=G, estimator=F, shard_size=4, progress=False)  # re-made identically
+    remade = shard_arrays(root, 1)
+    for key in good:
+        np.testing.assert_array_equal(good[key], remade[key])
+    shard_path(root, 0).unlink()
+    with pytest.raises(CorpusError, match="1 of 2 shards"):
+        CorpusDataset(root)
+
+
+def test_missing_networks_and_bad_options(tmp_path, G, F, monkeypatch):
+    from stylerig_lite import pretrained
+
+    with pytest.raises(FileNotFoundError, match="generator checkpoint not found"):
+        make_corpus(tmp_path / "c", 4, generator=tmp_path / "nope.pt", estimator=F, progress=False)
+
+    def missing(name):
+        raise pretrained.WeightsError(f"the embedded {name} is missing")
+
+    monkeypatch.setattr(pretrained, "embedded_path", missing)
+    with pytest.raises(FileNotFoundError, match="--generator PATH"):
+        make_corpus(tmp_path / "c", 4, estimator=F, progress=False)
+    with pytest.raises(FileNotFoundError, match="--estimator PATH"):
+        make_corpus(tmp_path / "c", 4, generator=G, progress=False)
+    with pytest.raises(ValueError, match="count"):
+        make_corpus(tmp_path / "c", 0, generator=G, estimator=F, progress=False)
+    with pytest.raises(ValueError, match="truncation"):
+        make_corpus(tmp_path / "c", 4, generator=G, estimator=F, truncation=1.5, progress=False)
+    with pytest.raises(FileNotFoundError, match="make-corpus"):
+        CorpusDataset(tmp_path / "empty")
+
+
+def test_quick_mode_default_count(tmp_path, G, F, monkeypatch):
+    monkeypatch.setenv("STYLERIG_LITE_QUICK", "1")
+    monkeypatch.setattr(corpus_mod, "QUICK_COUNT", 3)
+    data = CorpusDataset(make_corpus(tmp_path / "q", generator=G, estimator=F, progress=False))
+    assert len(data) == 3 and data.manifest["shard_size"] == corpus_mod.QUICK_SHARD_SIZE
+
+
+def test_cli_make_corpus(tmp_path, G, F, capsys):
+    from stylerig_lite.cli import main
+    from stylerig_lite.pretrained import sha256_of
+
+    g_path, f_path = tmp_path / "g.pt", tmp_path / "f.pt"
+    save_checkpoint(g_path, G, G_ema=G)
+    F.save(f_path)
+    out = tmp_path / "corpus"
+    args = ["make-corpus", "--out", str(out), "--count", "5", "--shard-size", "4", "--generator", str(g_path),
+            "--estimator", str(f_path), "--quiet"]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 5 and manifest["generator_file_sha256"] == sha256_of(g_path)
+    assert manifest["estimator_file_sha256"] == sha256_of(f_path)
+    assert manifest["generator_sha256"] == module_sha256(G)  # the loaded network hashes like the in-memory one
+    assert main(args) == 0  # rerun: nothing to do
+    assert main(args[:-1] + ["--seed", "3", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert not math.isnan(CorpusDataset(out).params.sum())
