@@ -298,7 +298,7 @@ def test_short_training_lowers_the_loss(tmp_path, face_model, tiny_setup):
     G, F, _ = tiny_setup
     # A corpus of two latents and one pair per step: the run must fit that pair (both directions).
     # Most of the loss is out of RigNet's reach (random G and F), so the drop is small but steady.
-    # Adam at 1e-3 here: AdaDelta at the paper's 0.01 also descends, but ten times slower in 15 steps.
+    # (Adam at 1e-3, the default; AdaDelta at the paper's 0.01 also descends, but ten times slower in 15 steps.)
     with torch.no_grad():
         w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(3)), None)
         corpus = [{"w": w[i], "image": G.synthesis(w[i : i + 1], noise_mode="const")[0]} for i in range(2)]
@@ -329,7 +329,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, face_model, tiny_setup):
     assert strip(resumed.history) == strip(whole.history)
     assert len(train_rignet.log_path(tmp_path / "parts.pt").read_text().splitlines()) == len(whole.history)
     # Resuming with options that change the training is refused with the differences named.
-    with pytest.raises(ValueError, match="lr: checkpoint 0.01, now 0.1"):
+    with pytest.raises(ValueError, match="lr: checkpoint 0.001, now 0.1"):
         train_rignet.train(_tiny_config(tmp_path, "parts.pt", steps=8, lr=0.1), **quiet)
 
 
@@ -349,7 +349,9 @@ def test_training_from_a_corpus(tmp_path, face_model, tiny_setup):
 
 
 def test_config_validation():
-    assert train_rignet.make_config("cpu").optimizer == "adadelta" and train_rignet.make_config("cpu").lr == 0.01
+    assert train_rignet.make_config("cpu").optimizer == "adam" and train_rignet.make_config("cpu").lr == 1e-3
+    paper = train_rignet.make_config("cpu", optimizer="adadelta", lr=0.01)
+    assert isinstance(train_rignet.make_optimizer(RigNet(), paper), torch.optim.Adadelta)
     assert train_rignet.make_config("tiny", ablate=["rec"]).loss_weights() == LossWeights(rec=0.0)
     with pytest.raises(ValueError, match="nothing to train"):
         train_rignet.make_config("tiny", ablate=["rec", "edit", "consist"]).loss_weights()
