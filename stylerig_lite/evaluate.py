@@ -559,11 +559,21 @@ def _linear_factory(context: MethodContext, component: str) -> EditMethod:
     return LinearBaseline.fit(ws, params, component, ridge=context.ridge)
 
 
+def _rignet_factory(context: MethodContext, component: str) -> EditMethod:
+    """The component's RigNet: ``<options['rignet_dir']>/rignet_<component>.pt`` if given, else the embedded one."""
+    from . import pretrained
+
+    folder = context.options.get("rignet_dir")
+    path = Path(folder) / f"rignet_{component}.pt" if folder else None
+    return pretrained.rignet(component, path).rig
+
+
 #: name -> factory(context, component) -> method (or a reference name). Extend with :func:`register_method`.
 METHODS: Dict[str, MethodFactory] = {
     "none": lambda context, component: "none",
     "random": lambda context, component: "random",
     "linear": _linear_factory,
+    "rignet": _rignet_factory,
 }
 
 
@@ -739,6 +749,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "(default: sample --fit-count pairs in memory)")
     parser.add_argument("--fit-count", type=int, help=f"in-memory fitting pairs without --corpus (default {DEFAULT_FIT_COUNT})")
     parser.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help=f"linear baseline ridge, relative (default {DEFAULT_RIDGE})")
+    parser.add_argument("--rignet-dir", help="folder with rignet_<component>.pt for --methods rignet (default: the embedded RigNets)")
     parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded one)")
     parser.add_argument("--face-estimator", help="F checkpoint, the estimator methods see (default: the embedded F)")
     parser.add_argument("--evaluation-estimator", help="E checkpoint, the judge (default: the embedded one)")
@@ -801,7 +812,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"evaluate: sampling {count} pairs (seed {args.seed}) ...", file=sys.stderr)
         evalset = EvalSet.build(G, F, E, count, args.seed, truncation=args.truncation, batch=args.batch)
         context = MethodContext(evalset, corpus=args.corpus, ridge=args.ridge,
-                                fit_count=args.fit_count or (QUICK_FIT_COUNT if quick else DEFAULT_FIT_COUNT))
+                                fit_count=args.fit_count or (QUICK_FIT_COUNT if quick else DEFAULT_FIT_COUNT),
+                                options={"rignet_dir": args.rignet_dir})
         results: Dict[str, Dict[str, Any]] = {}
         for name in names:
             results[name] = {}

@@ -445,15 +445,18 @@ class GANTrainer:
         """Rebuild a trainer from a checkpoint: weights, optimizer states, counters and RNG."""
         payload = load_checkpoint(path)
         extra = payload.get("extra") or {}
-        if "train_config" not in extra or payload.get("D") is None or payload.get("opt_D") is None:
+        if "train_config" not in extra or payload.get("D") is None:
             raise ValueError(f"{path} is a generator-only checkpoint and cannot resume training")
         train_cfg = TrainConfig.from_dict({**extra["train_config"], **(train_overrides or {})})
         trainer = cls(StyleGAN2Config.from_dict(payload["config"]), train_cfg, sample_real, out_dir)
         trainer.G.load_state_dict(payload["G"])
         trainer.D.load_state_dict(payload["D"])
         trainer.G_ema.load_state_dict(payload["G_ema"])
-        trainer.opt_G.load_state_dict(payload["opt_G"])
-        trainer.opt_D.load_state_dict(payload["opt_D"])
+        if payload.get("opt_G") is not None and payload.get("opt_D") is not None:
+            trainer.opt_G.load_state_dict(payload["opt_G"])
+            trainer.opt_D.load_state_dict(payload["opt_D"])
+        else:  # a slim checkpoint (see slim_resume_checkpoint): Adam restarts its moment estimates
+            print(f"{path}: no optimizer states; resuming with fresh Adam moments", file=sys.stderr)
         trainer._configure_optimizers()  # lr / betas follow the (possibly overridden) TrainConfig
         trainer.gen.set_state(extra["gen_state"])
         trainer.pl_mean = extra.get("pl_mean", torch.zeros([])).to(torch.float32)
@@ -509,6 +512,24 @@ class GANTrainer:
         finally:
             bar.close()
         return self.history
+
+
+def slim_resume_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a training checkpoint without its optimizer states, weights in float16 (about 40% of the size).
+
+    This is the file committed between working sessions: G, D and G_ema plus counters and RNG
+    state. :meth:`GANTrainer.resume` accepts it and restarts Adam's moment estimates, which
+    costs a few hundred steps of slightly noisier updates, not the training so far.
+    """
+    payload = load_checkpoint(src)
+    G = Generator(StyleGAN2Config.from_dict(payload["config"]))
+    G.load_state_dict(payload["G"])
+    G_ema = Generator(G.config)
+    G_ema.load_state_dict(payload["G_ema"])
+    D = Discriminator(G.config)
+    D.load_state_dict(payload["D"])
+    return save_checkpoint(dst, G, D, G_ema, step=payload["step"], images_seen=payload["images_seen"],
+                           extra=payload.get("extra"), compact=True)
 
 
 def _next_multiple(value: int, every: int) -> float:

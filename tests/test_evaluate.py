@@ -391,3 +391,18 @@ def test_cli_evaluate_json_and_table(tmp_path, capsys, ict_mirror):
     assert "another generator" in capsys.readouterr().err
     assert main(["evaluate", *common, "--methods", "none,magic"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_rignet_method_loads_rignets_from_a_folder(fake_set, tmp_path):
+    """`--methods rignet --rignet-dir D` scores D/rignet_<component>.pt; an untrained RigNet is the identity edit."""
+    from stylerig_lite.rignet import RigNet, RigNetConfig
+
+    G = fake_set.G
+    RigNet(RigNetConfig(component="pose", num_ws=G.num_ws, w_dim=G.w_dim)).save(tmp_path / "rignet_pose.pt")
+    context = ev.MethodContext(fake_set, options={"rignet_dir": str(tmp_path)})
+    method = ev.METHODS["rignet"](context, "pose")
+    untrained = evaluate_method(method, fake_set, "pose")
+    none = evaluate_method("none", fake_set, "pose")
+    assert untrained["target_error"]["yaw_deg"] == pytest.approx(none["target_error"]["yaw_deg"], abs=1e-6)
+    with pytest.raises(FileNotFoundError):
+        ev.METHODS["rignet"](context, "expression")  # no rignet_expression.pt in the folder

@@ -359,6 +359,28 @@ def test_resume_continues_exactly(tmp_path):
     assert straight.gen.get_state().equal(resumed.gen.get_state())
 
 
+def test_slim_resume_checkpoint_resumes_weights_and_counters(tmp_path):
+    """The checkpoint committed between sessions: no optimizer states, fp16 weights, same counters and RNG."""
+    from stylerig_lite.train_gan import slim_resume_checkpoint
+
+    source = make_blob_source(16)
+    first = GANTrainer(_tiny(), _train_cfg(), source)
+    for _ in range(2):
+        first.train_step()
+    full = first.save(tmp_path / "full.pt", compact=False)
+    slim = slim_resume_checkpoint(full, tmp_path / "slim.pt")
+    assert slim.stat().st_size < 0.5 * full.stat().st_size
+    resumed = GANTrainer.resume(slim, source)
+    assert (resumed.step, resumed.images_seen) == (2, 8)
+    assert resumed.gen.get_state().equal(first.gen.get_state())
+    for name in ("G", "D", "G_ema"):
+        for (key, a), b in zip(getattr(first, name).state_dict().items(), getattr(resumed, name).state_dict().values()):
+            torch.testing.assert_close(b, a.half().float(), msg=f"{name}.{key}")  # exact up to fp16 rounding
+    assert not resumed.opt_G.state_dict()["state"]  # Adam restarts its moments
+    resumed.train_step()
+    assert resumed.step == 3
+
+
 def test_short_training_run_learns(tmp_path):
     """On blobs, D learns to separate real from fake and G's colour statistics move toward the data."""
     source = make_blob_source(16)
