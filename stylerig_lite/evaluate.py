@@ -495,7 +495,7 @@ class LinearBaseline:
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write the directions atomically (read back with :meth:`load`)."""
-        from .reconstruction import atomic_torch_save
+        from .io_utils import atomic_torch_save
 
         return atomic_torch_save(self.state(), path)
 

@@ -46,6 +46,7 @@ from torch import nn
 
 from . import morphable
 from .checks import assert_finite, assert_shape
+from .io_utils import atomic_torch_save  # noqa: F401  (re-exported: older imports use it from here)
 from .morphable import NUM_EXPRESSION, NUM_PARAMS, SLICES, FaceParams, ParamDistribution
 
 NUM_LANDMARKS = 68
@@ -322,20 +323,6 @@ class ReconstructionNet(nn.Module):
         if frozen:
             net.requires_grad_(False)
         return net
-
-
-def atomic_torch_save(data: Any, path: Union[str, os.PathLike]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 # ----------------------------------------------------------------------------

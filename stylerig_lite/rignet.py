@@ -286,7 +286,7 @@ class RigNet(nn.Module):
 
     def save(self, path: Union[str, os.PathLike], *, extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write config + weights + normalisation atomically to ``path`` (``extra``: more top-level keys)."""
-        from .reconstruction import atomic_torch_save
+        from .io_utils import atomic_torch_save
 
         data = self.checkpoint()
         if extra:

@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .io_utils import config_from_preset
 from .morphable import NUM_PARAMS, FaceParams
 from .reconstruction import (
     DEFAULT_LOSS_WEIGHTS,
@@ -378,14 +379,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown training options {sorted(unknown)}")
-    return TrainConfig(**values)
+    return config_from_preset(TrainConfig, PRESETS, preset, overrides)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:

@@ -62,6 +62,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .io_utils import config_from_preset
 from .rignet import (
     COMPONENTS,
     LossWeights,
@@ -140,14 +141,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 def make_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown training options {sorted(unknown)}")
-    return TrainConfig(**values)
+    return config_from_preset(TrainConfig, PRESETS, preset, overrides)
 
 
 def log_path(out: Union[str, os.PathLike]) -> Path:
