@@ -156,6 +156,135 @@ def reconstruction_figure(images: torch.Tensor, estimator, model, *, value_range
     return fig
 
 
+def edit_grid(
+    edited: torch.Tensor,
+    *,
+    sources: Optional[torch.Tensor] = None,
+    headers: Optional[torch.Tensor] = None,
+    column_labels: Optional[Sequence[str]] = None,
+    row_labels: Optional[Sequence[str]] = None,
+    header_label: str = "target (3DMM)",
+    source_label: str = "source",
+    scale: float = 1.25,
+    suptitle: Optional[str] = None,
+):
+    """A grid of edits: rows are faces, columns are edit targets; returns the figure.
+
+    ``edited [R, C, 3, H, W]`` in [0, 1]: row ``r`` is face ``r`` edited toward target ``c``.
+    ``sources [R, 3, H, W]`` (optional) adds a first column with the unedited faces;
+    ``headers [C, 3, H, W]`` (optional) adds a first row above the edits, e.g. the 3DMM
+    renderings of the targets. ``column_labels`` (``C`` strings) title the columns,
+    ``row_labels`` (``R`` strings) label the rows. Images of other sizes than the edits
+    (a smaller render) are drawn at the same cell size.
+    """
+    import matplotlib.pyplot as plt
+
+    if edited.ndim != 5 or edited.shape[2] not in (1, 3):
+        raise ValueError(f"edited must be [rows, columns, 3, H, W], got shape {tuple(edited.shape)}")
+    R, C = edited.shape[:2]
+    if sources is not None and sources.shape[0] != R:
+        raise ValueError(f"sources has {sources.shape[0]} images for {R} rows")
+    if headers is not None and headers.shape[0] != C:
+        raise ValueError(f"headers has {headers.shape[0]} images for {C} columns")
+    for name, labels, n in (("column_labels", column_labels, C), ("row_labels", row_labels, R)):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{name} has {len(labels)} entries, expected {n}")
+    top, left = int(headers is not None), int(sources is not None)
+    fig, axes = plt.subplots(R + top, C + left, figsize=(scale * (C + left), scale * (R + top) + (0.35 if suptitle else 0.1)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if top and left:
+        axes[0, 0].axis("off")
+    for c in range(C):
+        if headers is not None:
+            axes[0, left + c].imshow(to_numpy_image(headers[c]))
+        if column_labels is not None:
+            axes[0, left + c].set_title(column_labels[c], fontsize=8)
+    if headers is not None:
+        axes[0, left].set_ylabel(header_label, fontsize=8)
+    for r in range(R):
+        if sources is not None:
+            axes[top + r, 0].imshow(to_numpy_image(sources[r]))
+        for c in range(C):
+            axes[top + r, left + c].imshow(to_numpy_image(edited[r, c]))
+        if row_labels is not None:
+            axes[top + r, 0].set_ylabel(row_labels[r], fontsize=8)
+    if sources is not None:
+        axes[0 if not top else 1, 0].set_title(source_label, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def rignet_diagram(*, num_ws: int = 10, w_dim: int = 256, latent_dim: int = 32, param_dim: int = 3,
+                   component: str = "pose", shown_layers: int = 3):
+    """StyleRig's RigNet as a box-and-arrow diagram (for a RigNet's config); returns the figure.
+
+    Per W+ layer ``i``: ``w_i`` -> Enc_i (linear, ``w_dim`` -> ``latent_dim``) -> ``l_i``; the
+    target parameters ``p`` (normalised) are concatenated with ``l_i``; Dec_i (linear,
+    ``latent_dim + P`` -> ``w_dim``) gives ``d_i``; ``ŵ_i = w_i + d_i`` goes to the frozen
+    generator. ``shown_layers`` layers are drawn (the last one is layer ``num_ws``).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    shown = max(1, min(int(shown_layers), int(num_ws)))
+    layers = list(range(1, shown)) + [int(num_ws)]
+    row_h = 1.25
+    p_x, p_y = 3.0, 0.0
+    ys = [p_y - row_h * (k + 1) for k in range(shown)]
+    fig, ax = plt.subplots(figsize=(10.5, 0.8 * (row_h * shown + 1.6)))
+    ax.set_xlim(0, 13.4)
+    ax.set_ylim(ys[-1] - 0.65, p_y + 0.85)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, colour, fontsize=8):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=colour, ec="0.25", lw=0.9))
+        ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
+
+    def arrow(x0, y0, x1, y1, colour="0.2"):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=9, color=colour, lw=0.9,
+                                     shrinkA=0, shrinkB=0))
+
+    ax.text(0.05, p_y + 0.6, f"RigNet ({component}): one linear encoder and decoder per W+ layer ({num_ws} layers); "
+            "the decoders start at zero, so an untrained RigNet returns ŵ = w", fontsize=9, ha="left", va="center")
+    box(p_x, p_y, 2.7, 0.62, f"target p ({component}, P = {param_dim})\nnormalised: (p − mean) / std", "#fde2c4")
+    bus_x, orange = 4.62, "#c07a2c"
+    ax.plot([p_x + 1.39, bus_x, bus_x], [p_y, p_y, ys[-1] + 0.5], color=orange, lw=0.9)
+    for k, (i, y) in enumerate(zip(layers, ys)):
+        if k == shown - 1 and shown < num_ws:
+            for x in (0.55, 2.15, 7.05, 10.85):
+                ax.text(x, y + row_h / 2, "⋮", ha="center", va="center", fontsize=13)
+        box(0.55, y, 0.9, 0.5, f"$w_{{{i}}}$\n[{w_dim}]", "#dbe9f6")
+        box(2.15, y, 1.55, 0.58, f"Enc$_{{{i}}}$  linear\n{w_dim} → {latent_dim}", "#c9e4c5")
+        box(3.75, y, 0.9, 0.5, f"$l_{{{i}}}$\n[{latent_dim}]", "#eeeeee")
+        box(5.35, y, 1.15, 0.5, f"concat\n[{latent_dim}+{param_dim}]", "#eeeeee")
+        box(7.05, y, 1.75, 0.58, f"Dec$_{{{i}}}$  linear\n{latent_dim + param_dim} → {w_dim}", "#c9e4c5")
+        box(8.75, y, 0.9, 0.5, f"$d_{{{i}}}$\n[{w_dim}]", "#eeeeee")
+        ax.add_patch(plt.Circle((9.85, y), 0.2, fc="white", ec="0.25", lw=0.9))
+        ax.text(9.85, y, "+", ha="center", va="center", fontsize=10)
+        box(10.85, y, 0.9, 0.5, f"$\\hat w_{{{i}}}$\n[{w_dim}]", "#dbe9f6")
+        for x0, x1 in ((1.04, 1.33), (2.97, 3.26), (4.24, 4.74), (5.97, 6.13), (7.97, 8.26), (9.24, 9.65), (10.05, 10.37)):
+            arrow(x0, y, x1, y)
+        # p joins every layer's concat (from the orange bus, into the top of the box)
+        ax.plot([bus_x, 5.35], [y + 0.5, y + 0.5], color=orange, lw=0.9)
+        arrow(5.35, y + 0.5, 5.35, y + 0.3, colour=orange)
+        # the skip connection: ŵ_i = w_i + d_i
+        ax.plot([0.55, 0.55, 9.85], [y - 0.3, y - 0.45, y - 0.45], color="0.55", lw=0.8)
+        arrow(9.85, y - 0.45, 9.85, y - 0.2, colour="0.55")
+    g_y = sum(ys) / len(ys)
+    box(12.55, g_y, 1.15, 1.2, "frozen\nStyleGAN\nsynthesis\nG(ŵ)", "#f3d0d7")
+    for y in ys:
+        arrow(11.34, y, 11.93, g_y + 0.35 * (y - g_y) / max(abs(ys[0] - g_y), 1e-6))
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 

@@ -149,6 +149,25 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(_groups(channels), channels)
 
 
+class SubsampledPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride ``s``, computed as "take every s-th pixel, then a stride-1 1x1 conv".
+
+    The two are the same function (a 1x1 kernel with no padding only ever reads the pixels
+    at multiples of the stride) with the same parameters, so checkpoints do not change.
+    Why: torch 2.11's oneDNN backward of a *strided* 1x1 channels-last convolution with
+    fewer than 16 channels corrupts the heap on some x86 CPUs (seen on an AMD EPYC:
+    "double free or corruption" at the first backward of widths 8 and 12).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__(in_channels, out_channels, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        x = x[:, :, :: s[0], :: s[1]]
+        return nnf.conv2d(x.contiguous(memory_format=torch.channels_last), self.weight, None, 1)
+
+
 class ResidualBlock(nn.Module):
     """ResNet basic block (post-activation): conv-norm-relu-conv-norm, plus the (projected) shortcut, then relu."""
 
@@ -162,7 +181,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.norm2.weight)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), _norm(norm, out_channels))
+            self.shortcut = nn.Sequential(SubsampledPointwiseConv(in_channels, out_channels, stride), _norm(norm, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.norm1(self.conv1(x)))

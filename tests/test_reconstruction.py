@@ -68,6 +68,25 @@ def test_output_layout_and_face_params_view():
     assert torch.allclose(net.denormalize_params(net.normalize_params(out.params)), out.params, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels, size", [(8, 16), (12, 9), (24, 8)])
+def test_subsampled_pointwise_conv_equals_a_strided_1x1_conv(channels: int, size: int) -> None:
+    # The shortcut projection avoids oneDNN's strided 1x1 channels-last backward (a heap
+    # corruption below 16 channels on some CPUs); it must be the same function and gradient.
+    torch.manual_seed(0)
+    ours = rec.SubsampledPointwiseConv(channels, 2 * channels, 2)
+    reference = torch.nn.Conv2d(channels, 2 * channels, 1, stride=2, bias=False)
+    reference.weight.data.copy_(ours.weight.data)
+    x = torch.randn(3, channels, size, size, requires_grad=True)
+    y_ours, y_ref = ours(x.contiguous(memory_format=torch.channels_last)), reference(x)
+    assert y_ours.shape == y_ref.shape == (3, 2 * channels, (size + 1) // 2, (size + 1) // 2)
+    torch.testing.assert_close(y_ours, y_ref)
+    g_ours = torch.autograd.grad(y_ours.square().sum(), (x, ours.weight))
+    g_ref = torch.autograd.grad(y_ref.square().sum(), (x, reference.weight))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b)
+    assert set(ours.state_dict()) == set(reference.state_dict())  # checkpoints unchanged
+
+
 def test_angles_are_predicted_in_radians_not_normalised():
     mean, std = rec.parameter_statistics(count=512)
     assert torch.all(mean[rec.ANGLE_SLICE] == 0) and torch.all(std[rec.ANGLE_SLICE] == 1)

@@ -1,0 +1,61 @@
+"""Figure helpers (stylerig_lite.plotting): they draw what they are given, with the right layout."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from stylerig_lite.plotting import edit_grid, rignet_diagram  # noqa: E402
+
+
+def _images(*shape: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def test_edit_grid_layout_with_sources_and_headers() -> None:
+    edited = _images(2, 4, 3, 8, 8)
+    fig = edit_grid(edited, sources=_images(2, 3, 8, 8), headers=_images(4, 3, 6, 6),
+                    column_labels=["a", "b", "c", "d"], row_labels=["x", "y"])
+    try:
+        axes = fig.axes
+        assert len(axes) == 3 * 5  # one header row and one source column
+        grid = [axes[i * 5:(i + 1) * 5] for i in range(3)]
+        assert [ax.get_title() for ax in grid[0][1:]] == ["a", "b", "c", "d"]
+        assert grid[1][0].get_ylabel() == "x" and grid[2][0].get_ylabel() == "y"
+        assert grid[1][0].get_title() == "source"
+        assert not grid[0][0].axison  # the empty corner
+        # the edit of row 1, column 2 is drawn where it belongs
+        shown = grid[2][3].get_images()[0].get_array()
+        assert torch.allclose(torch.as_tensor(shown).float(), edited[1, 2].permute(1, 2, 0), atol=1e-6)
+    finally:
+        plt.close(fig)
+
+
+def test_edit_grid_plain_and_errors() -> None:
+    fig = edit_grid(_images(3, 2, 3, 8, 8))
+    try:
+        assert len(fig.axes) == 6
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="rows, columns"):
+        edit_grid(_images(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="headers"):
+        edit_grid(_images(2, 4, 3, 8, 8), headers=_images(3, 3, 8, 8))
+    with pytest.raises(ValueError, match="column_labels"):
+        edit_grid(_images(2, 4, 3, 8, 8), column_labels=["a"])
+
+
+@pytest.mark.parametrize("num_ws, shown", [(10, 3), (2, 3), (1, 1)])
+def test_rignet_diagram_names_the_layers(num_ws: int, shown: int) -> None:
+    fig = rignet_diagram(num_ws=num_ws, w_dim=256, latent_dim=32, param_dim=53, component="expression", shown_layers=shown)
+    try:
+        texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+        assert f"Enc$_{{{num_ws}}}$" in texts and "256 → 32" in texts and "85 → 256" in texts
+        assert "P = 53" in texts and "frozen" in texts
+    finally:
+        plt.close(fig)
