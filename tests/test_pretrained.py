@@ -69,18 +69,23 @@ def test_corrupt_or_missing_weights_give_clear_errors(tmp_path, monkeypatch):
 
 def test_embedded_f_accuracy_on_held_out_faceworld(scores):
     f = scores["F"]
-    # Measured on 512 images: yaw/pitch/roll medians 1.2-1.5 deg, landmarks 0.8 px.
-    assert f["yaw_deg_median"] < 2.5 and f["pitch_deg_median"] < 2.5 and f["roll_deg_median"] < 2.0
-    assert f["landmarks_px_mean"] < 1.5
-    # Light and jaw opening clearly better than always guessing the FaceWorld mean.
+    # Measured on 512 images: yaw/pitch/roll medians 1.23/1.08/0.65 deg, landmarks 0.75 px; on these
+    # 128: 1.11/1.19/0.65 deg and 0.73 px.
+    assert f["yaw_deg_median"] < 1.8 and f["pitch_deg_median"] < 1.8 and f["roll_deg_median"] < 1.0
+    assert f["landmarks_px_mean"] < 1.1
+    # Light and jaw opening clearly better than always guessing the FaceWorld mean
+    # (measured: light 0.33x and jaw 0.47x the mean predictor's error on 512 images).
     assert f["light_rmse"] < 0.5 * f["light_rmse_mean_predictor"]
     assert f["jaw_open_mae"] < 0.75 * f["jaw_open_mae_mean_predictor"]
 
 
 def test_evaluation_estimator_is_independent_but_agrees(held_out, scores):
     e = scores["E"]
-    assert e["yaw_deg_median"] < 3.0 and e["pitch_deg_median"] < 3.0 and e["roll_deg_median"] < 2.5
+    # Measured on 512 images: 1.43/1.22/0.77 deg, jaw 0.50x the mean predictor's error.
+    assert e["yaw_deg_median"] < 2.1 and e["pitch_deg_median"] < 2.1 and e["roll_deg_median"] < 1.2
+    assert e["jaw_open_mae"] < 0.75 * e["jaw_open_mae_mean_predictor"]
     F, E = pretrained.face_estimator(), pretrained.evaluation_estimator()
     assert F.config.widths != E.config.widths  # another width (and seed): not the same network
     agreement = reconstruction.estimator_agreement(F, E, held_out[1].float_images())
-    assert agreement["yaw_correlation"] > 0.97 and agreement["yaw_deg_median"] < 3.0
+    # Measured on 512 images: yaw correlation 0.991, median |yaw_F - yaw_E| 1.35 deg.
+    assert agreement["yaw_correlation"] > 0.97 and agreement["yaw_deg_median"] < 2.0
