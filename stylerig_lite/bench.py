@@ -15,8 +15,12 @@ object whose top-level ``ours_ms``, ``pytorch3d_ms`` and ``speedup`` are the
 64 px forward + backward case; ``cases`` holds every case.
 
 ``edit``: the interactive editor's latency on the CPU, slider change -> new frame (RigNet(s) +
-generator + 3DMM preview), beside one generator forward pass timed in the same run (interleaved);
-``--json`` gives ``update_ms``, ``generator_ms`` and ``overhead_ratio`` = (update - G) / G.
+generator + 3DMM preview + the PNGs the widgets show), beside one generator forward pass timed in
+the same run (interleaved); ``--json`` gives ``update_ms``, ``generator_ms`` and ``overhead_ratio``
+= (update - G) / G. With ipywidgets installed the update is the app's own path: setting a slider
+widget's value runs its observer, the frame and the widget updates (``EditorApp`` with
+``show_estimate=False`` and rendering in the calling thread); without, the same steps on the
+``EditorState``. ``breakdown_ms`` splits the median frame into rigs, generator, preview and PNGs.
 """
 
 from __future__ import annotations
@@ -264,12 +268,13 @@ def _paper_shaped_rig(num_ws: int, w_dim: int, latent: int = 32, seed: int = 0):
 
 
 def bench_edit(args: argparse.Namespace) -> dict:
-    """Editor latency: slider change -> new frame (RigNet + generator + 3DMM preview), vs one G pass.
+    """Editor latency: slider change -> new frame (RigNet + generator + 3DMM preview + PNGs), vs one G pass.
 
     The embedded networks when they exist, else random networks of the same size (recorded in
     ``networks``): latency depends on the architecture, not on the weights. The yaw slider is
-    the headline (a pose change keeps the cached face shape); ``expression_update_ms`` moves
-    jawOpen, which also recomputes the preview's shape and normals.
+    the headline (a pose change keeps the cached face shape; jawOpen, moved in the warm-up, stays
+    edited, so two rigs apply); ``expression_update_ms`` moves jawOpen, which also recomputes the
+    preview's shape and normals. ``path`` says what was timed (the app, or the state without widgets).
     """
     from stylerig_lite import editing, pretrained
     from stylerig_lite.morphable import load_face_model
@@ -304,16 +309,43 @@ def bench_edit(args: argparse.Namespace) -> dict:
                 rigs[component] = _paper_shaped_rig(G.num_ws, G.w_dim, seed=len(rigs))
                 networks[f"rig_{component}"] = "paper-shaped random stand-in"
     face_model = load_face_model(progress=False)
-    state = editing.EditorState(G, rigs, F, face_model, seed=0, preview_size=args.preview_size)
-    yaw0 = state.slider_value("yaw")
+    try:  # the app itself: a slider widget's value -> its observer -> frame -> the widgets' PNGs
+        if args.without_widgets:
+            raise ImportError("--without-widgets")
+        import ipywidgets  # noqa: F401
+
+        app = editing.EditorApp(G, rigs, F, face_model, seed=0, preview_size=args.preview_size,
+                                show_estimate=False, background=False)
+        state, path = app.state, "EditorApp: slider widget value -> frame -> widget PNGs"
+
+        def move(name: str, value: float) -> editing.Frame:
+            before = app._scheduler.rendered
+            app.sliders[name].value = value  # what a browser slider event does (then _on_slider, request_frame, ...)
+            if app._scheduler.rendered != before + 1:
+                raise RuntimeError(f"setting slider {name} to {value} did not render one frame")
+            return app.last_frame
+    except ImportError:  # no widgets: the same steps without them
+        app = None
+        state = editing.EditorState(G, rigs, F, face_model, seed=0, preview_size=args.preview_size)
+        path = "EditorState: set_slider -> compute_frame -> frame_pngs (" + (
+            "--without-widgets" if args.without_widgets else "ipywidgets not installed") + ")"
+
+        def move(name: str, value: float) -> editing.Frame:
+            state.set_slider(name, value)
+            frame = state.compute_frame(estimate=False)
+            start = time.perf_counter()
+            editing.frame_pngs(frame)
+            frame.timings_ms["display_ms"] = (time.perf_counter() - start) * 1e3
+            return frame
+
+    yaw0 = min(max(state.slider_value("yaw"), -45.0), 45.0)  # both values inside the slider's range
 
     def update(name: str, values: List[float]):
         counter = iter(range(10**9))
 
         def run():
             # Alternate between two values so that every update is a real change.
-            state.set_slider(name, values[next(counter) % 2])
-            return state.compute_frame(estimate=False)
+            return move(name, values[next(counter) % 2])
         return run
 
     frames: List[editing.Frame] = []
@@ -338,10 +370,12 @@ def bench_edit(args: argparse.Namespace) -> dict:
         gen_times.append(_time(generator_pass, 1, 0)["ms"])
         upd_times.append(_time(yaw_update, 1, 0)["ms"])
     state.reset()
+    if app is not None:
+        app._sync_sliders()
     for _ in range(max(3, args.repeats // 4)):
         exp_times.append(_time(update_jaw, 1, 0)["ms"])
     breakdown = {key: round(statistics.median(f.timings_ms[key] for f in frames), 3)
-                 for key in ("rig_ms", "generator_ms", "render_ms")}
+                 for key in ("rig_ms", "generator_ms", "render_ms", "display_ms")}
     update_ms, generator_ms = statistics.median(upd_times), statistics.median(gen_times)
     overhead = (update_ms - generator_ms) / generator_ms
     return {
@@ -361,6 +395,7 @@ def bench_edit(args: argparse.Namespace) -> dict:
         "preview_size": args.preview_size,
         "preview_points": state.preview.num_points,
         "networks": networks,
+        "path": path,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -375,17 +410,20 @@ def _print_edit(result: dict) -> None:
     print(f"  slider (yaw) -> new frame   {result['update_ms']:8.2f} ms   (min {result['update_min_ms']:.2f})")
     print(f"  one generator forward pass  {result['generator_ms']:8.2f} ms   (min {result['generator_min_ms']:.2f})")
     print(f"  edit overhead               {100 * result['overhead_ratio']:8.1f} %    "
-          f"(rigs {b['rig_ms']:.2f} ms, 3DMM preview {b['render_ms']:.2f} ms)")
+          f"(rigs {b['rig_ms']:.2f} ms, 3DMM preview {b['render_ms']:.2f} ms, PNGs {b['display_ms']:.2f} ms)")
     print(f"  slider (jawOpen) -> frame   {result['expression_update_ms']:8.2f} ms   (recomputes the preview's shape)")
     goal = result["goal"]
     print(f"  goal: < {goal['update_ms_below']:.0f} ms {'met' if goal['update_met'] else 'NOT met'}, "
           f"overhead < {100 * goal['overhead_ratio_below']:.0f}% {'met' if goal['overhead_met'] else 'NOT met'}")
+    print(f"  measured: {result['path']}")
     print(f"  networks: {result['networks']}")
 
 
 def _add_edit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=40, help="timed slider updates (default 40)")
     parser.add_argument("--preview-size", type=int, default=40, help="3DMM preview size in pixels (default 40)")
+    parser.add_argument("--without-widgets", action="store_true",
+                        help="time the editor state and the PNGs only, not the app's widgets (as without ipywidgets)")
 
 
 # name -> (run, print, help, add arguments)

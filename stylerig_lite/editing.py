@@ -24,7 +24,9 @@ It is built in three layers, so that everything but the widgets is testable with
 
 The rig protocol is a callable ``rig(w [B, num_ws, w_dim], p_target [B, 196]) -> w_hat`` (same
 shape as ``w``), one per component name in :data:`RIG_COMPONENTS`. RigNet implements it; so do the
-simple fakes of the tests. The generator needs ``mapping(z, c, truncation_psi=...)`` and
+simple fakes of the tests. A rig may also offer ``bind(w) -> bound(p_target) -> w_hat`` (RigNet
+does): the editor binds the latent it edits once, so that a slider move costs only what depends
+on the slider (:meth:`EditorState.edited_latent`). The generator needs ``mapping(z, c, truncation_psi=...)`` and
 ``synthesis(ws, noise_mode=...)`` (our :class:`~stylerig_lite.stylegan2.Generator` and official
 NVlabs checkpoints alike, any ``num_ws x w_dim``); the estimator needs
 ``estimate(images, value_range=(-1, 1)) -> (FaceParams, landmarks)``.
@@ -39,8 +41,11 @@ import dataclasses
 import difflib
 import io
 import math
+import operator
+import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -51,8 +56,8 @@ import torch.nn.functional as TF
 from .camera import Camera
 from .checks import assert_shape
 from .face_render import default_camera, render_face
-from .morphable import EXPRESSION_NAMES, NUM_PARAMS, FaceModel, FaceParams, euler_to_matrix
-from .shading import SH_C0, SH_C1, directional_gamma, sh_shading, vertex_normals
+from .morphable import EXPRESSION_NAMES, NUM_PARAMS, SLICES, FaceModel, FaceParams, euler_to_matrix
+from .shading import _SH_CONSTANTS, LAMBERT_FACTORS, SH_C0, SH_C1, directional_gamma, sh_shading, vertex_normals
 
 #: The components a rig can control, in the order the rigs are applied, and the parameter
 #: component each one edits.
@@ -198,7 +203,9 @@ class PreviewRenderer:
       isolated empty pixels inside the face are filled from their neighbours.
 
     :meth:`render_exact` draws the same parameters with :func:`render_face` (triangles), for saved
-    figures.
+    figures. :meth:`render` folds each frame's pose, projection and shading into one small matrix
+    product and runs in NumPy; :meth:`render_reference` is the same splatting step by step in torch
+    (the tests check that both draw the same image).
     """
 
     def __init__(self, face_model: FaceModel, image_size: int = 40, *, parts: Sequence[str] = PREVIEW_PARTS,
@@ -230,18 +237,23 @@ class PreviewRenderer:
         self._identity_basis = coords(face_model.identity_basis)  # [100, U*3]
         self._expression_basis = coords(face_model.expression_basis)  # [53, U*3]
         self._neutral = face_model.neutral[used]  # [U, 3]
-        self._shape_key: Optional[bytes] = None
-        self._identity_key: Optional[bytes] = None
-        self._albedo_key: Optional[bytes] = None
+        self._plane_offsets = np.arange(4)[:, None] * ((self.image_size + 2) ** 2 + 1)  # [4, 1], see render()
+        self._shape_key: Optional[List[float]] = None
+        self._identity_key: Optional[List[float]] = None
+        self._albedo_key: Optional[List[float]] = None
 
     @property
     def num_points(self) -> int:
         return int(self._points.shape[0])
 
-    def _unposed(self, params: FaceParams) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Cached unposed points ``[P, 3]`` and unit normals ``[P, 3]`` for (identity, expression)."""
-        identity_key = params.identity.cpu().numpy().tobytes()
-        key = identity_key + params.expression.cpu().numpy().tobytes()
+    def _unposed(self, params: FaceParams, values: Optional[List[float]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cached unposed points ``[P, 3]`` and unit normals ``[P, 3]`` for (identity, expression).
+
+        ``values``: the parameters as Python floats (``params.to_vector()[0].tolist()``) if already at hand.
+        """
+        values = params.to_vector()[0].tolist() if values is None else values
+        identity_key = values[SLICES["identity"]]
+        key = identity_key + values[SLICES["expression"]]
         if key != self._shape_key:
             if identity_key != self._identity_key:
                 self._with_identity = self._neutral + (params.identity @ self._identity_basis).view(-1, 3)
@@ -249,19 +261,69 @@ class PreviewRenderer:
             shape = self._with_identity + (params.expression @ self._expression_basis).view(-1, 3)  # [U, 3]
             normals = vertex_normals(shape[None], self._faces)[0]  # [U, 3] from the full face mesh
             self._points_xyz, self._points_normal = shape[self._points], normals[self._points]
+            self._features = _point_features(self._points_xyz, self._points_normal)
             self._shape_key = key
         return self._points_xyz, self._points_normal
 
-    def _albedo(self, params: FaceParams) -> torch.Tensor:
-        key = params.albedo.cpu().numpy().tobytes()
+    def _albedo(self, params: FaceParams, values: Optional[List[float]] = None) -> torch.Tensor:
+        key = (params.to_vector()[0].tolist() if values is None else values)[SLICES["albedo"]]
         if key != self._albedo_key:
             self._points_albedo = self.model.colour(params.albedo)[0, self._used[self._points]]  # [P, 3]
+            ones = torch.ones_like(self._points_albedo[:, :1])
+            rows = torch.cat([self._points_albedo, ones], 1).T  # [4, P]: albedo, 1
+            self._points_albedo_rows = np.ascontiguousarray(rows.cpu().numpy(), dtype=np.float32)
             self._albedo_key = key
         return self._points_albedo
 
     @torch.no_grad()
     def render(self, params: FaceParams) -> torch.Tensor:
-        """The preview image ``[3, H, W]`` in [0, 1] of one face (``params`` of batch size 1)."""
+        """The preview image ``[3, H, W]`` in [0, 1] of one face (``params`` of batch size 1).
+
+        The same image as :meth:`render_reference` (up to float rounding), with the per-frame work
+        folded into one small matrix product: pose, camera projection and SH shading are all linear
+        in per-point features that depend only on the cached shape (positions, normals and the
+        normals' quadratic monomials, :func:`_point_features`), so one ``[8, 13]`` matrix built from
+        the pose, the camera and the light (:func:`_frame_matrix`) gives every point's pixel
+        coordinates, depth, facing and colour: the shading ``H(R n) . gamma`` is a quadratic form in
+        ``n``, and rotating the normal only changes the form's coefficients. The z-buffer then works
+        on all points at once, sending culled and hidden points to a spare pixel. The frame runs in
+        NumPy: some 40 operations on a few thousand numbers, where each torch call's fixed cost
+        (several microseconds, more with cold caches between slider events) would dominate.
+        """
+        if params.batch_size != 1:
+            raise ValueError(f"PreviewRenderer draws one face at a time, got a batch of {params.batch_size}")
+        values = params.to_vector()[0].tolist()  # every number the frame needs, in one call
+        self._unposed(params, values)
+        self._albedo(params, values)
+        size, camera = self.image_size, self.camera
+        matrix = _frame_matrix(values[SLICES["pose"]], values[SLICES["light"]], camera.focal_pixels, camera.distance)
+        rows = matrix @ self._features  # [8, P]: f x, -f y, depth, posed normal z, R, G, B shading, 1
+        depth = rows[2]
+        stride, spare = size + 2, (size + 2) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):  # culled points may sit at depth 0
+            uv = np.floor(rows[:2] / depth + size / 2)  # [2, P] pixel column and row
+            # The camera looks along -z, so a normal with z > 0 faces it; a small margin keeps silhouettes solid.
+            keep = (rows[3] > -0.1) & (depth > camera.near) & (uv >= 0).all(0) & (uv < size).all(0)
+            # Pixels of a zero-padded (size + 2)² grid (the hole filling's neighbours), plus one
+            # spare pixel at the end where culled and hidden points go.
+            pixel = np.where(keep, uv[1] * stride + uv[0] + (stride + 1), spare).astype(np.intp)
+        zbuffer = np.full(spare + 1, np.inf, dtype=np.float32)
+        np.minimum.at(zbuffer, pixel, depth)
+        pixel = np.where(depth <= zbuffer[pixel], pixel, spare)
+        canvas = np.zeros((4, spare + 1), dtype=np.float32)  # R, G, B, covered (channel planes, flat)
+        # colour = albedo x shading, covered = 1; one flat write, the planes spare + 1 apart
+        canvas.reshape(-1)[pixel + self._plane_offsets] = self._points_albedo_rows * rows[4:]
+        image, covered = _fill_holes_padded(canvas[:, :spare].reshape(4, stride, stride))
+        return torch.from_numpy(np.where(covered, image, np.float32(self.background)).clip(0, 1))
+
+    @torch.no_grad()
+    def render_reference(self, params: FaceParams) -> torch.Tensor:
+        """Slow reference of :meth:`render`: rotate, shade, project, cull, z-buffer, fill, step by step.
+
+        Points and normals rotated with :func:`euler_to_matrix`, shaded with :func:`sh_shading`;
+        the same image as :meth:`render` up to float rounding (a point on a pixel border may round
+        into the neighbouring pixel).
+        """
         if params.batch_size != 1:
             raise ValueError(f"PreviewRenderer draws one face at a time, got a batch of {params.batch_size}")
         points, normals = self._unposed(params)
@@ -296,6 +358,73 @@ class PreviewRenderer:
         camera = self.camera.with_image_size(image_size or self.image_size)
         out = render_face(self.model, params, camera, parts=self.parts, background=self.background)
         return out.image[0].clamp(0, 1)
+
+
+def _point_features(points: torch.Tensor, normals: torch.Tensor) -> np.ndarray:
+    """Per-point features ``[13, P]`` (float32 NumPy) that pose, projection and SH shading are linear in.
+
+    Rows: x, y, z, 1, nx, ny, nz, nx², ny², nz², nx·ny, nx·nz, ny·nz (unposed points and unit normals).
+    """
+    n = normals.T  # [3, P]
+    nx, ny, nz = n
+    features = torch.cat([points.T, torch.ones_like(nx)[None], n, n * n, torch.stack([nx * ny, nx * nz, ny * nz])])
+    return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
+
+
+_SH_FACTORS = tuple(c * f / math.pi for c, f in zip(_SH_CONSTANTS, LAMBERT_FACTORS))  # as in sh_shading
+
+
+def _frame_matrix(pose: Sequence[float], gamma: Sequence[float], focal: float, distance: float) -> np.ndarray:
+    """The ``[8, 13]`` matrix that maps :func:`_point_features` to one frame's per-point quantities.
+
+    Output rows: ``f x_w`` and ``-f y_w`` (pixel = row / depth + size / 2, as in
+    :meth:`PreviewRenderer.render_reference`), the depth ``distance - z_w``, the posed normal's z,
+    the R, G, B shading of :func:`~stylerig_lite.shading.sh_shading` at the posed normal, and 1.
+    ``x_w = R x + t`` with ``R`` of :func:`~stylerig_lite.morphable.euler_to_matrix`.
+
+    Shading: sh_shading's basis at a posed normal ``n' = (x, y, z)`` is f0, f1 y, f2 z, f3 x,
+    f4 xy, f5 yz, f6 (3z² - 1), f7 xz, f8 (x² - y²), so with one channel's light ``g`` (times the
+    factors f) ``H(n') . g = c + b' . n' + n'^T A' n'`` for a constant ``c = g0 - g6``, a linear
+    part ``b' = (g3, g1, g2)`` and a symmetric ``A'``; with ``n' = R n`` that is
+    ``c + (R^T b') . n + n^T (R^T A' R) n``, whose monomial coefficients fill the shading rows.
+    Plain Python floats (float64), one array at the end: some 300 multiply-adds, cheaper than
+    the calls it would take to do them with arrays.
+    """
+    yaw, pitch, roll, tx, ty, tz = pose
+    cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    r0 = (cr * cy - sr * sp * sy, -sr * cp, cr * sy + sr * sp * cy)  # rows of Rz(roll) Rx(pitch) Ry(yaw)
+    r1 = (sr * cy + cr * sp * sy, cr * cp, sr * sy - cr * sp * cy)
+    r2 = (-cp * sy, sp, cp * cy)
+    zeros = [0.0] * 9
+    rows = [
+        [focal * r0[0], focal * r0[1], focal * r0[2], focal * tx, *zeros],
+        [-focal * r1[0], -focal * r1[1], -focal * r1[2], -focal * ty, *zeros],
+        [-r2[0], -r2[1], -r2[2], distance - tz, *zeros],
+        [0.0, 0.0, 0.0, 0.0, r2[0], r2[1], r2[2], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ]
+    for c in range(3):
+        g0, g1, g2, g3, g4, g5, g6, g7, g8 = (gamma[9 * c + k] * _SH_FACTORS[k] for k in range(9))
+        a = ((g8, g4 / 2, g7 / 2), (g4 / 2, -g8, g5 / 2), (g7 / 2, g5 / 2, 3.0 * g6))  # A'
+        t = [[a_i[0] * r0[k] + a_i[1] * r1[k] + a_i[2] * r2[k] for k in range(3)] for a_i in a]  # A' R
+        q = [[r0[j] * t[0][k] + r1[j] * t[1][k] + r2[j] * t[2][k] for k in range(3)] for j in range(3)]  # R^T A' R
+        rows.append([0.0, 0.0, 0.0, g0 - g6, *(g3 * r0[j] + g1 * r1[j] + g2 * r2[j] for j in range(3)),
+                     q[0][0], q[1][1], q[2][2], 2.0 * q[0][1], 2.0 * q[0][2], 2.0 * q[1][2]])
+    rows.append([0.0, 0.0, 0.0, 1.0, *zeros])
+    return np.array(rows, dtype=np.float32)
+
+
+def _fill_holes_padded(canvas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`_fill_holes` on a zero-padded canvas ``[4, H + 2, W + 2]`` (R, G, B, covered; zero where empty).
+
+    The same sums in the same order as :func:`_fill_holes`, for colour and coverage at once (NumPy).
+    Returns ``(image [3, H, W], covered [H, W])``.
+    """
+    total = canvas[:, :-2, 1:-1] + canvas[:, 2:, 1:-1] + canvas[:, 1:-1, :-2] + canvas[:, 1:-1, 2:]  # [4, H, W]
+    inner = canvas[:, 1:-1, 1:-1]
+    count, covered = total[3], inner[3] > 0
+    fill = (count >= 3) & ~covered
+    return np.where(fill, total[:3] / np.maximum(count, 1), inner[:3]), covered | fill
 
 
 def _fill_holes(image: torch.Tensor, covered: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -396,16 +525,38 @@ class Frame:
     version: int  # the state's edit counter when the frame was computed
 
 
+class ModuleRig:
+    """A module's ``rig(w, p_target)`` method as the editor's rig, with the module's ``bind`` if it has one.
+
+    ``bind(w) -> callable(p_target) -> w_hat`` is the optional fast path of the rig protocol
+    (:meth:`~stylerig_lite.rignet.RigNet.bind`): the editor binds the latent being edited once and
+    then only passes the slider's target parameters (:meth:`EditorState.edited_latent`).
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        bind = getattr(module, "bind", None)
+        self.bind: Optional[Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = \
+            bind if callable(bind) else None
+
+    def __call__(self, w: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
+        return self.module.rig(w, p_target)
+
+    def __repr__(self) -> str:
+        return f"ModuleRig({type(self.module).__name__})"
+
+
 def as_rig(rig: Any, name: str = "rig") -> Rig:
     """The ``rig(w, p_target [B, 196]) -> w_hat`` callable of a rig object.
 
     A :class:`~stylerig_lite.rignet.RigNet` module's ``forward`` takes only its component's
-    parameters; its :meth:`rig` method takes the full vector, so that is the one used.
-    Plain callables are used as they are.
+    parameters; its :meth:`rig` method takes the full vector, so that is the one used (wrapped in
+    a :class:`ModuleRig`, which also carries the module's ``bind``). Plain callables are used as
+    they are (one with a ``bind`` attribute gets the same fast path).
     """
     method = getattr(rig, "rig", None)
     if isinstance(rig, torch.nn.Module) and callable(method):
-        return method
+        return ModuleRig(rig)
     if not callable(rig):
         raise TypeError(f"rigs[{name!r}] must be callable as rig(w, p_target) -> w_hat, got {type(rig).__name__}")
     return rig
@@ -450,6 +601,9 @@ class EditorState:
         self.message = ""  # the last clamp / transfer note, shown by the app
         self.version = 0  # bumped on every edit; frames carry it
         self._lock = threading.RLock()
+        # applied components -> (rigs, w, w._version, bound chain, how many rigs it covers); see edited_latent
+        self._bound: Dict[Tuple[str, ...], Tuple[Tuple[Rig, ...], torch.Tensor, int, Optional[Callable], int]] = {}
+        self._source_values: Optional[Tuple[FaceParams, List[List[float]]]] = None  # see _changed
         self.set_seed(seed)
 
     # -- the face being edited ------------------------------------------------------------------
@@ -465,6 +619,7 @@ class EditorState:
         with self._lock:
             self.seed = seed
             self.w = w.detach().clone()
+            self._bound.clear()
             self.source_image = self._synthesize(self.w)  # [1, 3, R, R]
             self.source = self._estimate(self.source_image).detach()
             self.reset()
@@ -564,13 +719,27 @@ class EditorState:
     def target_params(self) -> FaceParams:
         """A copy of the target parameters (batch 1)."""
         with self._lock:
-            return FaceParams.from_vector(self.target.to_vector().clone())
+            return FaceParams.from_vector(self.target.to_vector())  # to_vector concatenates: a new tensor
 
     def changed_components(self, target: Optional[FaceParams] = None) -> Tuple[str, ...]:
         """Rig components whose target differs from the source (the rigs a frame applies)."""
         target = target or self.target_params()
+        return self._changed(target.to_vector())
+
+    def _changed(self, vector: torch.Tensor) -> Tuple[str, ...]:
+        """:meth:`changed_components` of a target vector ``[B, 196]``.
+
+        Compared as Python floats, which is ``torch.equal`` per component (NaN differs from
+        everything, -0.0 equals 0.0) for the price of two ``tolist`` calls instead of six slices
+        and three comparisons; the source's numbers are kept until the source changes.
+        """
+        cached = self._source_values
+        if cached is None or cached[0] is not self.source:
+            cached = self._source_values = (self.source, self.source.to_vector().tolist())
+        values, source = vector.tolist(), cached[1]
         return tuple(c for c in RIG_COMPONENTS
-                     if not torch.equal(target.component(PARAM_COMPONENT[c]), self.source.component(PARAM_COMPONENT[c])))
+                     if [row[SLICES[PARAM_COMPONENT[c]]] for row in values]
+                     != [row[SLICES[PARAM_COMPONENT[c]]] for row in source])
 
     @torch.no_grad()
     def edited_latent(self, target: Optional[FaceParams] = None) -> Tuple[torch.Tensor, Tuple[str, ...]]:
@@ -579,18 +748,52 @@ class EditorState:
         Unchanged components are skipped rather than passed through their rig: RigNet only
         approximately reproduces w for the source parameters (its L_rec), and skipping keeps the
         untouched face exactly the generator's.
+
+        The latent does not change while the sliders move, so rigs with ``bind`` (RigNets, see
+        :meth:`~stylerig_lite.rignet.RigNet.bind`) are bound to it once, chained with the bound
+        object's ``then`` when several apply, and cached per set of applied components until the
+        latent changes (:meth:`set_latent`): a frame then costs one small product per moved
+        component instead of every rig's encoder and decoder. Rigs without it (plain callables)
+        are called in turn, after the bound chain.
         """
         target = target or self.target_params()
         w = self.w
         p = target.to_vector().to(w.device)
-        applied = []
-        for component in self.changed_components(target):
-            if component in self.rigs:
-                w_hat = self.rigs[component](w, p)
-                assert_shape(w_hat, list(w.shape), f"output of the {component} rig")
-                w = w_hat
-                applied.append(component)
-        return w, tuple(applied)
+        components = tuple(c for c in self._changed(p) if c in self.rigs)
+        bound, count = self._bound_rigs(components, w)
+        if count:
+            w = bound(p)
+            assert_shape(w, list(self.w.shape), f"output of the {' + '.join(components[:count])} rig(s)")
+        for component in components[count:]:
+            w_hat = self.rigs[component](w, p)
+            assert_shape(w_hat, list(w.shape), f"output of the {component} rig")
+            w = w_hat
+        return w, components
+
+    def _bound_rigs(self, components: Tuple[str, ...], w: torch.Tensor) -> Tuple[Optional[Callable], int]:
+        """``(bound, count)``: the first ``count`` rigs of ``components`` bound to ``w`` and chained (cached)."""
+        if not components:
+            return None, 0
+        rigs = tuple(self.rigs[c] for c in components)
+        cached = self._bound.get(components)
+        if (cached is not None and len(cached[0]) == len(rigs) and all(map(operator.is_, cached[0], rigs))
+                and cached[1] is w and cached[2] == w._version):
+            return cached[3], cached[4]
+        bound, count = None, 0
+        bind = getattr(rigs[0], "bind", None)
+        if bind is not None:
+            bound, count = bind(w), 1
+            for rig in rigs[1:]:
+                then = getattr(bound, "then", None)
+                if then is None:
+                    break
+                try:
+                    bound = then(getattr(rig, "module", rig))  # a ModuleRig chains its module
+                except TypeError:  # not a rig it can chain: the rest are called in turn
+                    break
+                count += 1
+        self._bound[components] = (rigs, w, w._version, bound, count)
+        return bound, count
 
     @torch.no_grad()
     def compute_frame(self, *, estimate: Optional[bool] = None) -> Frame:
@@ -654,6 +857,45 @@ def to_png(images: Union[torch.Tensor, Sequence[torch.Tensor]], size: int = 256)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+
+
+def image_png(image: torch.Tensor, *, value_range: Tuple[float, float] = (0.0, 1.0), compress_level: int = 0) -> bytes:
+    """PNG bytes of one image ``[3, H, W]`` at its own resolution: what the editor's widgets show.
+
+    Values are mapped from ``value_range`` to [0, 1], clamped and quantised exactly as
+    :func:`to_png` does. The browser scales the image to the widget's size, with
+    ``image-rendering: pixelated`` (the app's style) keeping the pixels sharp, as :func:`to_png`'s
+    nearest-neighbour upscaling does for saved files; so a frame encodes a 64 px image, not a
+    256 px one (16x fewer pixels; :func:`to_png` at 256 px took ~2 ms per frame, more than a third
+    of a 64 px generator pass). Written directly (8-bit RGB, no filter, zlib ``compress_level``;
+    0 = stored: a 64 px GAN image barely compresses, 12 KB either way).
+    """
+    assert_shape(image, [3, None, None], "image")
+    low, high = value_range
+    array = image.detach().float().cpu().numpy()
+    if (low, high) != (0.0, 1.0):
+        array = (array - low) / (high - low)
+    _, height, width = array.shape
+    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # each row: filter type 0, then R G B ...
+    rows[:, 1:] = (array.clip(0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0).reshape(height, 3 * width)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + _png_chunk(b"IEND", b""))
+
+
+def frame_pngs(frame: "Frame") -> Tuple[bytes, Optional[bytes]]:
+    """``(GAN image PNG, 3DMM rendering PNG or None)`` of a frame, as :class:`EditorApp` shows it."""
+    image = image_png(frame.image, value_range=(-1.0, 1.0))
+    return image, (image_png(frame.render) if frame.render is not None else None)
+
+
+#: Browsers scale the editor's small images up to the widget size; keep their pixels square and sharp.
+PIXELATED_STYLE = ("<style>.srl-gan-image, .srl-render-image "
+                   "{ image-rendering: crisp-edges; image-rendering: pixelated; }</style>")
 
 
 # --------------------------------------------------------------------------------------------- app
@@ -746,7 +988,7 @@ class EditorApp:
         ])
         face_row = W.HBox([self.seed, random_button, self.transfer_component, self.transfer_seed, transfer_button,
                            reset_button, save_button])
-        self.widget = W.VBox([images, face_row, controls, self.message, self.status])
+        self.widget = W.VBox([W.HTML(PIXELATED_STYLE), images, face_row, controls, self.message, self.status])
         self._sync_sliders()
         self.request_frame()
 
@@ -834,10 +1076,12 @@ class EditorApp:
 
     def _show_frame(self, frame: Frame) -> None:
         self.last_frame = frame
-        size = self.display_size
-        self.image.value = to_png(((frame.image + 1) / 2).clamp(0, 1), size)
-        if frame.render is not None:
-            self.render_image.value = to_png(frame.render, size)
+        start = time.perf_counter()
+        image, render = frame_pngs(frame)  # native resolution; the browser scales to display_size
+        frame.timings_ms["display_ms"] = (time.perf_counter() - start) * 1e3
+        self.image.value = image
+        if render is not None:
+            self.render_image.value = render
         if frame.estimate is not None:
             yaw, pitch, roll = frame.estimate.angles_deg[0].tolist()
             self.estimate_label.value = (f"F(shown image): yaw <span class='srl-yaw'>{yaw:.1f}</span>°, "
@@ -846,7 +1090,8 @@ class EditorApp:
         rigs = ", ".join(frame.applied) or "none"
         self.status.value = (f"<small>frame {frame.version}: {t['total_ms']:.0f} ms (rigs [{rigs}] "
                              f"{t['rig_ms']:.1f}, G {t['generator_ms']:.1f}, 3DMM {t['render_ms']:.1f}"
-                             + (f", F {t['estimate_ms']:.1f}" if "estimate_ms" in t else "") + " ms)</small>")
+                             + (f", F {t['estimate_ms']:.1f}" if "estimate_ms" in t else "")
+                             + f", PNG {t['display_ms']:.1f} ms)</small>")
 
     def _show_error(self, error: BaseException) -> None:
         self.message.value = f"<span style='color:#b00'>error: {type(error).__name__}: {error}</span>"
@@ -923,7 +1168,7 @@ def animation_html(state: EditorState, slider: str, values: Sequence[float], **k
 
 __all__ = [
     "RIG_COMPONENTS", "SLIDERS", "EXPRESSION_GROUPS", "PREVIEW_PARTS", "SliderSpec", "Frame",
-    "EditorState", "EditorApp", "LatestOnly", "PreviewRenderer",
+    "EditorState", "EditorApp", "LatestOnly", "ModuleRig", "PreviewRenderer",
     "as_rig", "slider_spec", "check_expression_name", "clamp_to_spec", "light_direction", "light_to_gamma", "gamma_to_light",
-    "to_png", "edit_frames", "edit_animation", "animation_html",
+    "to_png", "image_png", "frame_pngs", "edit_frames", "edit_animation", "animation_html",
 ]

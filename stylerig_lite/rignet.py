@@ -30,13 +30,18 @@ training; here they are one batch of ``2B`` edits. Gradients flow from the
 render losses through ``F`` and ``G(ŵ)`` into RigNet; ``G`` and ``F`` stay in
 eval mode with ``requires_grad`` off.
 
+The per-layer linears are kept as ``nn.Linear`` modules (the checkpoint layout) and evaluated
+all at once over their stacked weights (``impl='fast'``, the default; ``impl='ref'`` is the
+per-layer loop, kept as the reference the tests compare against).
+
 ``‖·‖²`` in ``L_rec`` is taken per latent entry (divided by
 ``num_ws · w_dim``), so a loss weight means the same for a 10×256 toy
 generator and the 18×512 FFHQ one.
 
 Public API: :data:`COMPONENTS`, :class:`RigNetConfig`, :class:`RigNet`
-(``rignet(w, p_component)``, ``rignet.rig(w, p_full)``, ``save`` / ``RigNet.load``),
-the losses :func:`rec_loss`, :func:`edit_loss`, :func:`consistency_loss` and
+(``rignet(w, p_component)``, ``rignet.rig(w, p_full)``, ``save`` / ``RigNet.load``;
+``rignet.bind(w)`` -> :class:`BoundRigNet` for the editor), the losses
+:func:`rec_loss`, :func:`edit_loss`, :func:`consistency_loss` and
 the whole objective :func:`rig_losses`. Training lives in
 :mod:`stylerig_lite.train_rignet`.
 """
@@ -44,9 +49,12 @@ the whole objective :func:`rig_losses`. Training lives in
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+import operator
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as nnf
@@ -231,7 +239,8 @@ class RigNet(nn.Module):
                 f"{error}. This {c.component} RigNet was built for a generator with {c.num_ws} ws x {c.w_dim} "
                 "(RigNetConfig.for_generator(G, ...) makes one that fits another generator)"
             ) from None
-        assert_finite(w, "w (W+ latents)")
+        if not _all_finite(w):
+            assert_finite(w, "w (W+ latents)")
 
     def _check_params(self, p: torch.Tensor, batch: int) -> None:
         P = self.component.size
@@ -241,26 +250,98 @@ class RigNet(nn.Module):
                 f"{self.component.name} parameters; use rignet.rig(w, p) for full [B, 196] vectors"
             )
         assert_shape(p, [batch, P], f"p ({self.component.name} parameters: {self.component.description})")
-        assert_finite(p, "p (target parameters)")
+        if not _all_finite(p):
+            assert_finite(p, "p (target parameters)")
 
     # -- the network --------------------------------------------------------------
     def normalize_params(self, p: torch.Tensor) -> torch.Tensor:
         return (p - self.param_mean) / self.param_std
 
-    def delta(self, w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """The edit ``d = ŵ - w``: ``[B, num_ws, w_dim]``."""
+    def delta(self, w: torch.Tensor, p: torch.Tensor, *, impl: str = "fast") -> torch.Tensor:
+        """The edit ``d = ŵ - w``: ``[B, num_ws, w_dim]``.
+
+        ``impl='fast'``: all layers at once, two batched matrix products over the stacked
+        per-layer weights (:meth:`stacked_weights`); ``impl='ref'``: the definition, a Python
+        loop over the layers' ``nn.Linear`` modules. Both are differentiable and agree to float
+        rounding (``tests/test_rignet.py``).
+        """
+        return self._delta(w, p, impl).contiguous()
+
+    def _delta(self, w: torch.Tensor, p: torch.Tensor, impl: str) -> torch.Tensor:
+        """:meth:`delta`, possibly as a non-contiguous view (``forward`` adds it to ``w`` anyway)."""
         self._check_latents(w)
         self._check_params(p, w.shape[0])
         p = self.normalize_params(p.to(self.param_mean.dtype))  # [B, P]
+        if impl == "ref":
+            return self._delta_reference(w, p)
+        if impl != "fast":
+            raise ValueError(f"impl must be 'fast' or 'ref', got {impl!r}")
+        enc_w, enc_b, dec_w, dec_b = self.stacked_weights()
+        num_ws, batch = w.shape[1], w.shape[0]
+        codes = torch.baddbmm(enc_b, w.transpose(0, 1), enc_w)  # [num_ws, B, latent_dim]
+        inputs = torch.cat([codes, p[None].expand(num_ws, batch, -1)], dim=2)  # [num_ws, B, latent_dim + P]
+        return torch.baddbmm(dec_b, inputs, dec_w).transpose(0, 1)  # [B, num_ws, w_dim]
+
+    def _delta_reference(self, w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The slow reference: one ``nn.Linear`` encoder and decoder call per layer (``p`` normalised)."""
         out = []
         for i, (encoder, decoder) in enumerate(zip(self.encoders, self.decoders)):
             l_i = encoder(w[:, i])  # [B, latent_dim]
             out.append(decoder(torch.cat([l_i, p], dim=1)))  # [B, w_dim]
         return torch.stack(out, dim=1)
 
-    def forward(self, w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def _weight_tensors(self) -> List[torch.Tensor]:
+        # (the modules' own dicts: `layer.weight` would go through nn.Module.__getattr__, 40 times per call)
+        return [t for layers in (self.encoders, self.decoders) for layer in layers._modules.values()
+                for t in layer._parameters.values()] + [self.param_mean, self.param_std]
+
+    def stacked_weights(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The per-layer linears stacked for batched products (the state dict keeps one module per layer).
+
+        Returns ``(enc_w [num_ws, w_dim, latent_dim], enc_b [num_ws, 1, latent_dim],
+        dec_w [num_ws, latent_dim + P, w_dim], dec_b [num_ws, 1, w_dim])``: transposed weights, so that
+        layer ``i`` maps row vectors ``x @ w[i] + b[i]``. Without gradients to track (inference, or
+        frozen weights) the stack is cached until a weight changes (in place: ``load_state_dict``, an
+        optimizer step; or replaced: ``.to()``, a new layer); otherwise it is built on every call, so
+        that gradients reach the per-layer weights.
+        """
+        tensors = self._weight_tensors()
+        cacheable = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        key = [(t._version, t.data_ptr()) for t in tensors]  # in-place changes; replaced data (.to())
+        cache = self.__dict__.get("_stacked_cache")
+        if (cacheable and cache is not None and cache[1] == key and len(cache[0]) == len(tensors)
+                and all(map(operator.is_, tensors, cache[0]))):  # replaced parameters or layers
+            return cache[2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not cacheable):
+            enc_w = torch.stack([layer.weight for layer in self.encoders]).transpose(1, 2)
+            enc_b = torch.stack([layer.bias for layer in self.encoders])[:, None]
+            dec_w = torch.stack([layer.weight for layer in self.decoders]).transpose(1, 2)
+            dec_b = torch.stack([layer.bias for layer in self.decoders])[:, None]
+            stacked = (enc_w.contiguous(), enc_b, dec_w.contiguous(), dec_b)
+        if cacheable:
+            # Plain attribute (not a buffer): never in the state dict; holds the tensors it was built from.
+            self.__dict__["_stacked_cache"] = (tensors, key, stacked)
+        return stacked
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_stacked_cache", None)  # derived from the weights: not pickled, not deep-copied
+        return state
+
+    def forward(self, w: torch.Tensor, p: torch.Tensor, *, impl: str = "fast") -> torch.Tensor:
         """``ŵ = w + d``: ``[B, num_ws, w_dim]``, for target component parameters ``p [B, P]``."""
-        return w + self.delta(w, p)
+        return w + self._delta(w, p, impl)
+
+    @torch.no_grad()
+    def bind(self, w: torch.Tensor) -> "BoundRigNet":
+        """This RigNet with the latents ``w [B, num_ws, w_dim]`` fixed: a callable ``params -> ŵ``.
+
+        For the interactive editor, where ``w`` stays while the target parameters move with a
+        slider: the encoder codes ``l_i = Enc_i(w_i)`` and their share of the decoder do not
+        depend on ``p`` and are computed once; ``.then(other)`` chains another RigNet the same
+        way. Inference only (no gradients). See :class:`BoundRigNet`.
+        """
+        return BoundRigNet(self, w)
 
     def rig(self, w: torch.Tensor, params: Union[torch.Tensor, FaceParams]) -> torch.Tensor:
         """Edit ``w`` toward the full target parameters ``[B, 196]`` (only this RigNet's component is read).
@@ -268,12 +349,7 @@ class RigNet(nn.Module):
         This is the editing-method signature ``method(w, p_target) -> ŵ`` that
         :mod:`stylerig_lite.evaluate` scores.
         """
-        if isinstance(params, FaceParams):
-            params = params.to_vector()
-        if isinstance(params, torch.Tensor) and params.ndim == 1:
-            params = params[None].expand(w.shape[0] if isinstance(w, torch.Tensor) else 1, -1)
-        assert_shape(params, [None, NUM_PARAMS], "target parameters (full vector)")
-        return self(w, self.component.take(params))
+        return self(w, self.component.take(_full_params(params, w.shape[0] if isinstance(w, torch.Tensor) else 1)))
 
     def extra_repr(self) -> str:
         c = self.config
@@ -319,6 +395,116 @@ class RigNet(nn.Module):
         if frozen:
             net.requires_grad_(False)
         return net
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, cheaply: the inputs' checks run on every edit.
+
+    A few numbers are checked as Python floats; more by one sum (NaN and inf propagate into it;
+    a sum of finite numbers that overflows falls back to the exact test).
+    """
+    t = t.detach()
+    if t.numel() <= 256:
+        return all(map(math.isfinite, t.reshape(-1).tolist()))
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _full_params(params: Union[torch.Tensor, FaceParams], batch: int) -> torch.Tensor:
+    """Full target parameter vectors ``[B, 196]`` from a FaceParams, a ``[196]`` or a ``[B, 196]`` tensor."""
+    if isinstance(params, FaceParams):
+        params = params.to_vector()
+    if isinstance(params, torch.Tensor) and params.ndim == 1:
+        params = params[None].expand(batch, -1)
+    assert_shape(params, [None, NUM_PARAMS], "target parameters (full vector)")
+    return params
+
+
+class BoundRigNet:
+    """``rignet.bind(w)``: ``bound(params [B, 196]) -> ŵ``, equal to ``rignet.rig(w, params)`` up to float rounding.
+
+    ``bound.then(other)`` applies another RigNet to the result: ``other.rig(rignet.rig(w, p), p)``,
+    again up to rounding. Both hold because a RigNet is affine in both inputs: per layer ``i``,
+    with ``Dec_i = [D_i^l, D_i^p]`` and ``p̄ = (p - mean) / std``::
+
+        rig(x, p)_i = x_i + (x_i E_i) D_i^l + c_i + p̄ D_i^p,      c_i = e_i D_i^l + d_i
+
+    (``E_i``, ``e_i``: the encoder's weight and bias; ``d_i``: the decoder's bias). For a fixed ``w``
+    the result of one RigNet, or of several applied in turn, is therefore affine in the parameters::
+
+        ŵ = base + Σ_k p_k W_k        (p_k: the k-th RigNet's component of p, natural units)
+
+    ``base`` and the ``W_k`` are computed once (:meth:`then` pushes them through the next RigNet's
+    linear part ``x -> x + (x E) D^l``). A call costs one ``[B, P_k] x [P_k, num_ws * w_dim]``
+    product for each RigNet whose parameters changed since the previous call (the others' products
+    are kept) and a sum: moving one slider touches only its own RigNet's ``W_k``. The cache follows
+    its inputs: if ``w`` is modified in place, or a RigNet's weights or statistics change, the next
+    call recomputes it. Inference only: no gradients flow through a bound RigNet.
+    """
+
+    def __init__(self, rignet: RigNet, w: torch.Tensor, *, _chain: Tuple[RigNet, ...] = ()):
+        rignet._check_latents(w)
+        self.rignets: Tuple[RigNet, ...] = _chain + (rignet,)
+        self.w = w
+        self._refresh()
+
+    @property
+    def rignet(self) -> RigNet:
+        """The last RigNet applied."""
+        return self.rignets[-1]
+
+    def then(self, rignet: RigNet) -> "BoundRigNet":
+        """This edit followed by ``rignet`` (applied to its result, for the same target parameters)."""
+        if not isinstance(rignet, RigNet):
+            raise TypeError(f"BoundRigNet.then takes a RigNet, got {type(rignet).__name__}")
+        return BoundRigNet(rignet, self.w, _chain=self.rignets)
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        w = self.w
+        batch, num_ws, w_dim = w.shape
+        base, weights, stacked_all = w.reshape(batch, num_ws * w_dim), [], []
+        for net in self.rignets:
+            stacked = net.stacked_weights()
+            stacked_all.append(stacked)
+            enc_w, enc_b, dec_w, dec_b = stacked
+            dec_l, dec_p = dec_w[:, : net.config.latent_dim], dec_w[:, net.config.latent_dim :]
+            # The linear part x -> x + (x E) D^l on base and on every earlier W_k (rows of latents).
+            rows = torch.cat([base, *weights]).view(-1, num_ws, w_dim)  # [R, num_ws, w_dim]
+            rows = rows + torch.bmm(torch.bmm(rows.transpose(0, 1), enc_w), dec_l).transpose(0, 1)
+            rows = rows.reshape(-1, num_ws * w_dim)
+            bias = torch.baddbmm(dec_b, enc_b, dec_l).reshape(1, -1)  # c: [1, num_ws * w_dim]
+            sizes = [batch] + [len(weight) for weight in weights]
+            base, *weights = torch.split(rows, sizes)
+            dec_p = dec_p.transpose(0, 1).reshape(-1, num_ws * w_dim)  # [P, num_ws * w_dim]
+            base = base + bias - (net.param_mean / net.param_std) @ dec_p
+            weights.append(dec_p / net.param_std[:, None])  # p's share without the normalisation
+        self._base = base.contiguous()
+        self._weights = [weight.contiguous() for weight in weights]
+        self._products: List[Optional[Tuple[list, torch.Tensor]]] = [None] * len(weights)
+        self._key = (tuple(stacked_all), w._version)
+
+    @torch.no_grad()
+    def __call__(self, params: Union[torch.Tensor, FaceParams]) -> torch.Tensor:
+        w = self.w
+        batch = w.shape[0]
+        params = _full_params(params, batch)
+        ps = []
+        for net in self.rignets:
+            p = net.component.take(params)
+            values = p.tolist()  # checked here, and the key of this component's product below
+            if p.shape != (batch, net.component.size) or not all(map(math.isfinite, itertools.chain(*values))):
+                net._check_params(p, batch)  # raises its error
+            ps.append((p, values))
+        stacked, version = self._key
+        if version != w._version or any(s is not net.stacked_weights() for s, net in zip(stacked, self.rignets)):
+            self._refresh()
+        out = self._base
+        for k, ((p, values), weight) in enumerate(zip(ps, self._weights)):
+            product = self._products[k]
+            if product is None or product[0] != values:  # this component moved: its product again
+                product = self._products[k] = (values, p.to(weight.dtype) @ weight)
+            out = out + product[1]
+        return out.view(w.shape)
 
 
 # ----------------------------------------------------------------------------
@@ -476,6 +662,7 @@ def rig_losses(
 
 
 __all__ = [
+    "BoundRigNet",
     "COMPONENTS",
     "LossWeights",
     "RigComponent",

@@ -337,6 +337,191 @@ def test_preview_matches_the_triangle_renderer(face_model) -> None:
         preview.render(FaceParams.neutral(2))
 
 
+def test_preview_render_equals_its_reference(face_model) -> None:
+    """The folded, NumPy per-frame path draws what the step-by-step reference draws (float rounding aside)."""
+    from stylerig_lite.morphable import sample_params
+
+    preview = editing.PreviewRenderer(face_model, 40)
+    samples = sample_params(8, seed=3)
+    for i in range(8):  # identity, albedo and light from FaceWorld's distribution, and a wide range of poses
+        params = samples[i:i + 1].with_angles_deg(yaw=-50.0 + 14 * i, pitch=(-1) ** i * 25.0, roll=10.0 - 3 * i)
+        params = params.with_expression(jawOpen=i / 7, **({"eyeBlink_L": 1.0} if i % 2 else {}))
+        fast, reference = preview.render(params), preview.render_reference(params)
+        assert fast.shape == reference.shape == (3, 40, 40) and fast.dtype == reference.dtype == torch.float32
+        assert 0.0 <= float(fast.min()) and float(fast.max()) <= 1.0
+        differ = (fast - reference).abs().amax(0) > 1e-5
+        # A point exactly on a pixel border may round into the neighbour: at most a pixel or two.
+        assert int(differ.sum()) <= 2, f"sample {i}: {int(differ.sum())} pixels differ"
+        assert (fast < 0.99).any(0).sum() > 100  # a face was drawn
+
+
+def test_frame_matrix_is_the_pose_projection_and_the_sh_shading() -> None:
+    """One [8, 13] matrix over per-point features reproduces euler_to_matrix + projection + sh_shading."""
+    from stylerig_lite.morphable import euler_to_matrix
+    from stylerig_lite.shading import sh_shading
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(50, 3, generator=g) * 8
+    normals = torch.nn.functional.normalize(torch.randn(50, 3, generator=g), dim=1)
+    pose = [0.4, -0.3, 0.2, 1.0, -2.0, 3.0]
+    gamma = torch.randn(1, 27, generator=g)
+    focal, distance = 3.5, 100.0
+    rows = torch.from_numpy(editing._frame_matrix(pose, gamma[0].tolist(), focal, distance)
+                            @ editing._point_features(points, normals))  # [8, P]
+    rotation = euler_to_matrix(torch.tensor([pose[:3]]))[0]
+    world = points @ rotation.T + torch.tensor(pose[3:])
+    rotated = normals @ rotation.T
+    torch.testing.assert_close(rows[0], focal * world[:, 0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rows[1], -focal * world[:, 1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rows[2], distance - world[:, 2], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rows[3], rotated[:, 2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows[4:7].T, sh_shading(rotated[None], gamma)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows[7], torch.ones(50))
+
+
+def _random_rignet(component: str, G: ToyGenerator, seed: int):
+    rignet = pytest.importorskip("stylerig_lite.rignet")
+    net = rignet.RigNet(rignet.RigNetConfig(component=component, num_ws=G.num_ws, w_dim=G.w_dim, latent_dim=4))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in [*net.encoders, *net.decoders]:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.2)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * 0.1)
+    return net.eval().requires_grad_(False)
+
+
+def _rigs_in_turn(rigs, w, p, components):
+    """The reference: each changed component's RigNet (per-layer path) applied to the previous result."""
+    for component in components:
+        net = rigs[component]
+        w = net(w, net.component.take(p), impl="ref") if hasattr(net, "component") else net(w, p)
+    return w
+
+
+def test_editor_binds_rignets_to_the_latent_and_rebinds_when_it_changes() -> None:
+    G = ToyGenerator()
+    rigs = {c: _random_rignet(c, G, seed=i) for i, c in enumerate(editing.RIG_COMPONENTS)}
+    state = EditorState(G, rigs, ToyEstimator(), seed=1)
+
+    def check(components):
+        frame = state.compute_frame(estimate=False)
+        assert frame.applied == components
+        expected = _rigs_in_turn(rigs, state.w, frame.target.to_vector(), components)
+        torch.testing.assert_close(frame.w_hat, expected, rtol=1e-5, atol=1e-5)
+        return frame
+
+    state.set_slider("yaw", 20.0)
+    check(("pose",))
+    state.set_slider("yaw", -15.0)  # the cached binding, a new target
+    first = check(("pose",))
+    from stylerig_lite.rignet import BoundRigNet
+
+    assert isinstance(state._bound[("pose",)][3], BoundRigNet)  # the bound path, not the fallback
+    state.set_slider("jawOpen", 0.7)
+    check(("pose", "expression"))  # a chain of two bound RigNets
+    assert state._bound[("pose", "expression")][3].rignets == (rigs["pose"], rigs["expression"])
+    state.set_slider("light_azimuth", 40.0)
+    state.set_slider("yaw", 5.0)
+    check(("pose", "expression", "illumination"))
+    # A new face: the latent changes, so every binding must be rebuilt for it.
+    state.set_seed(7)
+    assert not torch.equal(state.w, first.w_hat) and state.changed_components() == ()
+    state.set_slider("yaw", -15.0)
+    check(("pose",))
+    state.set_latent(state.w * 0.5)
+    state.set_slider("yaw", 10.0)
+    check(("pose",))
+    # Weights changed under a live editor (e.g. more training): the bound rigs follow.
+    with torch.no_grad():
+        rigs["pose"].decoders[0].weight.mul_(3.0)
+    check(("pose",))
+    with torch.no_grad():
+        state.w.add_(0.1)  # the latent itself modified in place
+    check(("pose",))
+
+
+def test_editor_chains_rignets_then_calls_plain_rigs() -> None:
+    """A plain callable after a RigNet is applied to the bound chain's result; spies see every call."""
+    G = ToyGenerator()
+    calls = []
+
+    def plain_expression(w, p):
+        calls.append("expression")
+        return toy_rigs()["expression"](w, p)
+
+    rigs = {"pose": _random_rignet("pose", G, seed=0), "expression": plain_expression}
+    state = EditorState(G, rigs, ToyEstimator(), seed=2)
+    state.set_slider("yaw", 12.0)
+    state.set_slider("jawOpen", 0.6)
+    frame = state.compute_frame(estimate=False)
+    assert frame.applied == ("pose", "expression") and calls == ["expression"]
+    assert state._bound[("pose", "expression")][4] == 1  # the RigNet bound, the callable after it
+    expected = _rigs_in_turn(rigs, state.w, frame.target.to_vector(), ("pose", "expression"))
+    torch.testing.assert_close(frame.w_hat, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_changed_components_compares_like_torch_equal(state: EditorState) -> None:
+    def reference(target: FaceParams):
+        return tuple(c for c in editing.RIG_COMPONENTS
+                     if not torch.equal(target.component(editing.PARAM_COMPONENT[c]),
+                                        state.source.component(editing.PARAM_COMPONENT[c])))
+
+    assert state.changed_components() == reference(state.target_params()) == ()
+    state.set_slider("smile", 0.5)
+    assert state.changed_components() == reference(state.target_params()) == ("expression",)
+    state.set_slider("light_ambient", 0.3)
+    state.set_slider("roll", 4.0)
+    assert state.changed_components() == reference(state.target_params()) == editing.RIG_COMPONENTS
+    state.reset()
+    source_yaw = state.slider_value("yaw")
+    state.set_slider("yaw", source_yaw + 1.0)
+    state.set_slider("yaw", source_yaw)  # back to the source's value: unchanged again
+    assert state.changed_components() == reference(state.target_params())
+    state.source = state.source.replace(light=state.source.light + 1.0)  # a new source is noticed
+    assert state.changed_components() == reference(state.target_params())
+
+
+def test_widget_pngs_are_the_frames_pixels(state: EditorState) -> None:
+    """image_png / frame_pngs: native-resolution PNGs with to_png's quantisation (the browser scales them)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2  # past [0, 1]
+    decoded = np.asarray(Image.open(io.BytesIO(editing.image_png(image))))
+    assert decoded.shape == (20, 24, 3)
+    reference = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(decoded, reference)
+    compressed = editing.image_png(image, compress_level=6)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(compressed))), reference)
+    state.set_slider("yaw", 10.0)
+    frame = state.compute_frame(estimate=False)
+    gan, render = editing.frame_pngs(frame)
+    assert render is None  # no face model in this state
+    shown = np.asarray(Image.open(io.BytesIO(gan)))
+    unit = ((frame.image + 1) / 2).clamp(0, 1)
+    assert np.array_equal(shown, (unit.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    saved = np.asarray(Image.open(io.BytesIO(editing.to_png(unit, size=32))))
+    assert np.array_equal(shown, saved)  # the same pixels as a saved PNG at the native size
+
+
+def test_app_shows_native_pngs_with_pixelated_scaling() -> None:
+    pytest.importorskip("ipywidgets")
+    import io
+
+    from PIL import Image
+
+    app = editing.EditorApp(ToyGenerator(resolution=32), toy_rigs(), ToyEstimator(), None, seed=3,
+                            background=False, display_size=128)
+    app.sliders["yaw"].value = 20.0
+    assert Image.open(io.BytesIO(app.image.value)).size == (32, 32)
+    assert app.image.width == "128"  # the browser scales it to the display size ...
+    styles = [child.value for child in app.widget.children if "image-rendering" in str(getattr(child, "value", ""))]
+    assert styles and "pixelated" in styles[0]  # ... keeping the pixels sharp
+    assert "display_ms" in app.last_frame.timings_ms and "PNG" in app.status.value
+
+
 # --------------------------------------------------------------------------------- the static book
 def test_edit_frames_and_animation_html(state: EditorState) -> None:
     pytest.importorskip("matplotlib")

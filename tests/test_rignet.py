@@ -203,6 +203,125 @@ def test_save_load_round_trip(tmp_path):
         RigNet.load(tmp_path / "other.pt")
 
 
+# -- the batched fast path and the bound (editor) path ------------------------------------------
+
+
+def randomised(net: RigNet, seed: int = 2) -> RigNet:
+    """Random encoders *and* decoders, biases included (perturbed() leaves the decoder biases at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in [*net.encoders, *net.decoders]:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.1)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * 0.1)
+    return net
+
+
+@pytest.mark.parametrize("component", list(COMPONENTS))
+def test_fast_path_equals_the_per_layer_reference(component):
+    net = randomised(RigNet(RigNetConfig(component=component, num_ws=6, w_dim=32, latent_dim=8)))
+    w = random_w(6, 32, batch=3)
+    p = torch.randn(3, COMPONENTS[component].size, generator=torch.Generator().manual_seed(4))
+    fast, ref = net.delta(w, p), net.delta(w, p, impl="ref")
+    assert fast.shape == ref.shape == (3, 6, 32) and fast.is_contiguous()
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net(w, p), net(w, p, impl="ref"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="impl"):
+        net.delta(w, p, impl="slow")
+
+
+def test_fast_path_gradients_equal_the_reference():
+    """Training uses the fast path: the same gradients reach the per-layer weights and the inputs."""
+    net = randomised(RigNet(RigNetConfig(component="expression", num_ws=6, w_dim=32, latent_dim=8)))
+    w = random_w(6, 32, batch=2).requires_grad_()
+    p = torch.randn(2, 53, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    grads = {}
+    for impl in ("fast", "ref"):
+        net.zero_grad()
+        w.grad = p.grad = None
+        (net(w, p, impl=impl) ** 2).sum().backward()
+        grads[impl] = [w.grad.clone(), p.grad.clone()] + [q.grad.clone() for q in net.parameters()]
+    assert len(grads["fast"]) == 2 + 4 * 6
+    for a, b in zip(grads["fast"], grads["ref"]):  # float32 sums in another order: relative to the scale
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_stacked_weights_follow_the_layers():
+    """The stack is cached without gradients and rebuilt when a weight changes; never in the state dict."""
+    net = randomised(RigNet(RigNetConfig(component="pose", num_ws=6, w_dim=32, latent_dim=8))).requires_grad_(False)
+    keys = set(net.state_dict())
+    assert keys == {"param_mean", "param_std"} | {f"{part}.{i}.{name}" for part in ("encoders", "decoders")
+                                                  for i in range(6) for name in ("weight", "bias")}
+    w, p = random_w(6, 32), torch.randn(3, 3, generator=torch.Generator().manual_seed(5))
+    stacked = net.stacked_weights()
+    assert net.stacked_weights() is stacked  # cached
+    with torch.no_grad():
+        net.decoders[3].weight.mul_(2.0)  # in place (an optimizer step, copy_, load_state_dict ...)
+    assert net.stacked_weights() is not stacked
+    torch.testing.assert_close(net(w, p), net(w, p, impl="ref"), rtol=1e-5, atol=1e-6)
+    other = randomised(RigNet(net.config), seed=7)
+    net.load_state_dict(other.state_dict())
+    torch.testing.assert_close(net(w, p), other(w, p, impl="ref"), rtol=1e-5, atol=1e-6)
+    net.encoders[0] = torch.nn.Linear(32, 8)  # a replaced layer
+    torch.testing.assert_close(net(w, p), net(w, p, impl="ref"), rtol=1e-5, atol=1e-6)
+    net.double()  # replaced data
+    torch.testing.assert_close(net(w.double(), p.double()), net(w.double(), p.double(), impl="ref"))
+    assert set(net.state_dict()) == keys
+    import copy
+    import pickle
+
+    net.stacked_weights()
+    assert "_stacked_cache" in net.__dict__
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):  # the cache stays behind
+        assert "_stacked_cache" not in clone.__dict__
+        torch.testing.assert_close(clone(w.double(), p.double()), net(w.double(), p.double()))
+    trainable = randomised(RigNet(net.config))  # gradients wanted: built per call, never cached
+    assert trainable.stacked_weights() is not trainable.stacked_weights()
+    assert trainable.stacked_weights()[0].requires_grad
+
+
+def test_bound_rignet_equals_rig_and_follows_its_inputs():
+    net = randomised(RigNet(RigNetConfig(component="expression", num_ws=6, w_dim=32, latent_dim=8)))
+    net.requires_grad_(False)
+    w = random_w(6, 32, batch=2)
+    params = [morphable.sample_params(2, seed=s).to_vector() for s in range(3)]
+    bound = net.bind(w)
+    for p in params + params[:1]:  # a new target each call, then back to the first (cached products)
+        torch.testing.assert_close(bound(p), net.rig(w, p), rtol=1e-5, atol=1e-6)
+    one = morphable.sample_params(1, seed=5)
+    torch.testing.assert_close(net.bind(w[:1])(one), net.rig(w[:1], one), rtol=1e-5, atol=1e-6)  # FaceParams
+    with torch.no_grad():
+        w[1, 2] += 1.0  # the latent changed in place
+        net.decoders[0].bias.add_(0.5)  # and a weight
+    torch.testing.assert_close(bound(params[0]), net.rig(w, params[0]), rtol=1e-5, atol=1e-6)
+    out = bound(params[0])
+    out.add_(1.0)  # the result is the caller's: the cache is not touched
+    torch.testing.assert_close(bound(params[0]), net.rig(w, params[0]), rtol=1e-5, atol=1e-6)
+    bad = params[0].clone()
+    bad[0, morphable.SLICES["expression"].start] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        bound(bad)
+
+
+def test_chained_bound_rignets_equal_rigs_applied_in_turn():
+    nets = [randomised(RigNet(RigNetConfig(component=c, num_ws=6, w_dim=32, latent_dim=8)), seed=i)
+            for i, c in enumerate(["pose", "expression", "illumination"])]
+    for net in nets:
+        net.requires_grad_(False)
+    w = random_w(6, 32, batch=2)
+    chain = nets[0].bind(w).then(nets[1]).then(nets[2])
+    assert chain.rignets == tuple(nets) and chain.rignet is nets[2]
+    base = morphable.sample_params(2, seed=0).to_vector()
+    for moved in ("pose", "expression", "light", "identity"):  # one component moves per call, as a slider does
+        p = base.clone()
+        p[:, morphable.SLICES[moved]] += 0.1
+        expected = w
+        for net in nets:
+            expected = net(expected, net.component.take(p), impl="ref")
+        torch.testing.assert_close(chain(p), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="RigNet"):
+        chain.then(lambda w, p: w)
+
+
 # -- the losses on hand-built cases ---------------------------------------------------------
 
 
