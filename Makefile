@@ -61,7 +61,7 @@ test book: export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 help:
 	@echo "make test          unit tests, then the notebooks with nbval (quick mode)"
-	@echo "make book          execute the notebooks with papermill and build the HTML book in _build/html"
+	@echo "make book          execute the notebooks with papermill, build the HTML book in _build/html, check its links"
 	@echo "make lab           JupyterLab on notebooks/"
 	@echo "make bench         python -m stylerig_lite.bench"
 	@echo "make venv          only set up $(VENV) from requirements/ci.txt"
@@ -117,12 +117,15 @@ _build/executed/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP) $(PACKAGE_FILES)
 # renders a staging copy of the book sources in which the notebooks are the executed
 # copies. The staging tree mirrors the repository layout, so page paths (and the Colab
 # and repository links built from them) are the same as in the repository.
+# Then tests/htmlcheck.py checks the HTML offline: a broken internal link, a missing
+# image or an unresolved citation fails the target (and the Pages workflow).
 book: $(EXECUTED) $(STAMP)
 	rm -rf $(BOOK_SRC)
 	mkdir -p $(BOOK_SRC)
 	cp -R _config.yml _toc.yml book notebooks $(BOOK_SRC)/
 	$(if $(EXECUTED),cp $(EXECUTED) $(BOOK_SRC)/notebooks/)
 	$(VENV)/bin/jupyter-book build $(BOOK_SRC) --path-output . --builder html -W -n --keep-going
+	$(VPY) tests/htmlcheck.py _build/html
 	@echo "book: open $(CURDIR)/_build/html/index.html"
 
 lab: $(STAMP)

@@ -1,11 +1,14 @@
 """Repository conventions that the book, CI and Colab rely on.
 
-Notebooks: committed without outputs; install the package only on Colab and read quick
-mode from ``STYLERIG_LITE_QUICK``; chapters follow the skeleton (title, "What you will
+Notebooks: committed without outputs; a Colab badge with the notebook's own path; install
+the package only on Colab, from this repository (it is not on PyPI); read quick mode from
+``STYLERIG_LITE_QUICK``; chapters follow the skeleton (title, "What you will
 learn", numbered sections, Summary, Exercises). Book: every notebook is in ``_toc.yml``,
 every listed file exists, every citation is in ``book/references.bib``. Packaging: the
 extras exist and the CI lock satisfies every requirement. Links: README badges and
-``pyproject.toml`` name the repository that ``_config.yml`` names.
+``pyproject.toml`` name the repository that ``_config.yml`` names; the README's first screen
+has the badges, a picture and the two commands. Publishing (workflows, Binder, citation, the
+built HTML) is checked in ``tests/test_publishing.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ast
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -118,10 +122,55 @@ def test_notebook_installs_package_only_on_colab(path: Path) -> None:
             f"{path.name}: `{lines[i].strip()}` must be indented inside the google.colab guard, "
             f"so that the package is installed only on Colab"
         )
-        if "github.com" in lines[i]:
-            assert f"github.com/{owner}/{name}" in lines[i], (
-                f"{path.name}: installs from another repository than _config.yml's {owner}/{name}: {lines[i].strip()}"
+        # The package is not on PyPI: Colab must install it from this repository.
+        requirements = pip_install_requirements(lines[i])
+        assert requirements, f"{path.name}: `{lines[i].strip()}` installs nothing"
+        for requirement in requirements:
+            assert re.search(rf"git\+https://github\.com/{re.escape(owner)}/{re.escape(name)}(\.git)?(@[\w./-]+)?$",
+                             requirement), (
+                f"{path.name}: `{lines[i].strip()}` installs {requirement!r}; the first cell must install "
+                f"only this package, from git+https://github.com/{owner}/{name} (_config.yml's repository), "
+                f"never a name from PyPI"
             )
+
+
+def pip_install_requirements(line: str) -> list[str]:
+    """The requirement arguments of a `%pip install ...` / `!pip install ...` line (options dropped)."""
+    words = shlex.split(line.strip(), comments=True)
+    if "install" not in words:
+        return []
+    requirements, skip_value = [], False
+    for word in words[words.index("install") + 1:]:
+        if skip_value:
+            skip_value = False
+        elif word in {"-r", "-c", "-e", "--requirement", "--constraint", "--editable", "-i", "--index-url",
+                      "--extra-index-url", "-f", "--find-links", "-t", "--target"}:
+            skip_value = word not in {"-e", "--editable"}  # an editable target is a requirement too
+        elif not word.startswith("-"):
+            requirements.append(word)
+    return requirements
+
+
+def colab_badge_url(notebook: Path) -> str:
+    owner, name, branch = repository()
+    return f"https://colab.research.google.com/github/{owner}/{name}/blob/{branch}/notebooks/{notebook.name}"
+
+
+@pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=_ids(BOOK_NOTEBOOKS))
+def test_notebook_has_colab_badge_with_its_path(path: Path) -> None:
+    first = load_notebook(path)["cells"][0]
+    source = cell_source(first)
+    urls = re.findall(r"https://colab\.research\.google\.com/github/[^\s)\]\"']+", source)
+    expected = colab_badge_url(path)
+    assert urls == [expected], (
+        f"{path.name}: the first cell must carry exactly one Colab badge linking to\n  {expected}\n"
+        f"(owner/repository from _config.yml's repository.url, branch {repository()[2]}); found {urls}"
+    )
+    assert re.search(r"\[!\[[^\]]*\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\("
+                     + re.escape(expected) + r"\)", source), (
+        f"{path.name}: the Colab link must be the badge `[![Open In Colab](https://colab.research.google.com/"
+        f"assets/colab-badge.svg)]({expected})`"
+    )
 
 
 def _quick_expression(path: Path) -> ast.expr:
@@ -327,6 +376,38 @@ def test_readme_links_name_the_configured_repository() -> None:
     unlinked = [p.name for p in BOOK_NOTEBOOKS if p.name not in linked]
     assert not unlinked, f"README has no Colab badge for {unlinked}"
     assert f"https://{owner}.github.io/{name}/" in readme, "README must link the GitHub Pages book"
+    binder = re.findall(r"https://mybinder\.org/v2/gh/([^/\s)]+)/([^/\s)]+)/([^?\s)]+)\?urlpath=lab/tree/([^\s)]+)", readme)
+    assert binder, "README must have a Binder badge (https://mybinder.org/v2/gh/OWNER/REPO/BRANCH?urlpath=lab/tree/...)"
+    for found in binder:
+        assert found[:3] == (owner, name, branch), f"README Binder link must point at {owner}/{name} {branch}: {found}"
+        assert (REPO / found[3]).is_file(), f"README Binder link opens {found[3]}, which does not exist"
+    ci_badges = re.findall(rf"https://github\.com/{re.escape(owner)}/{re.escape(name)}/actions/workflows/([\w.-]+)/badge\.svg",
+                           readme)
+    assert ci_badges, f"README must show a CI status badge (https://github.com/{owner}/{name}/actions/workflows/ci.yml/badge.svg)"
+    for workflow in ci_badges:
+        assert (REPO / ".github" / "workflows" / workflow).is_file(), f"README badge names a missing workflow {workflow}"
+
+
+def test_readme_first_screen() -> None:
+    """Before the first `## ` section: the badges, a picture, and the two commands."""
+    owner, name, branch = repository()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    first = re.split(r"^## ", readme, maxsplit=1, flags=re.M)[0]
+    wanted = {
+        "Colab badge for chapter 1": f"https://colab.research.google.com/github/{owner}/{name}/blob/{branch}/notebooks/01_",
+        "Binder badge": f"https://mybinder.org/v2/gh/{owner}/{name}/{branch}",
+        "link to the book on GitHub Pages": f"https://{owner}.github.io/{name}/",
+        "CI status badge": f"https://github.com/{owner}/{name}/actions/workflows/",
+        "`make book`": "make book",
+        "`make test`": "make test",
+    }
+    missing = [what for what, text in wanted.items() if text not in first]
+    assert not missing, f"README's first screen (before the first `## ` heading) lacks: {missing}"
+    images = re.findall(r"!\[[^\]]+\]\(([^)\s]+\.(?:png|jpg|jpeg|gif|svg|webp))\)", first)
+    local = [image for image in images if not image.startswith("http")]
+    assert local, "README's first screen must show a picture (a committed image with alt text)"
+    for image in local:
+        assert (REPO / image).is_file(), f"README shows {image}, which does not exist"
 
 
 def test_licences() -> None:
