@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit] [--json] [--quick]``.
+"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|distributed] [--json] [--quick]``.
 
 Each benchmark is a subcommand registered in ``BENCHMARKS``; without one, all run.
 
@@ -21,6 +21,15 @@ the same run (interleaved); ``--json`` gives ``update_ms``, ``generator_ms`` and
 widget's value runs its observer, the frame and the widget updates (``EditorApp`` with
 ``show_estimate=False`` and rendering in the calling thread); without, the same steps on the
 ``EditorState``. ``breakdown_ms`` splits the median frame into rigs, generator, preview and PNGs.
+
+``distributed``: data-parallel speed-up of ``stylerig-lite train-f`` (the embedded F's width and
+batch by default) on this machine: 1 process with 1 thread, 1 process with N threads and N processes
+with 1 thread each (Gloo on loopback, launched with torchrun's variables), interleaved, ``--repeats``
+rounds, on random 64 px images (speed does not depend on the pixels). Steps per second come from the
+trainer's own clock after ``--warmup`` steps (no start-up, data loading or process-group set-up);
+``--json`` gives the medians and ``speedup`` (N processes over 1 process x 1 thread) and
+``speedup_vs_threads`` (over 1 process x N threads, the same cores used by threads). The load average
+is recorded: other jobs on the machine lower the N-process figure most.
 """
 
 from __future__ import annotations
@@ -426,12 +435,134 @@ def _add_edit_args(parser: argparse.ArgumentParser) -> None:
                         help="time the editor state and the PNGs only, not the app's widgets (as without ipywidgets)")
 
 
+def bench_distributed(args: argparse.Namespace) -> dict:
+    """Steps per second of a training command: 1 process x 1 thread, 1 process x N threads, N processes x 1 thread."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    n = args.processes
+    job = args.job
+    defaults = {"f": (64, 40, 10), "gan": (32, 8, 2)}[job]
+    args.batch, args.steps, args.warmup = (value if value is not None else default
+                                           for value, default in zip((args.batch, args.steps, args.warmup), defaults))
+    steps = args.steps
+    if not 0 < args.warmup < steps or (job == "gan" and steps % args.warmup):
+        raise SystemExit("need 0 < --warmup < --steps (train-gan: --steps a multiple of --warmup)")
+
+    def make_data(folder: Path) -> List[str]:
+        """The data options of the command (train-f: random 64 px images in world.render_shards' format)."""
+        if job == "gan":
+            return ["--data", "blobs", "--preset", "cpu64"]
+        import numpy as np
+
+        from stylerig_lite.world import WorldConfig, config_hash
+
+        folder.mkdir()
+        g = np.random.default_rng(0)
+        (folder / "manifest.json").write_text(json.dumps({"count": args.images, "seed": 0, "shard_size": args.images,
+                                                          "image_size": 64, "world_hash": config_hash(WorldConfig())}))
+        np.savez(folder / "shard_00000.npz", images=g.integers(0, 256, (args.images, 64, 64, 3), dtype=np.uint8),
+                 params=(0.3 * g.standard_normal((args.images, 196))).astype(np.float32),
+                 landmarks=(16 + 32 * g.random((args.images, 68, 2))).astype(np.float32))
+        return ["--data-dir", str(folder), "--images", str(args.images), "--width", str(args.width)]
+
+    def command(out: Path, data_options: List[str], threads: int) -> List[str]:
+        if job == "gan":  # a log line (and checkpoint) after the warm-up steps and every as many steps after
+            return ["train-gan", "--out", str(out), *data_options, "--batch", str(args.batch), "--images",
+                    str(steps * args.batch), "--checkpoint-every", str(args.warmup * args.batch), "--sample-every",
+                    str(10**12), "--threads", str(threads), "--no-resume", "--no-progress"]
+        return ["train-f", "--out", str(out), *data_options, "--batch", str(args.batch), "--steps", str(steps),
+                "--val-images", "0", "--eval-every", "0", "--threads", str(threads), "--fresh", "--quiet"]
+
+    def steady_rate(out: Path) -> float:
+        """Steps per second after the warm-up steps, from the trainer's own clock."""
+        if job == "gan":  # log.jsonl: images_per_s since the start at each checkpoint
+            log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+            times = [(e["step"], e["images_seen"] / e["images_per_s"]) for e in log]
+        else:
+            times = [(e["step"], e["elapsed_s"]) for e in torch.load(out, weights_only=True)["train"]["history"]]
+        (s0, t0), (s1, t1) = next(t for t in times if t[0] >= args.warmup), times[-1]
+        return (s1 - s0) / (t1 - t0)
+
+    def launch(out: Path, data_options: List[str], processes: int, threads: int) -> float:
+        argv = [sys.executable, "-m", "stylerig_lite.cli", *command(out, data_options, threads)]
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = str(sock.getsockname()[1])
+        procs = []
+        for rank in range(processes):  # what torchrun would set (without its agent process)
+            rank_env = dict(env)
+            if processes > 1:
+                rank_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1",
+                                MASTER_PORT=port)
+            procs.append(subprocess.Popen(argv, env=rank_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        results = [(proc.wait(), proc.stderr.read()) for proc in procs]
+        if any(code for code, _ in results):
+            raise RuntimeError(f"{argv[3]} with {processes} process(es) failed: {results}")
+        return steady_rate(out)
+
+    configs = {"1 process x 1 thread": (1, 1), f"1 process x {n} threads": (1, n), f"{n} processes x 1 thread": (n, 1)}
+    rates: Dict[str, List[float]] = {name: [] for name in configs}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_options = make_data(Path(tmp) / "faces")
+        for repeat in range(args.repeats):  # interleaved, so that a change in the machine's load hits all alike
+            for name, (processes, threads) in configs.items():
+                rates[name].append(launch(Path(tmp) / f"run{repeat}_{processes}_{threads}", data_options, processes, threads))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    base = medians["1 process x 1 thread"]
+    what = (f"train-gan, cpu64 preset, blob images, global batch {args.batch}" if job == "gan"
+            else f"train-f, width {args.width}, global batch {args.batch}, random 64 px images")
+    return {
+        "job": f"{what}, {steps} steps ({args.warmup} untimed)",
+        "processes": n,
+        "steps_per_s": {name: [round(v, 3) for v in values] for name, values in rates.items()},
+        "median_steps_per_s": {name: round(v, 3) for name, v in medians.items()},
+        "speedup": round(medians[f"{n} processes x 1 thread"] / base, 3),
+        "speedup_threads": round(medians[f"1 process x {n} threads"] / base, 3),
+        "speedup_vs_threads": round(medians[f"{n} processes x 1 thread"] / medians[f"1 process x {n} threads"], 3),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+    }
+
+
+def _print_distributed(result: dict) -> None:
+    print(f"distributed: {result['job']}; {result['cpu_count']} CPUs, load average {result['load_average_before'][0]} "
+          f"before / {result['load_average_after'][0]} after")
+    for name, median in result["median_steps_per_s"].items():
+        runs = ", ".join(f"{v:.3g}" for v in result["steps_per_s"][name])
+        print(f"  {name:<24} {median:7.3g} steps/s (runs: {runs})")
+    n = result["processes"]
+    print(f"  over 1 process x 1 thread: {n} processes {result['speedup']:.2f}x, {n} threads {result['speedup_threads']:.2f}x "
+          f"(processes over threads: {result['speedup_vs_threads']:.2f}x)")
+
+
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", choices=("f", "gan"), default="f", help="train-f (default) or train-gan (cpu64 preset)")
+    parser.add_argument("--processes", type=int, default=2, help="data-parallel processes (default 2)")
+    parser.add_argument("--width", type=int, default=16, help="train-f: F's first-stage width (default 16, the embedded F's)")
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default: 64 for F, 32 for the GAN, as trained)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 40 for F, 8 for the GAN)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps not timed (default: 10 for F, 2 for the GAN)")
+    parser.add_argument("--images", type=int, default=512, help="train-f: random training images (default 512)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the three set-ups (default 2)")
+
+
 # name -> (run, print, help, add arguments)
 BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None], str, Callable]] = {
     "render": (bench_render, _print_render_table, "our rasterizer vs pytorch3d on the full ICT head", None),
     "world": (bench_world, _print_world, "FaceWorld images per second", _add_world_args),
     "edit": (bench_edit, _print_edit, "editor latency: slider -> frame vs one generator pass", _add_edit_args),
     "corpus": (bench_corpus, _print_corpus, "(w, I_w) corpus pairs per second (G + F + shard writing)", _add_corpus_args),
+    "distributed": (bench_distributed, _print_distributed, "train-f speed-up: N processes (torch.distributed) vs 1",
+                    _add_distributed_args),
 }
 
 

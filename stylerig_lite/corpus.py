@@ -26,6 +26,12 @@ and images are synthesised with constant noise (``noise_mode='const'``), so an
 item is a pure function of ``(G, F, s, k, truncation)``: an interrupted shard is
 re-made identically, a larger ``--count`` extends a corpus, and ``G.synthesis(w)``
 reproduces the stored image (up to its 8-bit quantisation).
+
+Under ``torchrun --nproc_per_node=N`` the shards still to make are dealt out
+round-robin (shard ``i`` of the to-do list to rank ``i mod N``: no overlap, no
+gaps); rank 0 checks and writes the manifest before the others start, and every
+rank returns only when all shards exist. Items do not depend on who makes them,
+so the folder equals the one a single process makes.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
+from . import distributed
 from .checks import assert_finite, assert_shape
 from .morphable import NUM_PARAMS
 
@@ -393,37 +400,28 @@ def make_corpus(
     root = Path(out)
     manifest = corpus_manifest(G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
                                generator_file_sha256=g_file, estimator_file_sha256=f_file)
-    manifest_path = root / "manifest.json"
-    if overwrite and manifest_path.exists():
-        remove_corpus(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if manifest_path.exists():
-        existing = _read_manifest(root)
-        _check_manifest(existing, manifest, root)
-        if existing["count"] != count:  # growing: the old last shard may be short, re-make it below
-            _write_json_atomic(manifest_path, manifest)
-    else:
-        _write_json_atomic(manifest_path, manifest)
-    for stale in root.glob(".shard_*.tmp*"):  # left by an interrupted write
-        stale.unlink()
-
-    shards = num_shards(count, shard_size)
-    todo = []
-    for i in range(shards):
-        path = shard_path(root, i)
-        if path.exists():
-            try:
-                read_shard(path, manifest, i)
-                continue
-            except CorpusError as error:
-                print(f"make-corpus: re-making {path.name}: {error}", file=sys.stderr)
-        todo.append(i)
+    # In a process group rank 0 prepares the folder and lists the shards to make; every rank gets the
+    # list (or rank 0's error, so that no rank waits for a rank that gave up).
+    plan: Any = None
+    if distributed.is_main():
+        try:
+            plan = _prepare_folder(root, manifest, overwrite)
+        except (ValueError, OSError) as error:
+            plan = error
+    plan = distributed.broadcast_object(plan)
+    if isinstance(plan, BaseException):
+        raise plan
+    todo = plan[distributed.rank()::distributed.world_size()]
+    world = distributed.world_size()
     bar = None
-    if progress:
+    if progress and distributed.is_main():
         from tqdm.auto import tqdm
 
-        done = count - sum(_shard_length(manifest, i) for i in todo)
-        bar = tqdm(total=count, initial=done, desc=f"corpus -> {root.name}", unit="pair", dynamic_ncols=True)
+        done = count - sum(_shard_length(manifest, i) for i in plan)
+        desc = f"corpus -> {root.name}" + (f" (rank 0's shards of {world} ranks)" if world > 1 else "")
+        total = count if world == 1 else sum(_shard_length(manifest, i) for i in todo)
+        bar = tqdm(total=total, initial=done if world == 1 else 0, desc=desc, unit="pair", dynamic_ncols=True)
+    completed = False
     try:
         for i in todo:
             n = _shard_length(manifest, i)
@@ -444,10 +442,42 @@ def make_corpus(
             os.replace(tmp, path)
             if on_shard is not None:
                 on_shard(i, path)
+        completed = True
     finally:
         if bar is not None:
             bar.close()
+    if completed:
+        distributed.barrier()  # the corpus is complete when any rank returns
     return root
+
+
+def _prepare_folder(root: Path, manifest: Dict[str, Any], overwrite: bool) -> list:
+    """Check or write ``root``'s manifest, drop stale temporary files; the shard indices still to make."""
+    manifest_path = root / "manifest.json"
+    if overwrite and manifest_path.exists():
+        remove_corpus(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if manifest_path.exists():
+        existing = _read_manifest(root)
+        _check_manifest(existing, manifest, root)
+        if existing["count"] != manifest["count"]:  # growing: the old last shard may be short, re-make it below
+            _write_json_atomic(manifest_path, manifest)
+    else:
+        _write_json_atomic(manifest_path, manifest)
+    for stale in root.glob(".shard_*.tmp*"):  # left by an interrupted write
+        stale.unlink()
+
+    todo = []
+    for i in range(num_shards(manifest["count"], manifest["shard_size"])):
+        path = shard_path(root, i)
+        if path.exists():
+            try:
+                read_shard(path, manifest, i)
+                continue
+            except CorpusError as error:
+                print(f"make-corpus: re-making {path.name}: {error}", file=sys.stderr)
+        todo.append(i)
+    return todo
 
 
 def remove_corpus(root: PathLike) -> None:
@@ -557,6 +587,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """The ``make-corpus`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
+    return distributed.launch("make-corpus", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -566,6 +601,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad options, foreign folder, missing weights: no traceback
         print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
         return 2
+    if not distributed.is_main():
+        return 0
     manifest = _read_manifest(root)
     print(f"corpus of {manifest['count']} pairs in {root} (W+ {manifest['num_ws']}x{manifest['w_dim']}, "
           f"{manifest['image_size']} px, seed {manifest['seed']})")

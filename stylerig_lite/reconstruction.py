@@ -46,6 +46,7 @@ from torch import nn
 
 from . import morphable
 from .checks import assert_finite, assert_shape
+from .distributed import BatchShard
 from .io_utils import atomic_torch_save  # noqa: F401  (re-exported: older imports use it from here)
 from .morphable import NUM_EXPRESSION, NUM_PARAMS, SLICES, FaceParams, ParamDistribution
 
@@ -542,7 +543,7 @@ def augment(
     images: torch.Tensor,
     landmarks: torch.Tensor,
     params: torch.Tensor,
-    generator: torch.Generator,
+    generator: Union[torch.Generator, BatchShard],
     config: AugmentConfig = AugmentConfig(),
     *,
     cm_per_px: Optional[float] = None,
@@ -560,24 +561,28 @@ def augment(
     ``images`` (degraded), ``clean`` (shifted and gained only, the target of a
     photometric loss), ``landmarks``, ``params``, ``face_mask`` (shifted, if given)
     and the drawn ``shift [B, 2]``.
+
+    ``generator`` may be a :class:`~stylerig_lite.distributed.BatchShard`: the random numbers are
+    then drawn for its whole global batch, of which the inputs are this process's rows.
     """
     batch = images.shape[0]
     assert_shape(images, [batch, 3, None, None], "images")
     assert_shape(landmarks, [batch, NUM_LANDMARKS, 2], "landmarks")
     assert_shape(params, [batch, NUM_PARAMS], "params")
     device = images.device
+    draws = BatchShard.of(generator, batch)  # a plain generator: the whole batch (the same draws as ever)
 
     def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
-        return (lo + (hi - lo) * torch.rand(*shape, generator=generator)).to(device)
+        return (lo + (hi - lo) * draws.rand(*shape)).to(device)
 
     # Draw every random number first, in a fixed order, so the stream does not depend on which ops are on.
     m = config.max_shift_px
-    shift = torch.randint(-m, m + 1, (batch, 2), generator=generator).to(device)
-    gains = uniform(1 - config.brightness, 1 + config.brightness, batch, 1) * uniform(1 - config.channel_gain, 1 + config.channel_gain, batch, 3)
-    blurred = torch.rand(batch, generator=generator).to(device) < config.blur_prob
-    sigma = uniform(*config.blur_sigma, batch) * blurred
-    noise_std = uniform(0.0, config.noise_std, batch)
-    noise = torch.randn(images.shape, generator=generator).to(device)
+    shift = draws.randint(-m, m + 1, 2).to(device)
+    gains = uniform(1 - config.brightness, 1 + config.brightness, 1) * uniform(1 - config.channel_gain, 1 + config.channel_gain, 3)
+    blurred = draws.rand().to(device) < config.blur_prob
+    sigma = uniform(*config.blur_sigma) * blurred
+    noise_std = uniform(0.0, config.noise_std)
+    noise = draws.randn(*images.shape[1:]).to(device)
 
     out: Dict[str, torch.Tensor] = {"shift": shift}
     x = shift_images(images, shift) if m > 0 else images

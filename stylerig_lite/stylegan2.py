@@ -20,7 +20,8 @@ What is different from the official code, and why:
   convention) instead of whenever the module is in training mode, so that sampling a model in train
   mode never silently moves the truncation centre.
 * Random noise inputs accept an optional ``noise_generator`` so that training is reproducible
-  without touching the global RNG.
+  without touching the global RNG; a :class:`~stylerig_lite.distributed.BatchShard` there draws the
+  noise of a whole global batch and keeps this process's rows (data-parallel training).
 
 Each custom op has a fast path and a slow reference path beside it (``impl='fast' | 'ref'``),
 checked against each other in ``tests/test_stylegan2.py``:
@@ -53,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import assert_shape
+from .distributed import BatchShard
 
 __all__ = [
     "StyleGAN2Config",
@@ -656,8 +658,13 @@ class SynthesisLayer(torch.nn.Module):
 
         noise = None
         if self.use_noise and noise_mode == "random":
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device,
-                                generator=noise_generator) * self.noise_strength
+            if isinstance(noise_generator, BatchShard):  # this process's rows of a global batch's noise
+                noise = noise_generator.randn(1, self.resolution, self.resolution).to(x.device)
+                assert_shape(noise, [x.shape[0], None, None, None], "SynthesisLayer noise rows")
+                noise = noise * self.noise_strength
+            else:
+                noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device,
+                                    generator=noise_generator) * self.noise_strength
         if self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
 

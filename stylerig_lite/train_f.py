@@ -27,6 +27,13 @@ the optimizer state and the RNG state; running the same command again
 resumes. Batch order and augmentation are drawn from generators seeded by
 ``(seed, step)``, so an interrupted and resumed run takes the same steps as
 an uninterrupted one.
+
+Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel
+(DistributedDataParallel, :mod:`stylerig_lite.distributed`): every process
+draws the same global batch and augmentation and computes its rows, BatchNorm
+uses the statistics of the global batch (:class:`~stylerig_lite.distributed.SyncBatchNorm2d`),
+and rank 0 writes the checkpoint, so the result does not depend on N (up to
+float rounding) and a checkpoint resumes with any N.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from . import distributed
 from .io_utils import config_from_preset
 from .morphable import NUM_PARAMS, FaceParams
 from .reconstruction import (
@@ -510,7 +518,11 @@ def _train(
     progress: bool,
     log: Callable[[str], None],
 ) -> TrainState:
-    needs_rendering = (dataset is None and not config.data_dir) or (val is None and config.val_images > 0)
+    main = distributed.is_main()  # in a process group: rank 0 logs, evaluates and writes the checkpoint
+    if not main:
+        progress, log = False, (lambda message: None)
+    needs_val = val is None and config.val_images > 0 and main
+    needs_rendering = (dataset is None and not config.data_dir) or needs_val
     if world is None and (needs_rendering or config.photometric_weight > 0):
         from .world import FaceWorld
 
@@ -519,12 +531,15 @@ def _train(
     if dataset is None and config.data_dir:
         dataset = load_world_shards(config.data_dir, config.images)
     if dataset is None:
-        dataset = load_or_render_dataset(world, config.images, config.data_seed, cache_dir=cache, progress=progress)
+        with distributed.main_process_first():  # rank 0 renders the cache, the others then read it
+            dataset = load_or_render_dataset(world, config.images, config.data_seed, cache_dir=cache, progress=progress)
     if len(dataset) < config.images:
         raise ValueError(f"the dataset has {len(dataset)} images, the config asks for {config.images}")
     dataset = dataset.subset(slice(0, config.images))
-    if val is None and config.val_images > 0:
+    if needs_val:
         val = load_or_render_dataset(world, config.val_images, config.val_seed, cache_dir=cache, progress=progress)
+    if not main:
+        val = None
     if config.photometric_weight > 0 and (dataset.face_mask is None or not dataset.scene):
         raise ValueError(
             "photometric_weight > 0 needs the face masks and scene context of the training images, which only the "
@@ -532,7 +547,8 @@ def _train(
         )
 
     out = Path(config.out)
-    if out.exists() and not fresh:
+    # Every rank decides alike (rank 0 may write the file while another rank is still looking).
+    if distributed.broadcast_object(out.exists() and not fresh):
         state = load_train_state(out, config)
         log(f"resuming {out} at step {state.step} ({state.elapsed_s / 60:.1f} min trained)")
     else:
@@ -544,6 +560,16 @@ def _train(
 
     net, optimizer = state.net, state.optimizer
     net.train()
+    distributed.assert_same_on_all_ranks("F training states", net.state_dict(), optimizer.state_dict(), state.step)
+    world_size = distributed.world_size()
+    rows = slice(*distributed.shard_range(config.batch))
+    local_batch = rows.stop - rows.start
+    if local_batch < 1:
+        raise ValueError(f"a batch of {config.batch} cannot be split over {world_size} processes: use a larger --batch")
+    # Data parallel: global-batch BatchNorm statistics (so the result does not depend on the number of
+    # processes), gradients averaged by DDP; the checkpoint keeps the plain network's state.
+    sync_norms = distributed.convert_batchnorm(net) if world_size > 1 else []
+    model = distributed.data_parallel(net)
     augment_config = AugmentConfig() if config.augment else AugmentConfig(0, 0.0, (0.0, 0.0), 0.0, 0.0, 0.0)
     cm_per_px = 1.0 / world.camera.focal_pixels if world is not None else None
     distance = float(world.camera.distance) if world is not None else 100.0
@@ -556,41 +582,63 @@ def _train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=min(state.step, config.steps), desc=f"train F -> {out.name}", unit="step", dynamic_ncols=True)
+        desc = f"train F -> {out.name}" + (f" (x{world_size})" if world_size > 1 else "")
+        bar = tqdm(total=config.steps, initial=min(state.step, config.steps), desc=desc, unit="step", dynamic_ncols=True)
     process_start = started = last_save = time.monotonic()
     running: Dict[str, float] = {}
     running_count = 0
     log_every = max(1, min(50, config.steps // 20))
+    completed = False
     try:
         while state.step < config.steps:
             step = state.step
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step)
-            index = batch_indices(config.seed, step, config.batch, len(dataset))
+            # The global batch and its augmentation are a function of (seed, step): each rank takes its rows.
+            index = batch_indices(config.seed, step, config.batch, len(dataset))[rows]
             generator = torch.Generator().manual_seed(derive_seed(config.seed, 1, step))
+            draws = distributed.BatchShard(generator, config.batch, torch.arange(rows.start, rows.stop) if world_size > 1 else None)
             aug = augment(
-                dataset.float_images(index), dataset.landmarks[index], dataset.params[index], generator, augment_config,
+                dataset.float_images(index), dataset.landmarks[index], dataset.params[index], draws, augment_config,
                 cm_per_px=cm_per_px, camera_distance=distance,
                 face_mask=dataset.face_mask[index][:, None].float() if dataset.face_mask is not None else None,
             )
-            output = net(aug["images"])
+            output = model(aug["images"])
             loss, parts = reconstruction_loss(net, output, aug["params"], aug["landmarks"], config.loss_weights)
             if config.photometric_weight > 0:
                 scene = {k: v[index] for k, v in dataset.scene.items()}
                 rendered = world.render(FaceParams.from_vector(output.params), scene).images
                 mask = aug["face_mask"]
-                parts["photometric"] = ((rendered - aug["clean"]).abs() * mask).sum() / (3 * mask.sum().clamp_min(1.0))
+                if world_size > 1:  # a ratio over the batch: this rank's share of the global numerator and denominator
+                    denominator = distributed.all_reduce_sum((3 * mask.sum()).detach().reshape(1))[0].clamp_min(1.0)
+                    parts["photometric"] = ((rendered - aug["clean"]).abs() * mask).sum() / denominator * (config.batch / local_batch)
+                else:
+                    parts["photometric"] = ((rendered - aug["clean"]).abs() * mask).sum() / (3 * mask.sum().clamp_min(1.0))
                 loss = loss + config.photometric_weight * parts["photometric"]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world_size > 1:
+                # Each term is a mean over this rank's rows; DDP averages over ranks. Weighting by
+                # local_batch * N / batch makes the average the gradient of the global-batch mean.
+                (loss * (local_batch * world_size / config.batch)).backward()
+            else:
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
             state.step += 1
 
-            for k, v in {"loss": loss, **parts}.items():
-                running[k] = running.get(k, 0.0) + float(v.detach())
-            running_count += 1
+            values = {k: v.detach() for k, v in {"loss": loss, **parts}.items()}
             now = time.monotonic()
+            save_due = now - last_save > config.checkpoint_seconds
+            stop_due = config.minutes > 0 and now - process_start > 60 * config.minutes
+            if world_size > 1:  # global-batch means for the log; rank 0's clock decides saves and stops
+                packed = torch.stack([v.double() * (local_batch / config.batch) for v in values.values()]
+                                     + [torch.tensor(float(main and save_due), dtype=torch.float64),
+                                        torch.tensor(float(main and stop_due), dtype=torch.float64)])
+                packed = distributed.all_reduce_sum(packed).tolist()
+                values, (save_due, stop_due) = dict(zip(values, packed[:-2])), (packed[-2] > 0, packed[-1] > 0)
+            for k, v in values.items():
+                running[k] = running.get(k, 0.0) + float(v)
+            running_count += 1
             if running_count == log_every or state.step == config.steps:
                 entry = {k: v / running_count for k, v in running.items()}
                 entry.update(step=state.step, elapsed_s=state.elapsed_s + now - started)
@@ -601,20 +649,22 @@ def _train(
             if bar is not None:
                 bar.update(1)
             if val is not None and config.eval_every > 0 and state.step % config.eval_every == 0 and state.step < config.steps:
-                metrics = quick_metrics(net, val)
+                metrics = quick_metrics(net, val)  # rank 0 only (val is None elsewhere); eval mode, no collectives
                 metrics.update(step=state.step, elapsed_s=state.elapsed_s + now - started)
                 state.evals.append(metrics)
                 log(f"step {state.step}: {format_metrics(metrics)}")
-            if now - last_save > config.checkpoint_seconds:
+            if save_due:
                 _save(state, config, out, started)
                 started, last_save = time.monotonic(), time.monotonic()
-            if config.minutes > 0 and now - process_start > 60 * config.minutes:
+            if stop_due:
                 log(f"stopping after {config.minutes} min at step {state.step}; run the same command to resume")
                 break
+        completed = True
     finally:
         if bar is not None:
             bar.close()
-        _save(state, config, out, started)
+        distributed.restore_batchnorm(sync_norms)
+        _save(state, config, out, started, barrier=completed)
     if val is not None and state.step >= config.steps:
         metrics = quick_metrics(net, val)
         metrics.update(step=state.step, elapsed_s=state.elapsed_s)
@@ -622,13 +672,18 @@ def _train(
             state.evals.append(metrics)
             save_checkpoint(state, config, out)
         log(f"step {state.step} (held-out, {len(val)} images): {format_metrics(metrics)}")
+    distributed.barrier()
     net.eval()
     return state
 
 
-def _save(state: TrainState, config: TrainConfig, out: Path, started: float) -> None:
+def _save(state: TrainState, config: TrainConfig, out: Path, started: float, barrier: bool = True) -> None:
+    """Checkpoint (rank 0 only in a process group; then every rank waits for the file unless ``barrier`` is False)."""
     state.elapsed_s += time.monotonic() - started
-    save_checkpoint(state, config, out)
+    if distributed.is_main():
+        save_checkpoint(state, config, out)
+    if barrier:
+        distributed.barrier()
 
 
 # ----------------------------------------------------------------------------
@@ -664,6 +719,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """The ``train-f`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
+    return distributed.launch("train-f", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     overrides = {
         name: getattr(args, name, None)
         for name in (
@@ -677,7 +737,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad options or data: say what, without a traceback
         print(f"stylerig-lite train-f: error: {error}", file=sys.stderr)
         return 2
-    if args.evaluate > 0:
+    if args.evaluate > 0 and distributed.is_main():
         from .world import FaceWorld
 
         metrics = evaluate_estimator(state.net, FaceWorld(), args.evaluate, 10_000, cache_dir=config.cache_dir)

@@ -16,6 +16,15 @@ Follows the official StyleGAN2-ADA recipe (``training/loss.py`` / ``training_loo
 * optional DiffAugment-style differentiable augmentation (colour, translation, cutout) applied to
   every image D sees, real and fake (Zhao et al. 2020).
 
+Data parallel: under ``torchrun --nproc_per_node=N`` the same command trains on N processes
+(:mod:`stylerig_lite.distributed`). Every rank draws the whole global batch's randomness (reals,
+latents, mixing, noise inputs, augmentation) from the shared generator and computes its rows of it,
+whole minibatch-stddev groups per rank; each loss is the rank's share of the global-batch mean and the
+gradients are summed by an explicit all-reduce (G and D alternate and R1 needs a double backward,
+which DistributedDataParallel does not fit); ``w_avg`` and the path-length mean follow the global
+batch. So N processes take the single-process steps (up to float rounding), the checkpoint (rank 0
+writes it) holds the plain networks and the generator state, and a run resumes with any N.
+
 All randomness (latents, real batches, mixing, augmentation, noise inputs) comes from one
 ``torch.Generator`` whose state is saved in the checkpoint, so a resumed run continues exactly where
 the interrupted one stopped. Data come from any callable
@@ -60,7 +69,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .checks import assert_finite, assert_shape
+from .distributed import BatchShard
 from .stylegan2 import (Discriminator, Generator, StyleGAN2Config, _default_file_mode, get_config,
                         load_checkpoint, save_checkpoint)
 
@@ -140,16 +151,22 @@ def _parse_policy(policy: str) -> list[str]:
     return parts
 
 
-def _rand(shape: Sequence[int], generator: torch.Generator, device) -> torch.Tensor:
+def _rand(shape: Sequence[int], generator: torch.Generator | BatchShard, device) -> torch.Tensor:
+    if isinstance(generator, BatchShard):  # shape[0] is the local batch: draw for the global one, keep our rows
+        if generator.local_batch != shape[0]:
+            raise ValueError(f"augmenting {shape[0]} images with draws for {generator.local_batch} rows")
+        return generator.rand(*shape[1:]).to(device)
     return torch.rand(list(shape), generator=generator, device=device)
 
 
-def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator,
+def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | BatchShard,
                  translation_ratio: float = 0.125, cutout_ratio: float = 0.5) -> torch.Tensor:
     """Random colour / translation / cutout, differentiable in ``x`` ([B, C, H, W] in [-1, 1]).
 
     D sees only augmented images (real and fake alike), so it cannot memorise a small data set,
     and G's gradients pass through the augmentation, so G is not taught to produce augmented images.
+    ``generator`` may be a :class:`~stylerig_lite.distributed.BatchShard`: the draws are then those of
+    its global batch, of which ``x`` holds this process's rows.
     """
     assert_shape(x, [None, None, None, None], "images to augment")
     B, C, H, W = x.shape
@@ -293,7 +310,59 @@ class GANTrainer:
                 group["lr"] = lr * ratio
                 group["betas"] = tuple(b ** ratio for b in cfg.betas)
 
-    def _real_batch(self) -> torch.Tensor:
+    # -- data parallelism: every rank draws the same global batch and computes its rows of it ----
+
+    def _mbstd_group(self, batch: int) -> int:
+        """Samples D's minibatch-stddev layer mixes: they must stay together on one rank."""
+        mc = self.model_config
+        if mc.mbstd_num_channels <= 0:
+            return 1
+        return batch if mc.mbstd_group_size is None else min(mc.mbstd_group_size, batch)
+
+    def _draws(self, batch: int, through_D: bool = True) -> BatchShard:
+        """Per-sample random draws for a global batch of ``batch``, and which of its rows this process computes.
+
+        A single process computes all rows (and draws exactly what it always drew). In a process group
+        each rank draws the whole global batch's numbers from the shared generator and keeps its rows;
+        batches that go through D keep D's minibatch-stddev groups whole (see ``shard_rows``).
+        """
+        if not distributed.is_distributed():
+            return BatchShard(self.gen, batch)
+        group = self._mbstd_group(batch) if through_D else 1
+        return BatchShard(self.gen, batch, distributed.shard_rows(batch, group_size=group))
+
+    def _backward(self, loss: torch.Tensor, fraction: float, module: torch.nn.Module) -> None:
+        """Backward pass of this rank's share of the global-batch mean, gradients summed over ranks.
+
+        Every loss here is a mean over its batch: rank r's mean over its rows, weighted by its
+        fraction of the batch, sums over ranks to the global mean, and so do the gradients (an
+        explicit all-reduce rather than DDP: G and D alternate, R1 needs a double backward).
+        """
+        if not distributed.is_distributed():
+            loss.backward()
+            return
+        (loss * fraction).backward()
+        distributed.all_reduce_gradients(module.parameters())
+
+    def _global_stats(self, local: dict[str, tuple[torch.Tensor, float]]) -> dict[str, float]:
+        """Logged values as means over the global batch: one all-reduce of the weighted local means."""
+        if not distributed.is_distributed():
+            return {k: float(v) for k, (v, _) in local.items()}
+        values = torch.stack([v.detach().double().reshape(()) * fraction for v, fraction in local.values()])
+        return dict(zip(local, distributed.all_reduce_sum(values).tolist()))
+
+    def _update_w_avg(self, w: torch.Tensor, global_batch: int) -> None:
+        """``MappingNetwork``'s w_avg update with the mean w of the global batch (``w``: this rank's rows)."""
+        mapping = self.G.mapping
+        if getattr(mapping, "w_avg_beta", None) is None or not hasattr(mapping, "w_avg"):
+            return
+        total = distributed.all_reduce_sum(w.detach().to(torch.float32).sum(dim=0))
+        with torch.no_grad():
+            mapping.w_avg.copy_((total / global_batch).lerp(mapping.w_avg, mapping.w_avg_beta))
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _real_batch(self, draws: BatchShard | None = None) -> torch.Tensor:
         B, R = self.cfg.batch_size, self.model_config.img_resolution
         real = self.sample_real(B, self.gen)
         assert_shape(real, [B, self.model_config.img_channels, R, R], "sample_real() output")
@@ -301,105 +370,137 @@ class GANTrainer:
         if real.min() < -1.001 or real.max() > 1.001:
             raise ValueError(f"sample_real() must return images in [-1, 1], got range "
                              f"[{real.min():.3f}, {real.max():.3f}]")
-        return real.to(torch.float32)
+        real = real.to(torch.float32)
+        return draws.take(real) if draws is not None else real
 
-    def _augment(self, img: torch.Tensor) -> torch.Tensor:
-        return diff_augment(img, self.cfg.augment, self.gen) if self.cfg.augment else img
+    def _augment(self, img: torch.Tensor, draws: BatchShard | None = None) -> torch.Tensor:
+        if not self.cfg.augment:
+            return img
+        return diff_augment(img, self.cfg.augment, draws if draws is not None else self.gen)
 
-    def _mapping_with_mixing(self, z: torch.Tensor, update_emas: bool) -> torch.Tensor:
-        ws = self.G.mapping(z, update_emas=update_emas)  # [B, num_ws, w_dim]
+    def _mapping_with_mixing(self, z: torch.Tensor, update_emas: bool, draws: BatchShard | None = None) -> torch.Tensor:
+        draws = BatchShard.of(draws if draws is not None else self.gen, z.shape[0])
+        sync_w_avg = update_emas and distributed.is_distributed()
+        ws = self.G.mapping(z, update_emas=update_emas and not sync_w_avg)  # [B, num_ws, w_dim]
+        if sync_w_avg:
+            self._update_w_avg(ws[:, 0], draws.global_batch)
         if self.cfg.style_mixing_prob > 0:
             num_ws = ws.shape[1]
             cutoff = int(torch.randint(1, num_ws, [], generator=self.gen))
             if float(torch.rand([], generator=self.gen)) >= self.cfg.style_mixing_prob:
                 cutoff = num_ws
-            z2 = torch.randn(z.shape, generator=self.gen)
+            z2 = draws.randn(*z.shape[1:])
             ws2 = self.G.mapping(z2)
             ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
 
-    def _generate(self, batch: int, update_emas: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn([batch, self.G.z_dim], generator=self.gen)
-        ws = self._mapping_with_mixing(z, update_emas)
-        img = self.G.synthesis(ws, noise_mode="random", noise_generator=self.gen)
+    def _generate(self, batch: int, update_emas: bool = False,
+                  draws: BatchShard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, ws)`` of ``draws``' rows of a fresh global batch of ``batch`` (all rows by default)."""
+        draws = draws if draws is not None else self._draws(batch)
+        if draws.global_batch != batch:
+            raise ValueError(f"draws for a batch of {draws.global_batch} used for {batch}")
+        z = draws.randn(self.G.z_dim)
+        ws = self._mapping_with_mixing(z, update_emas, draws)
+        img = self.G.synthesis(ws, noise_mode="random", noise_generator=draws)
         return img, ws
 
     # -- one iteration -----------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
-        """One iteration: G main (+ path length), D main (+ R1), EMA update. Returns loss values."""
+        """One iteration: G main (+ path length), D main (+ R1), EMA update. Returns loss values.
+
+        In a process group every rank runs this on its rows of the same global batch (see
+        :meth:`_draws`); the returned values are global-batch means on every rank.
+        """
         cfg = self.cfg
         B = cfg.batch_size
-        stats: dict[str, float] = {}
-        real = self._real_batch()
+        draws = self._draws(B)
+        share = draws.local_batch / B
+        local: dict[str, tuple[torch.Tensor, float]] = {}
+        real = self._real_batch(draws)
 
         # G: non-saturating loss through a frozen D.
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        fake, _ = self._generate(B)
-        loss_G = F.softplus(-self.D(self._augment(fake))).mean()
+        fake, _ = self._generate(B, draws=draws)
+        loss_G = F.softplus(-self.D(self._augment(fake, draws))).mean()
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
+        self._backward(loss_G, share, self.G)
         self.opt_G.step()
-        stats["loss_G"] = float(loss_G.detach())
+        local["loss_G"] = (loss_G.detach(), share)
 
         if cfg.pl_weight > 0 and cfg.pl_interval > 0 and self.step % cfg.pl_interval == 0:
-            stats["pl_penalty"] = self._path_length_step()
+            local["pl_penalty"] = self._path_length_step()
 
         # D: logistic loss on fakes (G frozen, no graph through G) and reals.
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         with torch.no_grad():
-            fake, _ = self._generate(B, update_emas=True)
-        logits_fake = self.D(self._augment(fake))
-        logits_real = self.D(self._augment(real))
+            fake, _ = self._generate(B, update_emas=True, draws=draws)
+        logits_fake = self.D(self._augment(fake, draws))
+        logits_real = self.D(self._augment(real, draws))
         loss_D = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
         self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
+        self._backward(loss_D, share, self.D)
         self.opt_D.step()
-        stats["loss_D"] = float(loss_D.detach())
-        stats["D_real"] = float(logits_real.detach().mean())
-        stats["D_fake"] = float(logits_fake.detach().mean())
+        local["loss_D"] = (loss_D.detach(), share)
+        local["D_real"] = (logits_real.detach().mean(), share)
+        local["D_fake"] = (logits_fake.detach().mean(), share)
 
         if self.r1_gamma > 0 and cfg.r1_interval > 0 and self.step % cfg.r1_interval == 0:
-            stats["r1_penalty"] = self._r1_step(real)
+            local["r1_penalty"] = self._r1_step(real, draws)
 
         self._update_ema()
         self.step += 1
         self.images_seen += B
         self.G.requires_grad_(True)
+        stats = self._global_stats(local)
         stats["images_seen"] = float(self.images_seen)
         self.history.append(stats)
         return stats
 
-    def _r1_step(self, real: torch.Tensor) -> float:
-        """Lazy R1: gamma/2 * E||grad_x D(x)||^2 on reals, scaled by the interval, own Adam step."""
+    def _r1_step(self, real: torch.Tensor, draws: BatchShard | None = None) -> tuple[torch.Tensor, float]:
+        """Lazy R1: gamma/2 * E||grad_x D(x)||^2 on reals, scaled by the interval, own Adam step.
+
+        Returns this rank's mean penalty and its share of the batch.
+        """
         real = real.detach().requires_grad_(True)
-        logits = self.D(self._augment(real))
+        logits = self.D(self._augment(real, draws))
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.square().sum(dim=[1, 2, 3])  # [B]
         loss = (penalty * (self.r1_gamma / 2)).mean() * self.cfg.r1_interval
         self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
+        share = real.shape[0] / self.cfg.batch_size
+        self._backward(loss, share, self.D)
         self.opt_D.step()
-        return float(penalty.detach().mean())
+        return penalty.detach().mean(), share
 
-    def _path_length_step(self) -> float:
-        """Path-length regulariser: keep |J^T y| constant for random image-space directions y."""
+    def _path_length_step(self) -> tuple[torch.Tensor, float]:
+        """Path-length regulariser: keep |J^T y| constant for random image-space directions y.
+
+        Returns this rank's mean penalty and its share of the (shrunk) batch.
+        """
         cfg = self.cfg
         self.D.requires_grad_(False)
         batch = max(cfg.batch_size // cfg.pl_batch_shrink, 1)
-        img, ws = self._generate(batch)
-        noise = torch.randn(img.shape, generator=self.gen) / math.sqrt(img.shape[2] * img.shape[3])
+        draws = self._draws(batch, through_D=False)
+        share = draws.local_batch / batch
+        img, ws = self._generate(batch, draws=draws)
+        noise = draws.randn(*img.shape[1:]) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()  # [B]
-        self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), cfg.pl_decay)
+        if distributed.is_distributed():  # the running mean follows the global batch's mean length
+            mean_length = distributed.all_reduce_sum(lengths.detach().sum()) / batch
+        else:
+            mean_length = lengths.mean().detach()
+        self.pl_mean = self.pl_mean.lerp(mean_length, cfg.pl_decay)
         penalty = (lengths - self.pl_mean).square()
         loss = (penalty * cfg.pl_weight).mean() * cfg.pl_interval + img[:, 0, 0, 0].sum() * 0
         self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
+        self._backward(loss, share, self.G)
         self.opt_G.step()
-        return float(penalty.detach().mean())
+        return penalty.detach().mean(), share
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -455,7 +556,7 @@ class GANTrainer:
         if payload.get("opt_G") is not None and payload.get("opt_D") is not None:
             trainer.opt_G.load_state_dict(payload["opt_G"])
             trainer.opt_D.load_state_dict(payload["opt_D"])
-        else:  # a slim checkpoint (see slim_resume_checkpoint): Adam restarts its moment estimates
+        elif distributed.is_main():  # a slim checkpoint (see slim_resume_checkpoint): Adam restarts its moments
             print(f"{path}: no optimizer states; resuming with fresh Adam moments", file=sys.stderr)
         trainer._configure_optimizers()  # lr / betas follow the (possibly overridden) TrainConfig
         trainer.gen.set_state(extra["gen_state"])
@@ -464,18 +565,36 @@ class GANTrainer:
         trainer.images_seen = int(payload["images_seen"])
         return trainer
 
+    def check_ranks_agree(self) -> None:
+        """In a process group: raise unless every rank holds the same weights, optimizer states, counters and RNG."""
+        self._draws(self.cfg.batch_size)  # the global batch must split into whole minibatch-std groups
+        if self.cfg.pl_weight > 0:
+            self._draws(max(self.cfg.batch_size // self.cfg.pl_batch_shrink, 1), through_D=False)
+        distributed.assert_same_on_all_ranks(
+            "GAN training states", self.G.state_dict(), self.D.state_dict(), self.G_ema.state_dict(),
+            self.opt_G.state_dict(), self.opt_D.state_dict(), self.gen.get_state(), self.pl_mean,
+            self.step, self.images_seen, self.cfg.to_dict())
+
     def train(self, total_images: int, progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
               log: bool = True) -> list[dict[str, float]]:
-        """Train until ``images_seen >= total_images``; checkpoints and grids go to ``out_dir``."""
+        """Train until ``images_seen >= total_images``; checkpoints and grids go to ``out_dir``.
+
+        In a process group (``torchrun``) every rank calls this; rank 0 alone shows the progress
+        bar and writes the sample grids, log and checkpoints, and the others wait for each
+        checkpoint (a barrier), so the files are always complete when any rank moves on.
+        """
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         out = self.out_dir
+        main = distributed.is_main()
+        self.check_ranks_agree()
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            if main:
+                out.mkdir(parents=True, exist_ok=True)
             if checkpoint_path is None:
                 checkpoint_path = out / "checkpoint.pt"
-            if not (out / "reals.png").exists():
+            if main and not (out / "reals.png").exists():
                 cols, rows = cfg.grid_size
                 g = torch.Generator().manual_seed(cfg.seed + 54321)
                 save_image_grid(self.sample_real(cols * rows, g), out / "reals.png", cfg.grid_size)
@@ -483,8 +602,9 @@ class GANTrainer:
         next_grid = _next_multiple(self.images_seen, cfg.sample_every)
         start_images = self.images_seen
         t0 = time.perf_counter()
-        bar = tqdm(total=max(total_images - start_images, 0), disable=not progress, unit="img",
-                   desc="train-gan", dynamic_ncols=True)
+        bar = tqdm(total=max(total_images - start_images, 0), disable=not (progress and main), unit="img",
+                   desc="train-gan" if distributed.world_size() == 1 else f"train-gan x{distributed.world_size()}",
+                   dynamic_ncols=True)
         results = []
         try:
             while self.images_seen < total_images:
@@ -494,12 +614,15 @@ class GANTrainer:
                 bar.set_postfix(G=f"{stats['loss_G']:.3f}", D=f"{stats['loss_D']:.3f}", refresh=False)
                 done = self.images_seen >= total_images
                 if out is not None and (done or self.images_seen >= next_grid):
-                    self.sample_grid(out / f"fakes{self.images_seen:09d}.png")
+                    if main:
+                        self.sample_grid(out / f"fakes{self.images_seen:09d}.png")
                     next_grid = _next_multiple(self.images_seen, cfg.sample_every)
                 if checkpoint_path is not None and (done or self.images_seen >= next_ckpt):
-                    self.save(checkpoint_path)
+                    if main:
+                        self.save(checkpoint_path)
+                    distributed.barrier()  # every rank decides alike (image counts): all wait for the file
                     next_ckpt = _next_multiple(self.images_seen, cfg.checkpoint_every)
-                    if out is not None and log:
+                    if out is not None and log and main:
                         elapsed = time.perf_counter() - t0
                         _append_jsonl(out / "log.jsonl", {
                             "images_seen": self.images_seen, "step": self.step,
@@ -556,7 +679,9 @@ def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images:
     ``RESUMABLE_OVERRIDES``, which are taken from ``train_config`` when it is given.
     """
     ckpt = Path(out_dir) / "checkpoint.pt"
-    if resume and ckpt.exists():
+    say = distributed.is_main()
+    # Every rank must decide alike (rank 0 may write the file while another rank is still looking).
+    if distributed.broadcast_object(resume and ckpt.exists()):
         overrides = {}
         if train_config is not None:
             overrides = {k: getattr(train_config, k) for k in RESUMABLE_OVERRIDES}
@@ -564,11 +689,11 @@ def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images:
         if train_config is not None:
             ignored = [k for k, v in train_config.to_dict().items()
                        if k not in RESUMABLE_OVERRIDES and trainer.cfg.to_dict()[k] != v]
-            if ignored:
+            if ignored and say:
                 print(f"resuming {ckpt}: keeping the checkpoint's {ignored} (pass --no-resume to start over)",
                       file=sys.stderr)
         wanted = get_config(model_config) if isinstance(model_config, str) else model_config
-        if wanted != trainer.model_config:
+        if wanted != trainer.model_config and say:
             print(f"resuming {ckpt}: keeping the checkpoint's model config {trainer.model_config.name!r} "
                   f"(pass --no-resume to start over)", file=sys.stderr)
     else:
@@ -628,6 +753,11 @@ def main(argv: Sequence[str] | None = None, sample_real: SampleReal | None = Non
 
 
 def run_from_args(args: argparse.Namespace, sample_real: SampleReal | None = None) -> int:
+    """The ``train-gan`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
+    return distributed.launch("train-gan", lambda: _run(args, sample_real))
+
+
+def _run(args: argparse.Namespace, sample_real: SampleReal | None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_config = get_config(args.preset)
@@ -645,8 +775,9 @@ def run_from_args(args: argparse.Namespace, sample_real: SampleReal | None = Non
                             compact_checkpoint=args.compact)
     trainer = train_gan(sample_real, args.out, args.images, model_config, train_cfg,
                         resume=not args.no_resume, progress=not args.no_progress)
-    print(f"trained to {trainer.images_seen} images ({trainer.step} steps); checkpoint: "
-          f"{Path(args.out) / 'checkpoint.pt'}")
+    if distributed.is_main():
+        print(f"trained to {trainer.images_seen} images ({trainer.step} steps); checkpoint: "
+              f"{Path(args.out) / 'checkpoint.pt'}")
     return 0
 
 

@@ -36,6 +36,12 @@ early numbers on an interim GAN; rerun with the final networks to confirm
 ``lr · sqrt(eps / (1 - rho))`` per parameter (≈ 3e-5 at lr 0.01), too small for the few
 thousand steps a CPU hour affords; the paper trained much longer on a GPU.
 
+Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel
+(DistributedDataParallel around the siamese objective, :mod:`stylerig_lite.distributed`):
+every process draws the same ``batch`` pairs of a step and computes its share of
+them, and rank 0 writes the checkpoint and the log, so the result does not depend
+on N (up to float rounding) and a checkpoint resumes with any N.
+
 Cost, measured on the 2-core development CPU with 1 thread (torch 2.11, while
 two other training jobs shared the cores): one training step at batch 8
 (8 pairs, 16 edits both ways) with the ``cpu64`` generator (10 ws x 256,
@@ -62,6 +68,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from . import distributed
 from .io_utils import config_from_preset
 from .rignet import (
     COMPONENTS,
@@ -168,21 +175,43 @@ class PairSource:
             raise ValueError(f"the corpus holds {len(corpus)} latents; pairs need at least 2")
 
     @torch.no_grad()
-    def __call__(self, step: int) -> Tuple[RigSample, RigSample]:
+    def __call__(self, step: int, rows: Optional[slice] = None) -> Tuple[RigSample, RigSample]:
+        """The ``(w, v)`` halves of step ``step``'s ``batch`` pairs; ``rows``: only those pairs (a data-parallel rank's share)."""
         B = self.config.batch
+        rows = slice(0, B) if rows is None else rows
+        pick = torch.cat([torch.arange(B)[rows], B + torch.arange(B)[rows]])  # pair i is (item i, item B + i)
+        b = len(pick) // 2
         if self.corpus is not None:
-            index = batch_indices(derive_seed(self.config.seed, 3), step, 2 * B, len(self.corpus))
+            index = batch_indices(derive_seed(self.config.seed, 3), step, 2 * B, len(self.corpus))[pick]
             items = [self.corpus[int(i)] for i in index]
-            w = torch.stack([torch.as_tensor(item["w"]) for item in items]).float()  # [2B, num_ws, w_dim]
-            images = torch.stack([torch.as_tensor(item["image"]) for item in items]).float()  # [2B, 3, R, R] in [-1, 1]
+            w = torch.stack([torch.as_tensor(item["w"]) for item in items]).float()  # [2b, num_ws, w_dim]
+            images = torch.stack([torch.as_tensor(item["image"]) for item in items]).float()  # [2b, 3, R, R] in [-1, 1]
             sample = describe(self.G, self.F, w, images)
         else:
             generator = torch.Generator().manual_seed(derive_seed(self.config.seed, 1, step))
-            z = torch.randn(2 * B, self.G.z_dim, generator=generator)
+            z = torch.randn(2 * B, self.G.z_dim, generator=generator)[pick]
             w = self.G.mapping(z, None, truncation_psi=self.config.truncation_psi)
             sample = describe(self.G, self.F, w)
-        halves = [RigSample(*(getattr(sample, f.name)[k * B : (k + 1) * B] for f in dataclasses.fields(RigSample))) for k in (0, 1)]
+        halves = [RigSample(*(getattr(sample, f.name)[k * b : (k + 1) * b] for f in dataclasses.fields(RigSample))) for k in (0, 1)]
         return halves[0], halves[1]
+
+
+class SiameseObjective(nn.Module):
+    """``rig_losses`` as one module call, so that DistributedDataParallel can wrap it.
+
+    Only the RigNet is a registered submodule (DDP synchronises its gradients); the frozen G, F and
+    the render loss are held outside the module tree.
+    """
+
+    def __init__(self, rignet: RigNet, G: nn.Module, F: nn.Module, render: Any, weights: LossWeights):
+        super().__init__()
+        self.rignet = rignet
+        self._fixed = (G, F, render, weights)
+
+    def forward(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        G, F, render, weights = self._fixed
+        sample_w, sample_v = RigSample(*tensors[:4]), RigSample(*tensors[4:])
+        return rig_losses(self.rignet, G, F, render, sample_w, sample_v, weights)
 
 
 # ----------------------------------------------------------------------------
@@ -298,9 +327,13 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
     freeze(F)
     render = RenderLoss(face_model or load_face_model(progress=False), default_camera(F.config.image_size))
     pairs = PairSource(G, F, config, corpus)
+    main = distributed.is_main()  # in a process group: rank 0 logs and writes the checkpoint and the log file
+    if not main:
+        progress, log = False, (lambda message: None)
 
     out = Path(config.out)
-    if out.exists() and not fresh:
+    # Every rank decides alike (rank 0 may write the file while another rank is still looking).
+    if distributed.broadcast_object(out.exists() and not fresh):
         state = load_train_state(out, config)
         log(f"resuming {out} at step {state.step} ({state.elapsed_s / 60:.1f} min trained)")
     else:
@@ -312,54 +345,85 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
     if (rignet.config.num_ws, rignet.config.w_dim) != (G.num_ws, G.w_dim):
         raise ValueError(f"{out} rigs a {rignet.config.num_ws}x{rignet.config.w_dim} W+, the generator's is {G.num_ws}x{G.w_dim}")
     rignet.train()
+    distributed.assert_same_on_all_ranks("RigNet training states", rignet.state_dict(), optimizer.state_dict(), state.step)
     logfile = log_path(out)
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    _write_log(logfile, state.history)
+    if main:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        _write_log(logfile, state.history)
+    # Data parallel: each rank computes its share of the step's pairs; DDP averages the gradients.
+    objective = distributed.data_parallel(SiameseObjective(rignet, G, F, render, weights))
+    world_size = distributed.world_size()
+    rows = slice(*distributed.shard_range(config.batch))
+    local_pairs = rows.stop - rows.start
+    if local_pairs < 1:
+        raise ValueError(f"{config.batch} pairs per step cannot be split over {world_size} processes: use a larger --batch")
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=min(state.step, config.steps), unit="step", dynamic_ncols=True,
-                   desc=f"train RigNet ({config.component}) -> {out.name}")
+                   desc=f"train RigNet ({config.component}) -> {out.name}" + (f" (x{world_size})" if world_size > 1 else ""))
     process_start = started = last_save = time.monotonic()
+    completed = False
     try:
         while state.step < config.steps:
-            sample_w, sample_v = pairs(state.step)
-            loss, parts = rig_losses(rignet, G, F, render, sample_w, sample_v, weights)
+            sample_w, sample_v = pairs(state.step, rows if world_size > 1 else None)
+            loss, parts = objective(*(getattr(sample, f.name) for sample in (sample_w, sample_v) for f in dataclasses.fields(RigSample)))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world_size > 1:
+                # Every term is a mean over this rank's pairs; DDP averages over ranks. Weighting by
+                # local_pairs * N / batch makes the average the gradient of the mean over all pairs.
+                (loss * (local_pairs * world_size / config.batch)).backward()
+            else:
+                loss.backward()
             optimizer.step()
             state.step += 1
 
-            for k, v in {"loss": loss, **parts}.items():
-                state.running[k] = state.running.get(k, 0.0) + float(v.detach().mean())
-            state.running_count += 1
+            values = {k: v.detach().mean() for k, v in {"loss": loss, **parts}.items()}
             now = time.monotonic()
+            save_due = now - last_save > config.checkpoint_seconds
+            stop_due = config.minutes > 0 and now - process_start > 60 * config.minutes
+            if world_size > 1:  # means over all pairs for the log; rank 0's clock decides saves and stops
+                packed = torch.stack([v.double() * (local_pairs / config.batch) for v in values.values()]
+                                     + [torch.tensor(float(main and save_due), dtype=torch.float64),
+                                        torch.tensor(float(main and stop_due), dtype=torch.float64)])
+                packed = distributed.all_reduce_sum(packed).tolist()
+                values, (save_due, stop_due) = dict(zip(values, packed[:-2])), (packed[-2] > 0, packed[-1] > 0)
+            for k, v in values.items():
+                state.running[k] = state.running.get(k, 0.0) + float(v)
+            state.running_count += 1
             if state.step % config.log_every == 0 or state.step == config.steps:
                 entry = {k: v / state.running_count for k, v in state.running.items()}
                 entry.update(step=state.step, elapsed_s=round(state.elapsed_s + now - started, 2))
                 state.history.append(entry)
-                with open(logfile, "a") as handle:  # live curves; rewritten from the checkpoint on resume
-                    handle.write(json.dumps(entry) + "\n")
+                if main:
+                    with open(logfile, "a") as handle:  # live curves; rewritten from the checkpoint on resume
+                        handle.write(json.dumps(entry) + "\n")
                 state.running, state.running_count = {}, 0
                 if bar is not None:
                     bar.set_postfix(loss=f"{entry['loss']:.4g}")
             if bar is not None:
                 bar.update(1)
-            if now - last_save > config.checkpoint_seconds:
+            if save_due:
                 state.elapsed_s += now - started
-                save_checkpoint(state, config, out)
+                if main:
+                    save_checkpoint(state, config, out)
+                distributed.barrier()
                 started = last_save = time.monotonic()
-            if config.minutes > 0 and now - process_start > 60 * config.minutes:
+            if stop_due:
                 log(f"stopping after {config.minutes} min at step {state.step}; run the same command to resume")
                 break
+        completed = True
     finally:
         if bar is not None:
             bar.close()
         state.elapsed_s += time.monotonic() - started
-        save_checkpoint(state, config, out)
-        _write_log(logfile, state.history)
+        if main:
+            save_checkpoint(state, config, out)
+            _write_log(logfile, state.history)
+        if completed:
+            distributed.barrier()
     rignet.eval()
     return state
 
@@ -393,6 +457,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """The ``train-rignet`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
+    return distributed.launch("train-rignet", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from .pretrained import WeightsError
 
     overrides = {
@@ -409,7 +478,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         hint = " (on the command line: --generator PATH / --estimator PATH)" if isinstance(error, WeightsError) else ""
         print(f"stylerig-lite train-rignet: error: {error}{hint}", file=sys.stderr)
         return 2
-    if state.history:
+    if state.history and distributed.is_main():
         last = state.history[-1]
         print(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "elapsed_s")))
     return 0
