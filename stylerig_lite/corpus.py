@@ -51,6 +51,7 @@ import torch.nn.functional as nnf
 
 from . import distributed
 from .checks import assert_finite, assert_shape
+from .devices import add_device_argument, configure_cuda, resolve_device
 from .morphable import NUM_PARAMS
 
 FORMAT = "stylerig_lite.corpus"
@@ -365,6 +366,7 @@ def make_corpus(
     overwrite: bool = False,
     progress: bool = True,
     on_shard: Optional[Callable[[int, Path], None]] = None,
+    device: Any = None,
 ) -> Path:
     """Sample ``count`` (w, I_w) pairs with F's estimates into ``out`` (resumable).
 
@@ -396,6 +398,10 @@ def make_corpus(
     for net in (G, F):
         if isinstance(net, torch.nn.Module):
             net.eval()
+            # ``device`` (default: where the networks are): latents are drawn on the CPU and moved,
+            # images and estimates come back to the CPU, network hashes are of CPU copies.
+            if device is not None and torch.device(device) != device_of(net):
+                net.to(device)
 
     root = Path(out)
     manifest = corpus_manifest(G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
@@ -583,21 +589,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=64, help="images per G/F batch (default 64)")
     parser.add_argument("--overwrite", action="store_true", help="delete a corpus already in --out first")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``make-corpus`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    return distributed.launch("make-corpus", lambda: _run(args))
+    try:
+        device = resolve_device(getattr(args, "device", "auto"))
+    except ValueError as error:
+        print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
+        return 2
+    return distributed.launch("make-corpus", lambda: _run(args, device), device=device)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_cuda(device or "cpu", tf32=getattr(args, "tf32", True))
     try:
         root = make_corpus(args.out, args.count, generator=args.generator, estimator=args.estimator, seed=args.seed,
                            shard_size=args.shard_size, truncation=args.truncation, batch=args.batch,
-                           overwrite=args.overwrite, progress=not args.quiet)
+                           overwrite=args.overwrite, progress=not args.quiet, device=device)
     except (ValueError, FileNotFoundError) as error:  # bad options, foreign folder, missing weights: no traceback
         print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
         return 2

@@ -13,8 +13,10 @@ rank computes its rows (:func:`shard_rows`), and the loss is each rank's share o
 mean, so the summed gradient is the gradient of the single-process loss. Checkpoints hold
 unwrapped module state and global counters, so a run resumes with any number of processes.
 
-Backend: Gloo, because the training commands compute on the CPU; :func:`backend_for` gives NCCL
-for CUDA tensors, and ``STYLERIG_LITE_DIST_BACKEND`` overrides the choice. Other pieces: the
+Backend: Gloo when the command computes on the CPU; when it computes on CUDA (``--device``, see
+:mod:`stylerig_lite.devices`; each rank then uses ``cuda:$LOCAL_RANK``), ``cpu:gloo,cuda:nccl``: NCCL
+for the CUDA tensors (gradients, statistics) and Gloo for the few CPU ones (state digests, pickled
+objects). ``STYLERIG_LITE_DIST_BACKEND`` overrides the choice. Other pieces: the
 process-group timeout (``STYLERIG_LITE_DIST_TIMEOUT`` seconds, default
 :data:`DEFAULT_TIMEOUT_S`) turns a lost process into an error instead of a hang; rank-0-only
 logging, progress bars and checkpoint writes (:func:`is_main`), barriers after writes
@@ -110,17 +112,22 @@ def timeout_seconds(value: Optional[float] = None) -> float:
 
 
 def backend_for(device: Any = "cpu") -> str:
-    """The process-group backend for tensors on ``device``: NCCL for CUDA, Gloo otherwise."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+    """The process-group backend for a command computing on ``device``.
+
+    Gloo for the CPU. For CUDA, NCCL for CUDA tensors plus Gloo for CPU tensors
+    (``"cpu:gloo,cuda:nccl"``): the trainers' collectives on gradients and statistics run on the
+    GPU, while the state digests and object broadcasts stay on the CPU.
+    """
+    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def init_from_env(timeout: Optional[float] = None, backend: Optional[str] = None) -> bool:
+def init_from_env(timeout: Optional[float] = None, backend: Optional[str] = None, device: Any = "cpu") -> bool:
     """Join the process group that ``torchrun`` describes in the environment; True if this call joined it.
 
     Does nothing (returns False) for a single process (``WORLD_SIZE`` unset or 1) or when a group
     already exists (a caller that set one up itself, e.g. a test). ``backend``: default
-    ``$STYLERIG_LITE_DIST_BACKEND``, else :func:`backend_for` the device the training commands
-    compute on, which is the CPU (Gloo) today; an NCCL backend also selects GPU ``LOCAL_RANK``.
+    ``$STYLERIG_LITE_DIST_BACKEND``, else :func:`backend_for` ``device`` (the device the command
+    computes on); an NCCL backend also selects GPU ``LOCAL_RANK``.
     """
     dist = _dist()
     if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -129,7 +136,7 @@ def init_from_env(timeout: Optional[float] = None, backend: Optional[str] = None
     if missing:
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {missing} unset: start the processes with torchrun "
                            "(or set RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for each)")
-    backend = backend or os.environ.get(BACKEND_ENV, "").strip() or backend_for("cpu")
+    backend = backend or os.environ.get(BACKEND_ENV, "").strip() or backend_for(device)
     if "nccl" in backend and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, init_method="env://",
@@ -155,14 +162,16 @@ def is_communication_error(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(word in str(error).lower() for word in _COMMUNICATION_WORDS)
 
 
-def launch(command: str, run: Callable[[], int]) -> int:
+def launch(command: str, run: Callable[[], int], device: Any = "cpu") -> int:
     """Run a CLI command in the process group from the environment (if any); a lost peer is a clean error.
+
+    ``device``: where the command computes (resolved ``--device``); it picks the backend.
 
     Returns ``run()``'s exit status. In a group, a collective that fails because another process died
     or stopped answering within the timeout prints one line naming this rank and exits with status 1
     (torchrun then stops the other processes); any other exception propagates with its traceback.
     """
-    joined = init_from_env()
+    joined = init_from_env(device=device)
     failed = False
     try:
         return run()

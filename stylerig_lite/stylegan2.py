@@ -1057,6 +1057,26 @@ def _cast_floats(obj: Any, dtype: torch.dtype, min_ndim: int = 0) -> Any:
     return obj
 
 
+def _to_cpu(obj: Any) -> Any:
+    """Recursively move tensors to the CPU; an object holding no GPU tensor is returned as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device.type == "cpu" else obj.detach().cpu()
+    if isinstance(obj, dict):
+        moved = {k: _to_cpu(v) for k, v in obj.items()}
+        if all(moved[k] is v for k, v in obj.items()):
+            return obj  # unchanged (keeps a state dict's _metadata and the file byte-identical)
+        out = type(obj)(moved.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)):
+        moved_items = [_to_cpu(v) for v in obj]
+        if all(a is b for a, b in zip(moved_items, obj)):
+            return obj
+        return type(obj)(moved_items)
+    return obj
+
+
 def _default_file_mode() -> int:
     """rw for everyone minus the umask: what ``open()`` would give (mkstemp always uses 0600)."""
     umask = os.umask(0)
@@ -1092,8 +1112,9 @@ def save_checkpoint(path: str | os.PathLike, G: Generator, D: Discriminator | No
     """
     if not isinstance(G, Generator):
         raise TypeError(f"G must be a stylerig_lite Generator, got {type(G).__name__}")
-    nets = {"G": _state_dict_of(G), "D": _state_dict_of(D), "G_ema": _state_dict_of(G_ema)}
-    opts = {"opt_G": _state_dict_of(opt_G), "opt_D": _state_dict_of(opt_D)}
+    # Always CPU tensors in the file: a checkpoint written on a GPU loads on a CPU-only machine.
+    nets = {k: _to_cpu(v) for k, v in {"G": _state_dict_of(G), "D": _state_dict_of(D), "G_ema": _state_dict_of(G_ema)}.items()}
+    opts = {k: _to_cpu(v) for k, v in {"opt_G": _state_dict_of(opt_G), "opt_D": _state_dict_of(opt_D)}.items()}
     if compact:
         nets = {k: _cast_floats(v, torch.float16) for k, v in nets.items()}
         # Only the moment tensors (ndim >= 1); Adam's step counters are 0-dim and stay float32.
@@ -1107,7 +1128,7 @@ def save_checkpoint(path: str | os.PathLike, G: Generator, D: Discriminator | No
         "images_seen": int(images_seen),
         **nets,
         **opts,
-        "extra": dict(extra) if extra is not None else {},
+        "extra": _to_cpu(dict(extra)) if extra is not None else {},
     }
     path = Path(path)
     _atomic_torch_save(payload, path)

@@ -25,6 +25,16 @@ which DistributedDataParallel does not fit); ``w_avg`` and the path-length mean 
 batch. So N processes take the single-process steps (up to float rounding), the checkpoint (rank 0
 writes it) holds the plain networks and the generator state, and a run resumes with any N.
 
+Devices: ``--device auto|cpu|cuda|cuda:N`` (:mod:`stylerig_lite.devices`; ``auto`` = CUDA when
+available). On a CPU the code path is exactly the one of a CPU-only build. On a GPU the networks,
+optimizer states and ``pl_mean`` live on the device, a FaceWorld dataset is kept there whole (uint8)
+and each batch is gathered there, the logged values are read back every :data:`STATS_EVERY` steps
+instead of after each one (no host sync per step), and TF32 / cuDNN autotuning are on (``--no-tf32``).
+Random numbers are still drawn from the seeded CPU generator and moved to the device: they are a
+few small tensors per step (indices, latents, noise maps, augmentation parameters), so the same
+run draws the same numbers on any device. Checkpoints always hold CPU tensors. ``--minutes`` stops
+a run (with a checkpoint) after a fixed time; ``--resume-batch`` resumes with another global batch.
+
 All randomness (latents, real batches, mixing, augmentation, noise inputs) comes from one
 ``torch.Generator`` whose state is saved in the checkpoint, so a resumed run continues exactly where
 the interrupted one stopped. Data come from any callable
@@ -71,6 +81,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .checks import assert_finite, assert_shape
+from .devices import add_device_argument, configure_cuda, resolve_device
 from .distributed import BatchShard
 from .stylegan2 import (Discriminator, Generator, StyleGAN2Config, _default_file_mode, get_config,
                         load_checkpoint, save_checkpoint)
@@ -78,6 +89,7 @@ from .stylegan2 import (Discriminator, Generator, StyleGAN2Config, _default_file
 __all__ = [
     "TrainConfig",
     "GANTrainer",
+    "PendingStats",
     "diff_augment",
     "make_blob_source",
     "save_image_grid",
@@ -156,6 +168,8 @@ def _rand(shape: Sequence[int], generator: torch.Generator | BatchShard, device)
         if generator.local_batch != shape[0]:
             raise ValueError(f"augmenting {shape[0]} images with draws for {generator.local_batch} rows")
         return generator.rand(*shape[1:]).to(device)
+    if generator.device != torch.device(device):  # a CPU generator feeding a GPU batch: draw, then move
+        return torch.rand(list(shape), generator=generator, device=generator.device).to(device)
     return torch.rand(list(shape), generator=generator, device=device)
 
 
@@ -260,6 +274,18 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, grid_size: tu
 # The trainer.
 
 
+@dataclasses.dataclass
+class PendingStats:
+    """One step's logged values still on the device (see ``GANTrainer.train_step(sync=False)``)."""
+
+    keys: tuple[str, ...]
+    values: torch.Tensor  # [len(keys)] float64, global-batch means
+    images_seen: int
+
+#: Steps between reads of the logged values when training on a GPU (each read waits for the GPU).
+STATS_EVERY = 50
+
+
 class GANTrainer:
     """Owns G, D, G_ema, the optimizers, the RNG and the progress counters.
 
@@ -268,7 +294,7 @@ class GANTrainer:
     """
 
     def __init__(self, model_config: StyleGAN2Config | str, train_config: TrainConfig | None,
-                 sample_real: SampleReal, out_dir: str | os.PathLike | None = None):
+                 sample_real: SampleReal, out_dir: str | os.PathLike | None = None, device: Any = None):
         if isinstance(model_config, str):
             model_config = get_config(model_config)
         self.model_config = model_config
@@ -277,18 +303,29 @@ class GANTrainer:
             raise TypeError("sample_real must be a callable (batch_size, generator) -> images [B, 3, H, W]")
         self.sample_real = sample_real
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        # None: the CPU (the library default; the CLI's --device defaults to auto).
+        # A torch.device is taken as it is; a string is checked by resolve_device ('auto', 'cuda:1', ...).
+        self.device = (torch.device("cpu") if device is None else
+                       device if isinstance(device, torch.device) else resolve_device(device))
         cfg = self.cfg
 
+        # Networks are initialised on the CPU (same weights on every device), then moved.
         self.G = Generator(model_config, seed=cfg.seed).train()
         self.D = Discriminator(model_config, seed=cfg.seed + 1).train()
+        if self.device.type != "cpu":
+            self.G.to(self.device)
+            self.D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         # Lazy regularisation: the regulariser runs as an extra optimizer step every `interval`
         # steps, so lr and betas are rescaled to keep the per-image dynamics unchanged.
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_G, betas=cfg.betas, eps=1e-8)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_D, betas=cfg.betas, eps=1e-8)
         self._configure_optimizers()
+        # All training randomness comes from this CPU generator on every device: draws are moved to
+        # the device (small tensors), so a run draws the same numbers on a CPU and on a GPU.
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.pl_mean = torch.zeros([])
+        self.pl_mean = torch.zeros([], device=self.device)
+        self._reals_checked = False
         self.step = 0
         self.images_seen = 0
         self.history: list[dict[str, float]] = []
@@ -344,8 +381,18 @@ class GANTrainer:
         (loss * fraction).backward()
         distributed.all_reduce_gradients(module.parameters())
 
-    def _global_stats(self, local: dict[str, tuple[torch.Tensor, float]]) -> dict[str, float]:
-        """Logged values as means over the global batch: one all-reduce of the weighted local means."""
+    def _global_stats(self, local: dict[str, tuple[torch.Tensor, float]],
+                      sync: bool = True) -> "dict[str, float] | PendingStats":
+        """Logged values as means over the global batch: one all-reduce of the weighted local means.
+
+        ``sync=False`` (GPU training): the values stay on the device as a :class:`PendingStats`, so
+        the step does not wait for the GPU; :meth:`resolve_stats` reads many steps' values at once.
+        """
+        if not sync:
+            values = torch.stack([v.detach().double().reshape(()) * fraction for v, fraction in local.values()])
+            if distributed.is_distributed():
+                distributed.all_reduce_sum(values)
+            return PendingStats(tuple(local), values, self.images_seen)
         if not distributed.is_distributed():
             return {k: float(v) for k, (v, _) in local.items()}
         values = torch.stack([v.detach().double().reshape(()) * fraction for v, fraction in local.values()])
@@ -366,11 +413,17 @@ class GANTrainer:
         B, R = self.cfg.batch_size, self.model_config.img_resolution
         real = self.sample_real(B, self.gen)
         assert_shape(real, [B, self.model_config.img_channels, R, R], "sample_real() output")
-        assert_finite(real, "sample_real() output")
-        if real.min() < -1.001 or real.max() > 1.001:
-            raise ValueError(f"sample_real() must return images in [-1, 1], got range "
-                             f"[{real.min():.3f}, {real.max():.3f}]")
+        # Value checks read the batch back: every batch on the CPU, only the first one from a source
+        # that already delivers on the GPU (no host sync per step there).
+        if real.device.type == "cpu" or not self._reals_checked:
+            assert_finite(real, "sample_real() output")
+            if real.min() < -1.001 or real.max() > 1.001:
+                raise ValueError(f"sample_real() must return images in [-1, 1], got range "
+                                 f"[{real.min():.3f}, {real.max():.3f}]")
+            self._reals_checked = True
         real = real.to(torch.float32)
+        if real.device != self.device:
+            real = real.to(self.device, non_blocking=True)
         return draws.take(real) if draws is not None else real
 
     def _augment(self, img: torch.Tensor, draws: BatchShard | None = None) -> torch.Tensor:
@@ -389,7 +442,7 @@ class GANTrainer:
             cutoff = int(torch.randint(1, num_ws, [], generator=self.gen))
             if float(torch.rand([], generator=self.gen)) >= self.cfg.style_mixing_prob:
                 cutoff = num_ws
-            z2 = draws.randn(*z.shape[1:])
+            z2 = draws.randn(*z.shape[1:]).to(z.device)
             ws2 = self.G.mapping(z2)
             ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
@@ -400,18 +453,20 @@ class GANTrainer:
         draws = draws if draws is not None else self._draws(batch)
         if draws.global_batch != batch:
             raise ValueError(f"draws for a batch of {draws.global_batch} used for {batch}")
-        z = draws.randn(self.G.z_dim)
+        z = draws.randn(self.G.z_dim).to(self.device)
         ws = self._mapping_with_mixing(z, update_emas, draws)
         img = self.G.synthesis(ws, noise_mode="random", noise_generator=draws)
         return img, ws
 
     # -- one iteration -----------------------------------------------------------------------
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, sync: bool = True) -> "dict[str, float] | PendingStats":
         """One iteration: G main (+ path length), D main (+ R1), EMA update. Returns loss values.
 
         In a process group every rank runs this on its rows of the same global batch (see
         :meth:`_draws`); the returned values are global-batch means on every rank.
+        ``sync=False`` returns them still on the device (a :class:`PendingStats`, not yet in
+        ``history``; pass a list of them to :meth:`resolve_stats`), so a GPU step never waits.
         """
         cfg = self.cfg
         B = cfg.batch_size
@@ -455,6 +510,8 @@ class GANTrainer:
         self.step += 1
         self.images_seen += B
         self.G.requires_grad_(True)
+        if not sync:
+            return self._global_stats(local, sync=False)
         stats = self._global_stats(local)
         stats["images_seen"] = float(self.images_seen)
         self.history.append(stats)
@@ -487,7 +544,7 @@ class GANTrainer:
         draws = self._draws(batch, through_D=False)
         share = draws.local_batch / batch
         img, ws = self._generate(batch, draws=draws)
-        noise = draws.randn(*img.shape[1:]) / math.sqrt(img.shape[2] * img.shape[3])
+        noise = draws.randn(*img.shape[1:]).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()  # [B]
         if distributed.is_distributed():  # the running mean follows the global batch's mean length
@@ -514,6 +571,20 @@ class GANTrainer:
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
+    def resolve_stats(self, pending: Sequence["PendingStats"]) -> list[dict[str, float]]:
+        """Read the values of ``train_step(sync=False)`` calls back (one host sync); appends them to ``history``."""
+        if not pending:
+            return []
+        rows = torch.cat([p.values.reshape(-1) for p in pending]).tolist()
+        out, offset = [], 0
+        for p in pending:
+            stats = dict(zip(p.keys, rows[offset : offset + len(p.keys)]))
+            offset += len(p.keys)
+            stats["images_seen"] = float(p.images_seen)
+            self.history.append(stats)
+            out.append(stats)
+        return out
+
     # -- loop, samples, checkpoints -----------------------------------------------------------
 
     def grid_latents(self) -> torch.Tensor:
@@ -524,14 +595,14 @@ class GANTrainer:
 
     @torch.no_grad()
     def sample_grid(self, path: str | os.PathLike) -> Path:
-        imgs = torch.cat([self.G_ema(z, noise_mode="const") for z in self.grid_latents().split(32)])
+        imgs = torch.cat([self.G_ema(z.to(self.device), noise_mode="const") for z in self.grid_latents().split(32)])
         return save_image_grid(imgs, path, self.cfg.grid_size)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {
             "train_config": self.cfg.to_dict(),
             "gen_state": self.gen.get_state(),
-            "pl_mean": self.pl_mean.clone(),
+            "pl_mean": self.pl_mean.detach().cpu().clone(),
         }
 
     def save(self, path: str | os.PathLike, compact: bool | None = None) -> Path:
@@ -542,14 +613,25 @@ class GANTrainer:
 
     @classmethod
     def resume(cls, path: str | os.PathLike, sample_real: SampleReal, out_dir: str | os.PathLike | None = None,
-               train_overrides: Mapping[str, Any] | None = None) -> "GANTrainer":
-        """Rebuild a trainer from a checkpoint: weights, optimizer states, counters and RNG."""
-        payload = load_checkpoint(path)
+               train_overrides: Mapping[str, Any] | None = None, device: Any = None) -> "GANTrainer":
+        """Rebuild a trainer from a checkpoint: weights, optimizer states, counters and RNG.
+
+        The checkpoint is read onto the CPU and the trainer moved to ``device`` (default CPU), so a
+        checkpoint written on a GPU resumes on a CPU and vice versa. Overriding ``batch_size`` keeps
+        the checkpoint's effective R1 weight unless ``r1_gamma`` is overridden too.
+        """
+        payload = load_checkpoint(path, map_location="cpu")
         extra = payload.get("extra") or {}
         if "train_config" not in extra or payload.get("D") is None:
             raise ValueError(f"{path} is a generator-only checkpoint and cannot resume training")
-        train_cfg = TrainConfig.from_dict({**extra["train_config"], **(train_overrides or {})})
-        trainer = cls(StyleGAN2Config.from_dict(payload["config"]), train_cfg, sample_real, out_dir)
+        overrides = dict(train_overrides or {})
+        stored = extra["train_config"]
+        if ("batch_size" in overrides and overrides["batch_size"] != stored.get("batch_size")
+                and "r1_gamma" not in overrides and stored.get("r1_gamma") is None):
+            res = StyleGAN2Config.from_dict(payload["config"]).img_resolution
+            overrides["r1_gamma"] = 0.0002 * res ** 2 / stored["batch_size"]  # the 'auto' value it trained with
+        train_cfg = TrainConfig.from_dict({**stored, **overrides})
+        trainer = cls(StyleGAN2Config.from_dict(payload["config"]), train_cfg, sample_real, out_dir, device=device)
         trainer.G.load_state_dict(payload["G"])
         trainer.D.load_state_dict(payload["D"])
         trainer.G_ema.load_state_dict(payload["G_ema"])
@@ -560,7 +642,7 @@ class GANTrainer:
             print(f"{path}: no optimizer states; resuming with fresh Adam moments", file=sys.stderr)
         trainer._configure_optimizers()  # lr / betas follow the (possibly overridden) TrainConfig
         trainer.gen.set_state(extra["gen_state"])
-        trainer.pl_mean = extra.get("pl_mean", torch.zeros([])).to(torch.float32)
+        trainer.pl_mean = extra.get("pl_mean", torch.zeros([])).to(device=trainer.device, dtype=torch.float32)
         trainer.step = int(payload["step"])
         trainer.images_seen = int(payload["images_seen"])
         return trainer
@@ -576,8 +658,13 @@ class GANTrainer:
             self.step, self.images_seen, self.cfg.to_dict())
 
     def train(self, total_images: int, progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
-              log: bool = True) -> list[dict[str, float]]:
+              log: bool = True, minutes: float | None = None) -> list[dict[str, float]]:
         """Train until ``images_seen >= total_images``; checkpoints and grids go to ``out_dir``.
+
+        ``minutes``: also stop (with a sample grid and a checkpoint, as at the end) once this much
+        wall-clock time has passed (rank 0's clock decides for every rank). On a GPU the logged
+        values are read back every :data:`STATS_EVERY` steps and at each grid or checkpoint, not
+        after every step.
 
         In a process group (``torchrun``) every rank calls this; rank 0 alone shows the progress
         bar and writes the sample grids, log and checkpoints, and the others wait for each
@@ -601,18 +688,34 @@ class GANTrainer:
         next_ckpt = _next_multiple(self.images_seen, cfg.checkpoint_every)
         next_grid = _next_multiple(self.images_seen, cfg.sample_every)
         start_images = self.images_seen
+        lazy = self.device.type != "cpu"  # GPU: no host sync per step for the logged values
+        pending: list[PendingStats] = []
+        deadline = None if minutes is None else float(minutes) * 60.0
         t0 = time.perf_counter()
         bar = tqdm(total=max(total_images - start_images, 0), disable=not (progress and main), unit="img",
                    desc="train-gan" if distributed.world_size() == 1 else f"train-gan x{distributed.world_size()}",
                    dynamic_ncols=True)
         results = []
         try:
-            while self.images_seen < total_images:
-                stats = self.train_step()
-                results.append(stats)
+            done = self.images_seen >= total_images
+            while not done:
+                if lazy:
+                    pending.append(self.train_step(sync=False))
+                else:
+                    stats = self.train_step()
+                    results.append(stats)
+                    bar.set_postfix(G=f"{stats['loss_G']:.3f}", D=f"{stats['loss_D']:.3f}", refresh=False)
                 bar.update(cfg.batch_size)
-                bar.set_postfix(G=f"{stats['loss_G']:.3f}", D=f"{stats['loss_D']:.3f}", refresh=False)
                 done = self.images_seen >= total_images
+                if deadline is not None and not done:
+                    done = bool(distributed.broadcast_object(time.perf_counter() - t0 >= deadline))
+                if lazy and pending and (done or len(pending) >= STATS_EVERY or self.images_seen >= next_grid
+                                         or self.images_seen >= next_ckpt):
+                    resolved = self.resolve_stats(pending)
+                    pending = []
+                    results.extend(resolved)
+                    bar.set_postfix(G=f"{resolved[-1]['loss_G']:.3f}", D=f"{resolved[-1]['loss_D']:.3f}",
+                                    refresh=False)
                 if out is not None and (done or self.images_seen >= next_grid):
                     if main:
                         self.sample_grid(out / f"fakes{self.images_seen:09d}.png")
@@ -672,11 +775,15 @@ RESUMABLE_OVERRIDES = ("checkpoint_every", "sample_every", "grid_size", "compact
 
 def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images: int,
               model_config: StyleGAN2Config | str = "cpu64", train_config: TrainConfig | None = None,
-              resume: bool = True, progress: bool = True) -> GANTrainer:
+              resume: bool = True, progress: bool = True, device: Any = None, minutes: float | None = None,
+              resume_batch: int | None = None) -> GANTrainer:
     """Train (or resume, if ``out_dir/checkpoint.pt`` exists and ``resume``) up to ``total_images``.
 
     On resume, the stored model and training options win, except the bookkeeping options in
-    ``RESUMABLE_OVERRIDES``, which are taken from ``train_config`` when it is given.
+    ``RESUMABLE_OVERRIDES``, which are taken from ``train_config`` when it is given, and the global
+    batch, which ``resume_batch`` changes (keeping the checkpoint's effective R1 weight; the EMA
+    half-life in images follows the batch as in a fresh run). ``device``: where to compute (default
+    CPU). ``minutes``: stop and checkpoint after this much wall-clock time.
     """
     ckpt = Path(out_dir) / "checkpoint.pt"
     say = distributed.is_main()
@@ -685,10 +792,12 @@ def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images:
         overrides = {}
         if train_config is not None:
             overrides = {k: getattr(train_config, k) for k in RESUMABLE_OVERRIDES}
-        trainer = GANTrainer.resume(ckpt, sample_real, out_dir, train_overrides=overrides)
+        if resume_batch is not None:
+            overrides["batch_size"] = int(resume_batch)
+        trainer = GANTrainer.resume(ckpt, sample_real, out_dir, train_overrides=overrides, device=device)
         if train_config is not None:
             ignored = [k for k, v in train_config.to_dict().items()
-                       if k not in RESUMABLE_OVERRIDES and trainer.cfg.to_dict()[k] != v]
+                       if k not in RESUMABLE_OVERRIDES and k not in overrides and trainer.cfg.to_dict()[k] != v]
             if ignored and say:
                 print(f"resuming {ckpt}: keeping the checkpoint's {ignored} (pass --no-resume to start over)",
                       file=sys.stderr)
@@ -697,8 +806,8 @@ def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images:
             print(f"resuming {ckpt}: keeping the checkpoint's model config {trainer.model_config.name!r} "
                   f"(pass --no-resume to start over)", file=sys.stderr)
     else:
-        trainer = GANTrainer(model_config, train_config, sample_real, out_dir)
-    trainer.train(total_images, progress=progress)
+        trainer = GANTrainer(model_config, train_config, sample_real, out_dir, device=device)
+    trainer.train(total_images, progress=progress, minutes=minutes)
     return trainer
 
 
@@ -708,8 +817,13 @@ def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images:
 DATA_SOURCES: dict[str, Callable[[int], SampleReal]] = {"blobs": make_blob_source}
 
 
-def make_shards_source(root: str | os.PathLike, resolution: int) -> SampleReal:
-    """``sample_real`` drawing uniformly (with the trainer's generator) from a rendered FaceWorld dataset."""
+def make_shards_source(root: str | os.PathLike, resolution: int, device: Any = None) -> SampleReal:
+    """``sample_real`` drawing uniformly (with the trainer's generator) from a rendered FaceWorld dataset.
+
+    ``device`` (default CPU): on a GPU the whole uint8 dataset is kept in GPU memory (32,768 images
+    at 64 px: 400 MB) and each batch is gathered and converted there; the indices are still drawn
+    on the CPU from the trainer's generator, so the batches are the same as on a CPU.
+    """
     from .world import FaceWorldShards
 
     data = FaceWorldShards(root)
@@ -717,6 +831,16 @@ def make_shards_source(root: str | os.PathLike, resolution: int) -> SampleReal:
     if images.shape[1] != resolution:
         raise ValueError(f"{root} holds {images.shape[1]}px images but the generator makes {resolution}px; "
                          "render the dataset at the generator's resolution")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type != "cpu":
+        on_device = images.to(device)
+
+        def sample_real_on_device(batch_size: int, generator: torch.Generator) -> torch.Tensor:
+            index = torch.randint(len(on_device), (batch_size,), generator=generator)
+            batch = on_device[index.to(device, non_blocking=True)]
+            return batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+        return sample_real_on_device
 
     def sample_real(batch_size: int, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(images), (batch_size,), generator=generator)
@@ -743,6 +867,12 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--sample-every", type=int, default=10_000, help="images between sample grids")
     p.add_argument("--compact", action="store_true", help="fp16 checkpoint (half size)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_argument(p)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop (with a checkpoint and a sample grid) after this many minutes; resume later")
+    p.add_argument("--resume-batch", type=int, default=None,
+                   help="when resuming, continue with this global batch instead of the checkpoint's (e.g. a larger "
+                        "one on a GPU); the R1 weight keeps the checkpoint's value")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -754,16 +884,22 @@ def main(argv: Sequence[str] | None = None, sample_real: SampleReal | None = Non
 
 def run_from_args(args: argparse.Namespace, sample_real: SampleReal | None = None) -> int:
     """The ``train-gan`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    return distributed.launch("train-gan", lambda: _run(args, sample_real))
+    try:
+        device = resolve_device(getattr(args, "device", "auto"))
+    except ValueError as error:
+        raise SystemExit(f"stylerig-lite train-gan: error: {error}") from None
+    return distributed.launch("train-gan", lambda: _run(args, sample_real, device), device=device)
 
 
-def _run(args: argparse.Namespace, sample_real: SampleReal | None) -> int:
+def _run(args: argparse.Namespace, sample_real: SampleReal | None, device: torch.device | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device("cpu") if device is None else device
+    configure_cuda(device, tf32=getattr(args, "tf32", True))
     model_config = get_config(args.preset)
     if sample_real is None:
         if (Path(args.data) / "manifest.json").exists():
-            sample_real = make_shards_source(args.data, model_config.img_resolution)
+            sample_real = make_shards_source(args.data, model_config.img_resolution, device=device)
         elif args.data in DATA_SOURCES:
             sample_real = DATA_SOURCES[args.data](model_config.img_resolution)
         else:
@@ -774,9 +910,10 @@ def _run(args: argparse.Namespace, sample_real: SampleReal | None) -> int:
                             checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
                             compact_checkpoint=args.compact)
     trainer = train_gan(sample_real, args.out, args.images, model_config, train_cfg,
-                        resume=not args.no_resume, progress=not args.no_progress)
+                        resume=not args.no_resume, progress=not args.no_progress, device=device,
+                        minutes=getattr(args, "minutes", None), resume_batch=getattr(args, "resume_batch", None))
     if distributed.is_main():
-        print(f"trained to {trainer.images_seen} images ({trainer.step} steps); checkpoint: "
+        print(f"trained to {trainer.images_seen} images ({trainer.step} steps) on {device}; checkpoint: "
               f"{Path(args.out) / 'checkpoint.pt'}")
     return 0
 

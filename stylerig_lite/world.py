@@ -28,7 +28,7 @@ and is documented in the book (chapter 2, "FaceWorld").
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -325,6 +325,7 @@ def render_shards(
     world: Optional[FaceWorld] = None,
     batch: int = 64,
     progress: bool = True,
+    shards: Optional[Sequence[int]] = None,
 ) -> "Path":
     """Render ``count`` FaceWorld images into ``out_dir/shard_XXXXX.npz`` (resumable).
 
@@ -333,6 +334,8 @@ def render_shards(
     result does not depend on how often it was interrupted. Each shard holds
     ``images`` (uint8 ``[N, H, W, 3]``), ``params`` (float32 ``[N, 196]``) and
     ``landmarks`` (float32 ``[N, 68, 2]``) and is written atomically.
+    ``shards``: render only these shard indices (parallel workers each take their share, after one
+    call with ``shards=[]`` has written the manifest); the images do not depend on the split.
     """
     import json
     import os
@@ -360,8 +363,8 @@ def render_shards(
         tmp = manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, manifest_path)
-    shards = (count + shard_size - 1) // shard_size
-    iterator = range(shards)
+    total_shards = (count + shard_size - 1) // shard_size
+    iterator = range(total_shards) if shards is None else sorted({int(i) for i in shards if 0 <= int(i) < total_shards})
     if progress:
         from tqdm.auto import tqdm
 
