@@ -1,8 +1,8 @@
 """Where the training commands compute: ``--device auto|cpu|cuda|cuda:N`` and the CUDA speed flags.
 
 The project is CPU-first; a GPU is optional. Every training CLI (``train-gan``, ``train-f``,
-``train-rignet``, ``make-corpus``) takes ``--device``; :func:`resolve_device` turns it into a
-``torch.device``:
+``train-rignet``, ``make-corpus``) and ``evaluate`` take ``--device``; :func:`resolve_device` turns it
+into a ``torch.device``:
 
 * ``auto`` (default): ``cuda`` if ``torch.cuda.is_available()``, else ``cpu``. On a machine without
   a GPU this is exactly the CPU run of before (same code path, same random streams, same results).

@@ -56,6 +56,7 @@ import torch
 from .checks import assert_finite, assert_shape
 from .corpus import (CorpusDataset, CorpusError, device_of, estimate_images, module_sha256, quick_mode, sample_pairs,
                      sample_z, synthesize)
+from .devices import add_device_argument, configure_cuda, resolve_device
 from .morphable import NUM_PARAMS, SLICES, expression_index
 
 #: The rig components a method can edit (the paper's three RigNets).
@@ -194,10 +195,12 @@ class RenderedFaceMask:
     on first use.
     """
 
-    def __init__(self, image_size: int = 64, parts: Sequence[str] = FACE_MASK_PARTS, model: Any = None):
+    def __init__(self, image_size: int = 64, parts: Sequence[str] = FACE_MASK_PARTS, model: Any = None,
+                 device: Any = None):
         self.image_size = int(image_size)
         self.parts = tuple(parts)
         self.model = model
+        self.device = device  # where a face model loaded here renders (default: the CPU)
 
     @torch.no_grad()
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
@@ -206,7 +209,7 @@ class RenderedFaceMask:
 
         assert_shape(params, [None, NUM_PARAMS], "params")
         if self.model is None:
-            self.model = load_face_model(progress=False)
+            self.model = load_face_model(progress=False, device=self.device)
         device = self.model.neutral.device
         out = render_face(self.model, params.to(device), default_camera(self.image_size))
         return out.part_mask(list(self.parts)).cpu() > 0
@@ -286,7 +289,7 @@ class EvalSet:
         if isinstance(face_mask, str):
             if face_mask != "render":
                 raise ValueError(f"face_mask must be 'render', a callable or None, got {face_mask!r}")
-            face_mask = RenderedFaceMask(getattr(G, "img_resolution", 64))
+            face_mask = RenderedFaceMask(getattr(G, "img_resolution", 64), device=device_of(G))  # renders beside G
         device = device_of(G)
         out: Dict[str, List[torch.Tensor]] = {k: [] for k in ("w", "v", "p_w", "p_v", "e_w", "e_v", "images_w", "mask_w")}
         for name in ("w", "v"):
@@ -760,6 +763,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality-count", type=int, help="with --quality: FaceWorld images (default 2000; 256 quick)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (method -> component -> metrics)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    add_device_argument(parser, tf32=False)  # evaluation keeps full float32 arithmetic on a GPU
 
 
 def format_table(results: Dict[str, Dict[str, Any]]) -> str:
@@ -785,11 +789,18 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    try:
+        device = resolve_device(getattr(args, "device", "auto"))
+    except ValueError as error:
+        raise SystemExit(f"stylerig-lite evaluate: error: {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_cuda(device, tf32=False)
     quick = quick_mode()
     try:
         G, F, E = _load_networks(args)
+        if device.type != "cpu":  # loaded on the CPU, then moved; the rest follows G's device (device_of)
+            G, F, E = (net.to(device) if isinstance(net, torch.nn.Module) else net for net in (G, F, E))
         if args.quality:
             count = args.quality_count or (256 if quick else 2000)
             images = faceworld_images(count, folder=args.faceworld)

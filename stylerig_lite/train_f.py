@@ -34,11 +34,19 @@ draws the same global batch and augmentation and computes its rows, BatchNorm
 uses the statistics of the global batch (:class:`~stylerig_lite.distributed.SyncBatchNorm2d`),
 and rank 0 writes the checkpoint, so the result does not depend on N (up to
 float rounding) and a checkpoint resumes with any N.
+
+Devices: ``--device auto|cpu|cuda|cuda:N`` as for ``train-gan`` (:mod:`stylerig_lite.devices`;
+``auto`` = CUDA when available). The network is initialised on the CPU with the same seed, then
+moved; the training set is kept on the device whole (uint8 images and labels); batch indices and
+augmentation are drawn from the same seeded CPU generators as on the CPU and moved; the logged
+values are read back once per log entry instead of once per step. The checkpoint always holds CPU
+tensors, so a run resumes on any device (the device is not part of the training config).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -55,6 +63,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .devices import add_device_argument, configure_cuda, resolve_device
 from .io_utils import config_from_preset
 from .morphable import NUM_PARAMS, FaceParams
 from .reconstruction import (
@@ -72,6 +81,7 @@ from .reconstruction import (
     reconstruction_loss,
     width_ladder,
 )
+from .stylegan2 import _to_cpu
 
 DATASET_VERSION = 1
 # Image i of a set is image i % CHUNK_SIZE of world.sample(CHUNK_SIZE) with a seed derived from
@@ -102,6 +112,15 @@ class FaceDataset:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def to(self, device: Any) -> "FaceDataset":
+        """The same dataset with every tensor on ``device`` (itself when they already are)."""
+        device = torch.device(device)
+        if self.images.device == device:
+            return self
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return FaceDataset(move(self.images), move(self.params), move(self.landmarks), move(self.face_mask),
+                           {k: move(v) for k, v in self.scene.items()})
 
     def float_images(self, index: Any = slice(None)) -> torch.Tensor:
         return self.images[index].float() / 255.0
@@ -428,6 +447,15 @@ class TrainState:
     evals: List[Dict[str, float]] = dataclasses.field(default_factory=list)
 
 
+def defer_stats(device: torch.device) -> bool:
+    """Whether a single-process run keeps each step's logged values on ``device`` until the next log entry.
+
+    True off the CPU (no host sync per step); the CPU reads them back at once, as it always has.
+    The result is the same either way (tested by forcing it on the CPU).
+    """
+    return device.type != "cpu"
+
+
 def _make_optimizer(net: ReconstructionNet, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -438,12 +466,15 @@ def save_checkpoint(state: TrainState, config: TrainConfig, path: Union[str, os.
         "config": dataclasses.asdict(config),
         "step": state.step,
         "elapsed_s": state.elapsed_s,
-        "optimizer": state.optimizer.state_dict(),
+        "optimizer": _to_cpu(state.optimizer.state_dict()),  # CPU tensors (a CPU run's state is kept as it is)
         "torch_rng": torch.get_rng_state(),
         "history": state.history,
         "evals": state.evals,
     }
-    return state.net.save(path, extra={"train": train})
+    net = state.net
+    if net.param_mean.device.type != "cpu":
+        net = copy.deepcopy(net).cpu()  # the file holds CPU tensors: it resumes on any device
+    return net.save(path, extra={"train": train})
 
 
 def _config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]:
@@ -455,8 +486,11 @@ def _config_differences(saved: Dict[str, Any], config: TrainConfig) -> List[str]
     ]
 
 
-def load_train_state(path: Union[str, os.PathLike], config: TrainConfig) -> TrainState:
-    """Restore network, optimizer, step and RNG from a training checkpoint made with a compatible config."""
+def load_train_state(path: Union[str, os.PathLike], config: TrainConfig, device: Any = None) -> TrainState:
+    """Restore network, optimizer, step and RNG from a training checkpoint made with a compatible config.
+
+    The file is read onto the CPU; ``device`` (default CPU): where the network and its optimizer state go.
+    """
     data = torch.load(path, map_location="cpu", weights_only=True)
     if "train" not in data:
         raise ValueError(f"{path} holds an F network without training state; it cannot be resumed (use --fresh to overwrite)")
@@ -467,6 +501,8 @@ def load_train_state(path: Union[str, os.PathLike], config: TrainConfig) -> Trai
             "Use the same options, another --out, or --fresh to start over"
         )
     net = ReconstructionNet.from_checkpoint(data)
+    if device is not None and torch.device(device).type != "cpu":
+        net.to(device)  # before the optimizer: load_state_dict moves its state to the parameters' device
     optimizer = _make_optimizer(net, config)
     optimizer.load_state_dict(data["train"]["optimizer"])
     torch.set_rng_state(data["train"]["torch_rng"])
@@ -492,18 +528,21 @@ def train(
     fresh: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: Any = None,
 ) -> TrainState:
     """Train F (or resume ``config.out``) and return the final state; the checkpoint is written as it goes.
 
     ``world`` defaults to a new :class:`~stylerig_lite.world.FaceWorld`; ``dataset`` and
     ``val`` default to the cached FaceWorld sets ``(config.images, config.data_seed)`` and
-    ``(config.val_images, config.val_seed)``.
+    ``(config.val_images, config.val_seed)``. ``device`` (default: the CPU; a ``--device`` string is
+    resolved): where to train; with the photometric term ``world`` is moved there (in place).
     """
     threads_before = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, world=world, dataset=dataset, val=val, fresh=fresh, progress=progress, log=log)
+        return _train(config, world=world, dataset=dataset, val=val, fresh=fresh, progress=progress, log=log,
+                      device=device)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -517,7 +556,11 @@ def _train(
     fresh: bool,
     progress: bool,
     log: Callable[[str], None],
+    device: Any = None,
 ) -> TrainState:
+    device = (torch.device("cpu") if device is None else
+              device if isinstance(device, torch.device) else resolve_device(device))
+    on_cpu = device.type == "cpu"
     main = distributed.is_main()  # in a process group: rank 0 logs, evaluates and writes the checkpoint
     if not main:
         progress, log = False, (lambda message: None)
@@ -549,13 +592,15 @@ def _train(
     out = Path(config.out)
     # Every rank decides alike (rank 0 may write the file while another rank is still looking).
     if distributed.broadcast_object(out.exists() and not fresh):
-        state = load_train_state(out, config)
+        state = load_train_state(out, config, device=device)
         log(f"resuming {out} at step {state.step} ({state.elapsed_s / 60:.1f} min trained)")
     else:
         torch.manual_seed(derive_seed(config.seed, 0))
         distribution = world.config.params if world is not None else None
         mean, std = parameter_statistics(distribution) if distribution is not None else parameter_statistics()
         net = ReconstructionNet(config.network_config(), param_mean=mean, param_std=std)
+        if not on_cpu:
+            net.to(device)  # same initial weights on every device
         state = TrainState(net, _make_optimizer(net, config))
 
     net, optimizer = state.net, state.optimizer
@@ -584,9 +629,16 @@ def _train(
 
         desc = f"train F -> {out.name}" + (f" (x{world_size})" if world_size > 1 else "")
         bar = tqdm(total=config.steps, initial=min(state.step, config.steps), desc=desc, unit="step", dynamic_ncols=True)
+    if not on_cpu:
+        dataset = dataset.to(device)  # the whole (uint8) training set on the device: no copy per step
+        if config.photometric_weight > 0:
+            world.to(device)
     process_start = started = last_save = time.monotonic()
     running: Dict[str, float] = {}
     running_count = 0
+    # Off the CPU (one process): each step's logged values stay on the device until the next log
+    # entry, then are read back in one transfer (no host sync per step); the same float sums.
+    deferred: List[Tuple[List[str], torch.Tensor]] = []
     log_every = max(1, min(50, config.steps // 20))
     completed = False
     try:
@@ -596,6 +648,8 @@ def _train(
                 group["lr"] = learning_rate(config, step)
             # The global batch and its augmentation are a function of (seed, step): each rank takes its rows.
             index = batch_indices(config.seed, step, config.batch, len(dataset))[rows]
+            if not on_cpu:
+                index = index.to(device, non_blocking=True)
             generator = torch.Generator().manual_seed(derive_seed(config.seed, 1, step))
             draws = distributed.BatchShard(generator, config.batch, torch.arange(rows.start, rows.stop) if world_size > 1 else None)
             aug = augment(
@@ -631,15 +685,24 @@ def _train(
             save_due = now - last_save > config.checkpoint_seconds
             stop_due = config.minutes > 0 and now - process_start > 60 * config.minutes
             if world_size > 1:  # global-batch means for the log; rank 0's clock decides saves and stops
+                flags_device = loss.device  # NCCL reduces CUDA tensors: the flags go where the values are
                 packed = torch.stack([v.double() * (local_batch / config.batch) for v in values.values()]
-                                     + [torch.tensor(float(main and save_due), dtype=torch.float64),
-                                        torch.tensor(float(main and stop_due), dtype=torch.float64)])
+                                     + [torch.tensor(float(main and save_due), dtype=torch.float64, device=flags_device),
+                                        torch.tensor(float(main and stop_due), dtype=torch.float64, device=flags_device)])
                 packed = distributed.all_reduce_sum(packed).tolist()
                 values, (save_due, stop_due) = dict(zip(values, packed[:-2])), (packed[-2] > 0, packed[-1] > 0)
-            for k, v in values.items():
-                running[k] = running.get(k, 0.0) + float(v)
+            if world_size > 1 or not defer_stats(device):  # all-reduced Python floats, or read back now
+                for k, v in values.items():
+                    running[k] = running.get(k, 0.0) + float(v)
+            else:
+                deferred.append((list(values), torch.stack([v.float() for v in values.values()])))
             running_count += 1
             if running_count == log_every or state.step == config.steps:
+                if deferred:
+                    for (keys, _), row in zip(deferred, torch.stack([packed for _, packed in deferred]).tolist()):
+                        for k, v in zip(keys, row):
+                            running[k] = running.get(k, 0.0) + v
+                    deferred.clear()
                 entry = {k: v / running_count for k, v in running.items()}
                 entry.update(step=state.step, elapsed_s=state.elapsed_s + now - started)
                 state.history.append(entry)
@@ -716,14 +779,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true", help="start over even if --out exists")
     parser.add_argument("--evaluate", type=int, default=0, metavar="N", help="after training, score on N held-out images (seed 10000) incl. photometric")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_argument(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``train-f`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    return distributed.launch("train-f", lambda: _run(args))
+    try:
+        device = resolve_device(getattr(args, "device", "auto"))
+    except ValueError as error:
+        raise SystemExit(f"stylerig-lite train-f: error: {error}") from None
+    return distributed.launch("train-f", lambda: _run(args, device), device=device)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int:
+    device = torch.device("cpu") if device is None else device
+    configure_cuda(device, tf32=getattr(args, "tf32", True))
     overrides = {
         name: getattr(args, name, None)
         for name in (
@@ -733,7 +803,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     try:
         config = make_config(args.preset, **overrides)
-        state = train(config, fresh=args.fresh, progress=not args.quiet)
+        state = train(config, fresh=args.fresh, progress=not args.quiet, device=device)
     except (ValueError, FileNotFoundError) as error:  # bad options or data: say what, without a traceback
         print(f"stylerig-lite train-f: error: {error}", file=sys.stderr)
         return 2

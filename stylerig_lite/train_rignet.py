@@ -52,11 +52,19 @@ steps, i.e. 36k pairs, per CPU hour. Of a step, ≈ 0.12 s draws and
 estimates the pairs (G + F without gradients), ≈ 0.28 s is the forward pass
 (G and F on the 16 edited latents, two render losses) and ≈ 0.35 s the
 backward pass. The ``cpu`` preset (4,000 steps) is about an hour per component.
+
+Devices: ``--device auto|cpu|cuda|cuda:N`` as for ``train-gan`` (:mod:`stylerig_lite.devices`;
+``auto`` = CUDA when available). G, F, the face model and the RigNet live on the device (the RigNet
+is initialised on the CPU with the same seed, then moved); the pairs are drawn as on the CPU (seeded
+CPU generator, corpus items read on the CPU) and moved there; the logged values are read back once
+per log entry instead of once per step. The checkpoint always holds CPU tensors, so a run resumes on
+any device. The device is not part of the training config: the same run may move between devices.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -69,6 +77,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .devices import add_device_argument, configure_cuda, resolve_device
 from .io_utils import config_from_preset
 from .rignet import (
     COMPONENTS,
@@ -81,6 +90,7 @@ from .rignet import (
     get_component,
     rig_losses,
 )
+from .stylegan2 import _to_cpu
 from .train_f import batch_indices, derive_seed
 
 ABLATIONS = ("rec", "edit", "consist")
@@ -164,8 +174,10 @@ def log_path(out: Union[str, os.PathLike]) -> Path:
 class PairSource:
     """Step ``s``'s pairs ``(w, v)`` with F's view of them; a function of ``(seed, s)`` alone."""
 
-    def __init__(self, G: nn.Module, F: nn.Module, config: TrainConfig, corpus: Any = None):
+    def __init__(self, G: nn.Module, F: nn.Module, config: TrainConfig, corpus: Any = None, device: Any = None):
         self.G, self.F, self.config = G, F, config
+        # Where G and F compute (default: where G's parameters are); draws are made on the CPU and moved.
+        self.device = torch.device(device) if device is not None else next(G.parameters()).device
         if corpus is None and config.corpus:
             from .corpus import CorpusDataset  # written alongside; imported only when asked for
 
@@ -186,10 +198,14 @@ class PairSource:
             items = [self.corpus[int(i)] for i in index]
             w = torch.stack([torch.as_tensor(item["w"]) for item in items]).float()  # [2b, num_ws, w_dim]
             images = torch.stack([torch.as_tensor(item["image"]) for item in items]).float()  # [2b, 3, R, R] in [-1, 1]
+            if self.device.type != "cpu":
+                w, images = w.to(self.device), images.to(self.device)
             sample = describe(self.G, self.F, w, images)
         else:
             generator = torch.Generator().manual_seed(derive_seed(self.config.seed, 1, step))
             z = torch.randn(2 * B, self.G.z_dim, generator=generator)[pick]
+            if self.device.type != "cpu":
+                z = z.to(self.device)
             w = self.G.mapping(z, None, truncation_psi=self.config.truncation_psi)
             sample = describe(self.G, self.F, w)
         halves = [RigSample(*(getattr(sample, f.name)[k * b : (k + 1) * b] for f in dataclasses.fields(RigSample))) for k in (0, 1)]
@@ -231,6 +247,15 @@ class TrainState:
     running_count: int = 0
 
 
+def defer_stats(device: torch.device) -> bool:
+    """Whether a single-process run keeps each step's logged values on ``device`` until the next log entry.
+
+    True off the CPU (no host sync per step); the CPU reads them back at once, as it always has.
+    The result is the same either way (tested by forcing it on the CPU).
+    """
+    return device.type != "cpu"
+
+
 def make_optimizer(rignet: RigNet, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(rignet.parameters(), lr=config.lr)
@@ -243,16 +268,22 @@ def save_checkpoint(state: TrainState, config: TrainConfig, path: Union[str, os.
         "config": dataclasses.asdict(config),
         "step": state.step,
         "elapsed_s": state.elapsed_s,
-        "optimizer": state.optimizer.state_dict(),
+        "optimizer": _to_cpu(state.optimizer.state_dict()),  # CPU tensors (a CPU run's state is kept as it is)
         "history": state.history,
         "running": state.running,
         "running_count": state.running_count,
     }
-    return state.rignet.save(path, extra={"train": train})
+    rignet = state.rignet
+    if next(rignet.parameters()).device.type != "cpu":
+        rignet = copy.deepcopy(rignet).cpu()  # the file holds CPU tensors: it resumes on any device
+    return rignet.save(path, extra={"train": train})
 
 
-def load_train_state(path: Union[str, os.PathLike], config: TrainConfig) -> TrainState:
-    """Restore RigNet, optimizer, step and history from a checkpoint made with a compatible config."""
+def load_train_state(path: Union[str, os.PathLike], config: TrainConfig, device: Any = None) -> TrainState:
+    """Restore RigNet, optimizer, step and history from a checkpoint made with a compatible config.
+
+    The file is read onto the CPU; ``device`` (default CPU): where the RigNet and its optimizer state go.
+    """
     data = torch.load(path, map_location="cpu", weights_only=True)
     if "train" not in data:
         raise ValueError(f"{path} holds a RigNet without training state; it cannot be resumed (use --fresh to overwrite)")
@@ -268,6 +299,8 @@ def load_train_state(path: Union[str, os.PathLike], config: TrainConfig) -> Trai
             "Use the same options, another --out, or --fresh to start over"
         )
     rignet = RigNet.from_checkpoint(data)
+    if device is not None and torch.device(device).type != "cpu":
+        rignet.to(device)  # before the optimizer: load_state_dict moves its state to the parameters' device
     optimizer = make_optimizer(rignet, config)
     optimizer.load_state_dict(data["train"]["optimizer"])
     t = data["train"]
@@ -295,6 +328,7 @@ def train(
     fresh: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: Any = None,
 ) -> TrainState:
     """Train a RigNet (or resume ``config.out``) and return the final state; checkpoints as it goes.
 
@@ -302,17 +336,21 @@ def train(
     (eval mode, no parameter gradients). ``corpus``: a dataset of dicts with
     ``'w'`` and ``'image'`` (default: ``CorpusDataset(config.corpus)`` when set).
     ``face_model`` defaults to :func:`~stylerig_lite.morphable.load_face_model`.
+    ``device`` (default: the CPU; a ``--device`` string is resolved): where to train; G, F and the face
+    model are moved there (in place), the checkpoint holds CPU tensors either way.
     """
     threads_before = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, G=G, F=F, corpus=corpus, face_model=face_model, fresh=fresh, progress=progress, log=log)
+        return _train(config, G=G, F=F, corpus=corpus, face_model=face_model, fresh=fresh, progress=progress, log=log,
+                      device=device)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progress: bool, log: Callable[[str], None]) -> TrainState:
+def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progress: bool, log: Callable[[str], None],
+           device: Any = None) -> TrainState:
     from .face_render import default_camera
     from .losses import RenderLoss
     from .morphable import load_face_model
@@ -323,10 +361,18 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
 
         G = G if G is not None else pretrained.generator(config.generator)
         F = F if F is not None else pretrained.face_estimator(config.estimator)
+    device = (torch.device("cpu") if device is None else
+              device if isinstance(device, torch.device) else resolve_device(device))
+    on_cpu = device.type == "cpu"
     freeze(G)
     freeze(F)
-    render = RenderLoss(face_model or load_face_model(progress=False), default_camera(F.config.image_size))
-    pairs = PairSource(G, F, config, corpus)
+    face_model = face_model or load_face_model(progress=False)
+    if not on_cpu:  # built or loaded on the CPU, then moved
+        G.to(device)
+        F.to(device)
+        face_model.to(device)
+    render = RenderLoss(face_model, default_camera(F.config.image_size))
+    pairs = PairSource(G, F, config, corpus, device=device)
     main = distributed.is_main()  # in a process group: rank 0 logs and writes the checkpoint and the log file
     if not main:
         progress, log = False, (lambda message: None)
@@ -334,12 +380,14 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
     out = Path(config.out)
     # Every rank decides alike (rank 0 may write the file while another rank is still looking).
     if distributed.broadcast_object(out.exists() and not fresh):
-        state = load_train_state(out, config)
+        state = load_train_state(out, config, device=device)
         log(f"resuming {out} at step {state.step} ({state.elapsed_s / 60:.1f} min trained)")
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, 0))
             rignet = RigNet(RigNetConfig.for_generator(G, config.component, latent_dim=config.latent_dim))
+        if not on_cpu:
+            rignet.to(device)  # same initial weights on every device
         state = TrainState(rignet, make_optimizer(rignet, config))
     rignet, optimizer = state.rignet, state.optimizer
     if (rignet.config.num_ws, rignet.config.w_dim) != (G.num_ws, G.w_dim):
@@ -366,6 +414,19 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
                    desc=f"train RigNet ({config.component}) -> {out.name}" + (f" (x{world_size})" if world_size > 1 else ""))
     process_start = started = last_save = time.monotonic()
     completed = False
+    # Off the CPU (one process): each step's logged values stay on the device until the next log
+    # entry or checkpoint, then are read back in one transfer (no host sync per step). The sums are
+    # the same Python float additions in the same order as the per-step read-back of the CPU path.
+    deferred: List[Tuple[List[str], torch.Tensor]] = []
+
+    def flush() -> None:
+        if deferred:
+            rows_back = torch.stack([packed for _, packed in deferred]).tolist()
+            for (keys, _), row in zip(deferred, rows_back):
+                for k, v in zip(keys, row):
+                    state.running[k] = state.running.get(k, 0.0) + v
+            deferred.clear()
+
     try:
         while state.step < config.steps:
             sample_w, sample_v = pairs(state.step, rows if world_size > 1 else None)
@@ -385,15 +446,20 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
             save_due = now - last_save > config.checkpoint_seconds
             stop_due = config.minutes > 0 and now - process_start > 60 * config.minutes
             if world_size > 1:  # means over all pairs for the log; rank 0's clock decides saves and stops
+                flags_device = loss.device  # NCCL reduces CUDA tensors: the flags go where the values are
                 packed = torch.stack([v.double() * (local_pairs / config.batch) for v in values.values()]
-                                     + [torch.tensor(float(main and save_due), dtype=torch.float64),
-                                        torch.tensor(float(main and stop_due), dtype=torch.float64)])
+                                     + [torch.tensor(float(main and save_due), dtype=torch.float64, device=flags_device),
+                                        torch.tensor(float(main and stop_due), dtype=torch.float64, device=flags_device)])
                 packed = distributed.all_reduce_sum(packed).tolist()
                 values, (save_due, stop_due) = dict(zip(values, packed[:-2])), (packed[-2] > 0, packed[-1] > 0)
-            for k, v in values.items():
-                state.running[k] = state.running.get(k, 0.0) + float(v)
+            if world_size > 1 or not defer_stats(device):  # all-reduced Python floats, or read back now
+                for k, v in values.items():
+                    state.running[k] = state.running.get(k, 0.0) + float(v)
+            else:
+                deferred.append((list(values), torch.stack([v.float() for v in values.values()])))
             state.running_count += 1
             if state.step % config.log_every == 0 or state.step == config.steps:
+                flush()
                 entry = {k: v / state.running_count for k, v in state.running.items()}
                 entry.update(step=state.step, elapsed_s=round(state.elapsed_s + now - started, 2))
                 state.history.append(entry)
@@ -406,6 +472,7 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
             if bar is not None:
                 bar.update(1)
             if save_due:
+                flush()
                 state.elapsed_s += now - started
                 if main:
                     save_checkpoint(state, config, out)
@@ -418,6 +485,7 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
     finally:
         if bar is not None:
             bar.close()
+        flush()
         state.elapsed_s += time.monotonic() - started
         if main:
             save_checkpoint(state, config, out)
@@ -454,15 +522,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--fresh", action="store_true", help="start over even if --out exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_argument(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``train-rignet`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    return distributed.launch("train-rignet", lambda: _run(args))
+    try:
+        device = resolve_device(getattr(args, "device", "auto"))
+    except ValueError as error:
+        raise SystemExit(f"stylerig-lite train-rignet: error: {error}") from None
+    return distributed.launch("train-rignet", lambda: _run(args, device), device=device)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int:
     from .pretrained import WeightsError
+
+    device = torch.device("cpu") if device is None else device
+    configure_cuda(device, tf32=getattr(args, "tf32", True))
 
     overrides = {
         name: getattr(args, name, None)
@@ -473,7 +549,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     try:
         config = make_config(args.preset, **overrides)
-        state = train(config, fresh=args.fresh, progress=not args.quiet)
+        state = train(config, fresh=args.fresh, progress=not args.quiet, device=device)
     except (ValueError, FileNotFoundError, KeyError, WeightsError) as error:  # bad options or inputs: say what, no traceback
         hint = " (on the command line: --generator PATH / --estimator PATH)" if isinstance(error, WeightsError) else ""
         print(f"stylerig-lite train-rignet: error: {error}{hint}", file=sys.stderr)

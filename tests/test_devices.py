@@ -1,4 +1,4 @@
-"""``--device``: resolution of device names, the CPU path unchanged, checkpoints on the CPU, device-clean GAN steps."""
+"""``--device``: resolution of device names, the CPU path unchanged, checkpoints on the CPU, device-clean steps (train-gan, train-f, train-rignet, evaluate)."""
 
 from __future__ import annotations
 
@@ -145,3 +145,250 @@ def test_resume_batch_keeps_the_r1_weight(tmp_path):
     assert payload["images_seen"] == 24 and stored["batch_size"] == 16
     res = payload["config"]["img_resolution"]
     assert stored["r1_gamma"] == pytest.approx(0.0002 * res ** 2 / 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# train-f, train-rignet and evaluate: the same --device support.
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor of a (nested) checkpoint, by path; non-tensor leaves by path as well."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in _tensors(value, f"{prefix}/{key}").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in _tensors(value, f"{prefix}[{i}]").items()}
+    return {prefix: obj}
+
+
+def _same_checkpoints(a, b):
+    """Equal checkpoints up to the wall-clock fields (elapsed_s), and every tensor on the CPU."""
+    flat_a = {k: v for k, v in _tensors(torch.load(a, weights_only=True)).items() if "elapsed_s" not in k}
+    flat_b = {k: v for k, v in _tensors(torch.load(b, weights_only=True)).items() if "elapsed_s" not in k}
+    assert flat_a.keys() == flat_b.keys()
+    for key, value in flat_a.items():
+        if isinstance(value, torch.Tensor):
+            assert value.device.type == "cpu" and flat_b[key].device.type == "cpu", key
+            assert value.dtype == flat_b[key].dtype and torch.equal(value, flat_b[key]), key
+        else:
+            assert value == flat_b[key], key
+    return flat_a
+
+
+@pytest.fixture(scope="module")
+def rig_networks(tmp_path_factory):
+    """A tiny 16 px G and a random 16 px F (BatchNorm calibrated on G's images), as files."""
+    from stylerig_lite import reconstruction, stylegan2
+    from stylerig_lite.rignet import estimator_input
+
+    folder = tmp_path_factory.mktemp("rig_networks")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G = stylegan2.Generator("tiny", seed=0).eval()
+        F = reconstruction.ReconstructionNet(reconstruction.ReconstructionConfig(image_size=16, widths=(4, 8, 16, 32), head_hidden=16))
+        torch.nn.init.normal_(F.head[-1].weight, std=0.3)
+        with torch.no_grad():
+            for module in F.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.momentum = None
+                    module.reset_running_stats()
+            w = G.mapping(torch.randn(16, G.z_dim), None)
+            F.train()(estimator_input(G.synthesis(w, noise_mode="const"), 16))
+    paths = {"G": folder / "g16.pt", "F": folder / "f16.pt"}
+    stylegan2.save_checkpoint(paths["G"], G, G_ema=G)
+    F.eval().save(paths["F"])
+    return paths
+
+
+def _rignet_run(out, networks, steps, *extra):
+    from stylerig_lite.cli import main
+
+    assert main(["train-rignet", "--component", "pose", "--out", str(out), "--preset", "tiny", "--generator", str(networks["G"]),
+                 "--estimator", str(networks["F"]), "--steps", str(steps), "--batch", "2", "--log-every", "3",
+                 "--threads", "1", "--quiet", *extra]) == 0
+
+
+def test_train_rignet_device_cpu_is_the_default_path(tmp_path, monkeypatch, rig_networks, ict_mirror, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # 'auto' means the CPU here
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")  # the same relative --out: the configs stored are equal too
+    _rignet_run("rig.pt", rig_networks, 4)
+    monkeypatch.chdir(tmp_path / "b")
+    _rignet_run("rig.pt", rig_networks, 4, "--device", "cpu")
+    flat = _same_checkpoints(tmp_path / "a" / "rig.pt", tmp_path / "b" / "rig.pt")
+    assert flat["/train/step"] == 4 and any(k.startswith("/train/optimizer/state") for k in flat)
+    # Resumed (past a log entry, with running sums in the file) on the explicit CPU, from the default's checkpoint.
+    _rignet_run("rig.pt", rig_networks, 7)
+    monkeypatch.chdir(tmp_path / "a")
+    _rignet_run("rig.pt", rig_networks, 7, "--device", "cpu")
+    _same_checkpoints(tmp_path / "a" / "rig.pt", tmp_path / "b" / "rig.pt")
+    capsys.readouterr()
+
+
+def test_train_rignet_deferred_stats_equal_the_per_step_ones(tmp_path, monkeypatch, rig_networks, ict_mirror):
+    """The GPU path's once-per-log read-back of the logged values, forced on the CPU: the same history."""
+    from stylerig_lite import train_rignet
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    _rignet_run("rig.pt", rig_networks, 4, "--device", "cpu")
+    monkeypatch.setattr(train_rignet, "defer_stats", lambda device: True)
+    monkeypatch.chdir(tmp_path / "b")
+    _rignet_run("rig.pt", rig_networks, 4, "--device", "cpu")  # stops after step 4: 1 value pending at the end
+    _same_checkpoints(tmp_path / "a" / "rig.pt", tmp_path / "b" / "rig.pt")
+
+
+def test_train_rignet_resumes_onto_another_device(tmp_path, monkeypatch, rig_networks, ict_mirror):
+    """A CPU checkpoint's RigNet and optimizer state go where the resuming run computes ('meta' here)."""
+    from stylerig_lite import train_rignet
+
+    monkeypatch.chdir(tmp_path)
+    _rignet_run("rig.pt", rig_networks, 2, "--device", "cpu")
+    config = train_rignet.make_config("tiny", out="rig.pt", component="pose", steps=2, batch=2, log_every=3, threads=1,
+                                      generator=str(rig_networks["G"]), estimator=str(rig_networks["F"]))
+    state = train_rignet.load_train_state("rig.pt", config, device=torch.device("meta"))
+    assert {p.device.type for p in state.rignet.parameters()} == {"meta"}
+    moments = [v for s in state.optimizer.state.values() for k, v in s.items() if k != "step"]
+    assert moments and {t.device.type for t in moments} == {"meta"}
+
+
+def test_rig_losses_create_nothing_off_the_inputs_device(rig_networks, ict_mirror):
+    """RigNet's objective (G, F, the renderer and rasterizer, the render losses) creates no tensor on the default device.
+
+    The rasterizer reads back a few sizes, which the 'meta' device cannot, so the trick of
+    test_gan_step_creates_nothing_off_the_device is turned round: the data stay on the CPU and the
+    *default* device is 'meta', so a factory call without ``device=`` (torch.zeros(n), torch.arange(n), ...)
+    makes a meta tensor, and mixing it with the CPU data raises, as a CPU tensor would on a GPU.
+    """
+    import dataclasses
+
+    from stylerig_lite import losses, morphable, pretrained
+    from stylerig_lite.face_render import default_camera
+    from stylerig_lite.rignet import RigNet, RigNetConfig, RigSample, describe, freeze, rig_losses
+
+    G = freeze(pretrained.generator(str(rig_networks["G"])))
+    F = freeze(pretrained.face_estimator(str(rig_networks["F"])))
+    render = losses.RenderLoss(morphable.load_face_model(progress=False), default_camera(16))
+    sample = describe(G, F, G.mapping(torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(0)), None))
+    halves = [RigSample(*(getattr(sample, f.name)[k * 2 : (k + 1) * 2] for f in dataclasses.fields(RigSample))) for k in (0, 1)]
+    net = RigNet(RigNetConfig.for_generator(G, "pose"))
+    with torch.no_grad():
+        for decoder in net.decoders:  # a RigNet that edits (its decoders start at zero)
+            decoder.weight.normal_(std=0.1, generator=torch.Generator().manual_seed(1))
+    expected, _ = rig_losses(net, G, F, render, *halves)  # also fills the cropped face model's cache (built once)
+    with torch.device("meta"):
+        loss, parts = rig_losses(net, G, F, render, *halves)
+        loss.backward()
+    assert loss.device.type == "cpu" and torch.equal(loss.detach(), expected.detach())
+    assert all(p.grad is not None and p.grad.device.type == "cpu" for p in net.parameters() if p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def face_shards(tmp_path_factory):
+    """A folder in world.render_shards' format (random images and labels) for train-f --data-dir."""
+    import json
+
+    import numpy as np
+
+    from stylerig_lite.world import WorldConfig, config_hash
+
+    folder = tmp_path_factory.mktemp("faces")
+    g = np.random.default_rng(0)
+    count, shard = 32, 16
+    (folder / "manifest.json").write_text(json.dumps({"count": count, "seed": 0, "shard_size": shard, "image_size": 64,
+                                                      "world_hash": config_hash(WorldConfig())}))
+    for k in range(count // shard):
+        np.savez(folder / f"shard_{k:05d}.npz", images=g.integers(0, 256, (shard, 64, 64, 3), dtype=np.uint8),
+                 params=(0.3 * g.standard_normal((shard, 196))).astype(np.float32),
+                 landmarks=(16 + 32 * g.random((shard, 68, 2))).astype(np.float32))
+    return folder
+
+
+def _train_f_run(out, data, steps, *extra):
+    from stylerig_lite.cli import main
+
+    assert main(["train-f", "--out", str(out), "--preset", "tiny", "--data-dir", str(data), "--images", "32", "--batch", "7",
+                 "--steps", str(steps), "--val-images", "0", "--threads", "1", "--quiet", *extra]) == 0
+
+
+def test_train_f_device_cpu_is_the_default_path(tmp_path, monkeypatch, face_shards, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    _train_f_run("f.pt", face_shards, 5)
+    monkeypatch.chdir(tmp_path / "b")
+    _train_f_run("f.pt", face_shards, 5, "--device", "cpu")
+    flat = _same_checkpoints(tmp_path / "a" / "f.pt", tmp_path / "b" / "f.pt")
+    assert flat["/train/step"] == 5 and any(k.startswith("/train/optimizer/state") for k in flat)
+    _train_f_run("f.pt", face_shards, 8)  # resumed by the default path from an explicit --device cpu checkpoint
+    monkeypatch.chdir(tmp_path / "a")
+    _train_f_run("f.pt", face_shards, 8, "--device", "cpu")
+    _same_checkpoints(tmp_path / "a" / "f.pt", tmp_path / "b" / "f.pt")
+    capsys.readouterr()
+
+
+def test_train_f_deferred_stats_equal_the_per_step_ones(tmp_path, monkeypatch, face_shards, capsys):
+    from stylerig_lite import train_f
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    _train_f_run("f.pt", face_shards, 5, "--device", "cpu")
+    monkeypatch.setattr(train_f, "defer_stats", lambda device: True)
+    monkeypatch.chdir(tmp_path / "b")
+    _train_f_run("f.pt", face_shards, 5, "--device", "cpu")
+    _same_checkpoints(tmp_path / "a" / "f.pt", tmp_path / "b" / "f.pt")
+    capsys.readouterr()
+
+
+def test_train_f_step_creates_nothing_off_the_device():
+    """F's forward pass, loss, gradient clipping and AdamW step on the 'meta' device (see the GAN test)."""
+    from stylerig_lite.reconstruction import ReconstructionNet, reconstruction_loss, tiny_config
+    from stylerig_lite.train_f import TrainConfig, _make_optimizer
+
+    meta = torch.device("meta")
+    net = ReconstructionNet(tiny_config()).to(meta).train()
+    optimizer = _make_optimizer(net, TrainConfig())
+    images = torch.rand(4, 3, 64, 64, device=meta)
+    output = net(images)
+    loss, parts = reconstruction_loss(net, output, torch.zeros(4, 196, device=meta), torch.zeros(4, 68, 2, device=meta))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+    optimizer.step()
+    assert loss.device.type == "meta" and {v.device.type for v in parts.values()} == {"meta"}
+    assert {t.device.type for s in optimizer.state.values() for t in s.values()} <= {"meta", "cpu"}  # 'step' may stay on the CPU
+
+
+def test_train_f_resumes_onto_another_device(tmp_path, monkeypatch, face_shards, capsys):
+    from stylerig_lite import train_f
+
+    monkeypatch.chdir(tmp_path)
+    _train_f_run("f.pt", face_shards, 2, "--device", "cpu")
+    config = train_f.make_config("tiny", out="f.pt", data_dir=str(face_shards), images=32, batch=7, steps=2, val_images=0, threads=1)
+    state = train_f.load_train_state("f.pt", config, device=torch.device("meta"))
+    assert {p.device.type for p in state.net.parameters()} == {"meta"}
+    moments = [v for s in state.optimizer.state.values() for k, v in s.items() if k != "step"]
+    assert moments and {t.device.type for t in moments} == {"meta"}
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", [
+    ["train-f", "--out", "never.pt"],
+    ["train-rignet", "--component", "pose", "--out", "never.pt"],
+    ["evaluate"],
+])
+def test_device_errors_through_the_clis(command, monkeypatch, no_torchrun, tmp_path):
+    from stylerig_lite.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    name = command[0]
+    with pytest.raises(SystemExit, match=rf"stylerig-lite {name}: error: cuda:1 requested but torch.cuda.is_available\(\) is False"):
+        main([*command, "--device", "cuda:1"])
+    with pytest.raises(SystemExit, match=rf"stylerig-lite {name}: error: unknown device 'gpu'"):
+        main([*command, "--device", "gpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match=rf"stylerig-lite {name}: error: cuda:3 requested but only 1 GPU"):
+        main([*command, "--device", "cuda:3"])
+    assert not (tmp_path / "never.pt").exists()
