@@ -51,7 +51,7 @@ import torch.nn.functional as nnf
 
 from . import distributed
 from .checks import assert_finite, assert_shape
-from .devices import add_device_argument, configure_cuda, resolve_device
+from .devices import add_device_argument, configure_cuda
 from .morphable import NUM_PARAMS
 
 FORMAT = "stylerig_lite.corpus"
@@ -595,12 +595,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``make-corpus`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    try:
-        device = resolve_device(getattr(args, "device", "auto"))
-    except ValueError as error:
-        print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
-        return 2
-    return distributed.launch("make-corpus", lambda: _run(args, device), device=device)
+    return distributed.launch_command("make-corpus", getattr(args, "device", "auto"), lambda device: _run(args, device))
 
 
 def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int:

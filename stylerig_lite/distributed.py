@@ -162,6 +162,18 @@ def is_communication_error(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(word in str(error).lower() for word in _COMMUNICATION_WORDS)
 
 
+def launch_command(command: str, device_name: str, run: Callable[[Any], int]) -> int:
+    """A training CLI's entry: resolve ``--device`` (a bad one is a one-line ``SystemExit``), then
+    :func:`launch` ``run(device)`` in the process group from the environment (if any)."""
+    from .devices import resolve_device
+
+    try:
+        device = resolve_device(device_name)
+    except ValueError as error:
+        raise SystemExit(f"stylerig-lite {command}: error: {error}") from None
+    return launch(command, lambda: run(device), device=device)
+
+
 def launch(command: str, run: Callable[[], int], device: Any = "cpu") -> int:
     """Run a CLI command in the process group from the environment (if any); a lost peer is a clean error.
 

@@ -784,11 +784,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``train-f`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    try:
-        device = resolve_device(getattr(args, "device", "auto"))
-    except ValueError as error:
-        raise SystemExit(f"stylerig-lite train-f: error: {error}") from None
-    return distributed.launch("train-f", lambda: _run(args, device), device=device)
+    return distributed.launch_command("train-f", getattr(args, "device", "auto"), lambda device: _run(args, device))
 
 
 def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int:

@@ -884,11 +884,7 @@ def main(argv: Sequence[str] | None = None, sample_real: SampleReal | None = Non
 
 def run_from_args(args: argparse.Namespace, sample_real: SampleReal | None = None) -> int:
     """The ``train-gan`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    try:
-        device = resolve_device(getattr(args, "device", "auto"))
-    except ValueError as error:
-        raise SystemExit(f"stylerig-lite train-gan: error: {error}") from None
-    return distributed.launch("train-gan", lambda: _run(args, sample_real, device), device=device)
+    return distributed.launch_command("train-gan", getattr(args, "device", "auto"), lambda device: _run(args, sample_real, device))
 
 
 def _run(args: argparse.Namespace, sample_real: SampleReal | None, device: torch.device | None = None) -> int:

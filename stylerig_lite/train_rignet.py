@@ -527,11 +527,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``train-rignet`` command; under ``torchrun`` every process runs it (see :mod:`stylerig_lite.distributed`)."""
-    try:
-        device = resolve_device(getattr(args, "device", "auto"))
-    except ValueError as error:
-        raise SystemExit(f"stylerig-lite train-rignet: error: {error}") from None
-    return distributed.launch("train-rignet", lambda: _run(args, device), device=device)
+    return distributed.launch_command("train-rignet", getattr(args, "device", "auto"), lambda device: _run(args, device))
 
 
 def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int:
