@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|distributed] [--json] [--quick]``.
+"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|distributed|gan] [--json] [--quick]``.
 
 Each benchmark is a subcommand registered in ``BENCHMARKS``; without one, all run.
 
@@ -21,6 +21,14 @@ the same run (interleaved); ``--json`` gives ``update_ms``, ``generator_ms`` and
 widget's value runs its observer, the frame and the widget updates (``EditorApp`` with
 ``show_estimate=False`` and rendering in the calling thread); without, the same steps on the
 ``EditorState``. ``breakdown_ms`` splits the median frame into rigs, generator, preview and PNGs.
+
+``gan``: one ``train-gan`` training step (G step + D step + EMA; the lazy R1 step, one in 16, is not
+timed) of the ``cpu64`` preset at ``--batch`` 32 on random 64 px images, one thread, images per
+second by wall clock and by process CPU time (the latter least sensitive to other jobs). Each round
+runs in a fresh process after ``--warmup`` steps. ``--reference DIR`` (a source tree holding
+``stylerig_lite/``, e.g. ``git archive HEAD | tar -x -C DIR``) times that code in alternation with this
+one and prints the ratio of the medians; ``--json`` gives ``images_per_s``, ``cpu_images_per_s`` and,
+with a reference, ``ref_*`` and ``speedup`` (CPU-time ratio).
 
 ``distributed``: data-parallel speed-up of ``stylerig-lite train-f`` (the embedded F's width and
 batch by default) on this machine: 1 process with 1 thread, 1 process with N threads and N processes
@@ -255,6 +263,90 @@ def _print_corpus(result: dict) -> None:
 def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=256, help="pairs to sample (default 256)")
     parser.add_argument("--batch", type=int, default=64, help="images per G/F batch (default 64)")
+
+
+_GAN_STEP_CHILD = r"""
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+import stylerig_lite
+from stylerig_lite.train_gan import GANTrainer, TrainConfig
+batch, warmup, steps = (int(a) for a in sys.argv[1:4])
+source = lambda B, g: torch.rand(B, 3, 64, 64, generator=g) * 2 - 1
+trainer = GANTrainer("cpu64", TrainConfig(batch_size=batch), source)
+for _ in range(warmup):  # step 0 includes the lazy R1 step
+    trainer.train_step()
+wall, cpu = time.perf_counter(), time.process_time()
+for _ in range(steps):
+    trainer.train_step()
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(json.dumps({"wall": batch * steps / wall, "cpu": batch * steps / cpu, "file": stylerig_lite.__file__}))
+"""
+
+
+def bench_gan(args: argparse.Namespace) -> dict:
+    """Training-step throughput of train-gan (cpu64), optionally beside a reference source tree."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        raise SystemExit("need --batch, --steps, --repeats >= 1 and --warmup >= 0")
+    here = str(Path(__file__).resolve().parent.parent)
+    trees = {"ours": here}
+    if args.reference:
+        ref = str(Path(args.reference).resolve())
+        if not (Path(ref) / "stylerig_lite" / "__init__.py").exists():
+            raise SystemExit(f"--reference {ref}: no stylerig_lite/ package there")
+        trees["ref"] = ref
+
+    def once(tree: str) -> dict:
+        env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, "-c", _GAN_STEP_CHILD, str(args.batch), str(args.warmup),
+                              str(args.steps)], cwd=tree, env=env, capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        if not result["file"].startswith(tree):
+            raise RuntimeError(f"timed {result['file']} instead of the code in {tree}")
+        return result
+
+    runs: Dict[str, List[dict]] = {name: [] for name in trees}
+    for _ in range(args.repeats):  # interleaved, so slow phases of the machine hit both
+        for name, tree in trees.items():
+            runs[name].append(once(tree))
+    result = {"preset": "cpu64", "batch": args.batch, "steps": args.steps, "repeats": args.repeats, "threads": 1}
+    for name, prefix in (("ours", ""), ("ref", "ref_")):
+        if name in runs:
+            result[prefix + "images_per_s"] = round(statistics.median(r["wall"] for r in runs[name]), 2)
+            result[prefix + "cpu_images_per_s"] = round(statistics.median(r["cpu"] for r in runs[name]), 2)
+    if "ref" in runs:
+        result["reference"] = trees["ref"]
+        result["speedup"] = round(result["cpu_images_per_s"] / result["ref_cpu_images_per_s"], 3)
+        result["speedup_wall"] = round(result["images_per_s"] / result["ref_images_per_s"], 3)
+    try:
+        result["load_average"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return result
+
+
+def _print_gan(result: dict) -> None:
+    line = (f"train-gan step (cpu64, batch {result['batch']}, 1 thread): {result['images_per_s']} images/s wall, "
+            f"{result['cpu_images_per_s']} images/CPU-s")
+    if "speedup" in result:
+        line += (f"; reference {result['ref_images_per_s']} / {result['ref_cpu_images_per_s']}: "
+                 f"x{result['speedup']} (CPU time), x{result['speedup_wall']} (wall)")
+    if "load_average" in result:
+        line += f" [load {result['load_average']}]"
+    print(line)
+
+
+def _add_gan_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=32, help="images per step (default 32, the preset's)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per round (default 4)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, R1 included (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each a fresh process (default 3)")
+    parser.add_argument("--reference", default=None,
+                        help="source tree with stylerig_lite/ to time in alternation (e.g. a git archive of HEAD)")
 
 
 def _paper_shaped_rig(num_ws: int, w_dim: int, latent: int = 32, seed: int = 0):
@@ -563,6 +655,7 @@ BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict
     "corpus": (bench_corpus, _print_corpus, "(w, I_w) corpus pairs per second (G + F + shard writing)", _add_corpus_args),
     "distributed": (bench_distributed, _print_distributed, "train-f speed-up: N processes (torch.distributed) vs 1",
                     _add_distributed_args),
+    "gan": (bench_gan, _print_gan, "train-gan step images/s (cpu64), optionally vs a reference tree", _add_gan_args),
 }
 
 

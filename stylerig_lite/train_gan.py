@@ -55,7 +55,11 @@ fused + channels-last          1.58
 fused (official)               1.72                    4.53 s / step = 7.1 img/s (best of 3)
 =============================  ======================  ==========================================
 
-So the preset uses non-fused modulation with channels-last convolutions. On an idle machine DESIGN
+So the preset uses non-fused modulation with channels-last convolutions. The table predates the
+fast demodulation (coefficients from ``styles^2 @ sum_kk w^2`` instead of a materialised
+[B, O, I, 3, 3] weight tensor, which was most of the non-convolution time): that made a step
+x1.2-1.3 faster in images per CPU-second (``python -m stylerig_lite.bench gan --reference DIR``
+against the previous code, interleaved, on the loaded machine). On an idle machine DESIGN
 section 5 measured about 20 images/s for a comparable prototype (~70k images an hour). With
 2 threads on a machine shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE`` (or use one thread):
 OpenMP threads spin-waiting for a descheduled partner made steps up to 20x slower here.

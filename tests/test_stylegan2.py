@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import math
 import os
 import pickle
@@ -161,6 +162,31 @@ def test_fused_and_nonfused_modconv_agree(up, demodulate, k):
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-10)
     if demodulate:  # demodulated weights have unit norm per output channel: the style scale drops out
         torch.testing.assert_close(modulated_conv2d(x, w, 3 * s, fused_modconv=True, **kw), fused)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("up,down,demodulate,k", [(1, 1, True, 3), (2, 1, True, 3), (1, 2, True, 3), (1, 1, False, 1)])
+def test_modconv_fast_matches_reference_with_gradients(fused, up, down, demodulate, k):
+    """The fast path's demodulation (styles^2 @ sum_kk w^2, no [B, O, I, k, k] tensor) equals the
+    official materialised one, forward and gradients w.r.t. input, weight and styles."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn([3, 5, 8, 8], generator=g, dtype=torch.float64)
+    w = torch.randn([7, 5, k, k], generator=g, dtype=torch.float64)
+    s = torch.randn([3, 5], generator=g, dtype=torch.float64) + 1
+    out_res = 8 * up // down
+    noise = torch.randn([3, 1, out_res, out_res], generator=g, dtype=torch.float64)
+    gout = torch.randn([3, 7, out_res, out_res], generator=g, dtype=torch.float64)
+    kw = dict(noise=noise, up=up, down=down, padding=k // 2, resample_filter=setup_filter([1, 3, 3, 1]),
+              demodulate=demodulate, flip_weight=(up == 1), fused_modconv=fused)
+    results = []
+    for impl, channels_last in (("fast", False), ("fast", True), ("ref", False)):
+        xi, wi, si = (t.clone().requires_grad_(True) for t in (x, w, s))
+        out = modulated_conv2d(xi, wi, si, impl=impl, channels_last=channels_last and not fused, **kw)
+        grads = torch.autograd.grad((out * gout).sum(), [xi, wi, si])
+        results.append((out.detach(), *grads))
+    for other in results[:2]:
+        for a, b in zip(other, results[2]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("arch", ["skip", "resnet"])
@@ -609,3 +635,15 @@ def test_train_gan_resumes_from_out_dir(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.glob("fakes*.png")) == ["fakes000000008.png", "fakes000000012.png"]
     # Files get the usual umask-based mode, not mkstemp's private 0600 (the checkpoint is shared).
     assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == sg._default_file_mode()
+
+
+def test_bench_gan_times_a_training_step_beside_a_reference(capsys):
+    from pathlib import Path
+
+    from stylerig_lite import bench
+
+    tree = str(Path(sg.__file__).resolve().parent.parent)
+    assert bench.main(["gan", "--json", "--batch", "2", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                       "--reference", tree]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images_per_s"] > 0 and result["ref_cpu_images_per_s"] > 0 and result["speedup"] > 0
