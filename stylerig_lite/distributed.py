@@ -50,6 +50,7 @@ __all__ = [
     "TIMEOUT_ENV",
     "all_reduce_gradients",
     "all_reduce_sum",
+    "reduce_step_log",
     "assert_same_on_all_ranks",
     "backend_for",
     "barrier",
@@ -160,6 +161,19 @@ def is_communication_error(error: BaseException) -> bool:
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
     return isinstance(error, RuntimeError) and any(word in str(error).lower() for word in _COMMUNICATION_WORDS)
+
+
+def reduce_step_log(values: "dict", share: float, save_due: bool, stop_due: bool, main: bool):
+    """One all-reduce per step for a trainer's log and its save/stop decisions.
+
+    ``values``: this rank's logged scalars (tensors), each a mean over its ``share`` of the global
+    batch; returns ``(global-batch means as floats, save_due, stop_due)``, where rank 0's clock
+    decides both flags so that every rank saves and stops after the same step.
+    """
+    device = next(iter(values.values())).device  # NCCL reduces CUDA tensors: the flags go where the values are
+    flags = [torch.tensor(float(main and due), dtype=torch.float64, device=device) for due in (save_due, stop_due)]
+    packed = all_reduce_sum(torch.stack([v.double() * share for v in values.values()] + flags)).tolist()
+    return dict(zip(values, packed[:-2])), packed[-2] > 0, packed[-1] > 0
 
 
 def launch_command(command: str, device_name: str, run: Callable[[Any], int]) -> int:

@@ -685,12 +685,7 @@ def _train(
             save_due = now - last_save > config.checkpoint_seconds
             stop_due = config.minutes > 0 and now - process_start > 60 * config.minutes
             if world_size > 1:  # global-batch means for the log; rank 0's clock decides saves and stops
-                flags_device = loss.device  # NCCL reduces CUDA tensors: the flags go where the values are
-                packed = torch.stack([v.double() * (local_batch / config.batch) for v in values.values()]
-                                     + [torch.tensor(float(main and save_due), dtype=torch.float64, device=flags_device),
-                                        torch.tensor(float(main and stop_due), dtype=torch.float64, device=flags_device)])
-                packed = distributed.all_reduce_sum(packed).tolist()
-                values, (save_due, stop_due) = dict(zip(values, packed[:-2])), (packed[-2] > 0, packed[-1] > 0)
+                values, save_due, stop_due = distributed.reduce_step_log(values, local_batch / config.batch, save_due, stop_due, main)
             if world_size > 1 or not defer_stats(device):  # all-reduced Python floats, or read back now
                 for k, v in values.items():
                     running[k] = running.get(k, 0.0) + float(v)
