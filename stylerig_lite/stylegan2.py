@@ -1190,10 +1190,51 @@ def load_generator(path: str | os.PathLike, which: str = "G_ema", map_location: 
         raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
     path = Path(path)
     payload = load_checkpoint(path, map_location=map_location)
+    if which == "G_ema" and payload.get("G_ema") is None and EMA_REFERENCE_KEY in (payload.get("extra") or {}):
+        payload["G_ema"] = resolve_ema_reference(payload, path, map_location=map_location)
     state = payload.get(which) or payload.get("G")
     G = Generator(StyleGAN2Config.from_dict(payload["config"]))
     _restore(G, state, which, path)
     return G.eval().requires_grad_(False)
+
+
+# A slim resume checkpoint (train_gan.slim_resume_checkpoint) may hold its G_ema by reference to a
+# generator-only file with the same weights (the embedded faceworld_stylegan2.pt), so that the
+# committed resume state does not carry a second copy of them.
+EMA_REFERENCE_KEY = "G_ema_file"
+
+
+def resolve_ema_reference(payload: Mapping[str, Any], path: str | os.PathLike, ema_file: str | os.PathLike | None = None,
+                          map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The G_ema state dict that ``payload`` (read from ``path``) stores by reference.
+
+    Looks for the referenced file at ``ema_file`` if given, else beside ``path``, else among the
+    package's embedded weights; a candidate counts only if its sha256 matches the reference.
+    """
+    from .pretrained import WEIGHTS_DIR, sha256_of
+
+    ref = (payload.get("extra") or {}).get(EMA_REFERENCE_KEY)
+    if not ref:
+        raise ValueError(f"{path} holds no G_ema and no reference to one")
+    candidates = [Path(ema_file)] if ema_file is not None else [Path(path).parent / ref["name"], WEIGHTS_DIR / ref["name"]]
+    looked = []
+    for candidate in candidates:
+        if not candidate.is_file():
+            looked.append(f"{candidate} (missing)")
+            continue
+        actual = sha256_of(candidate)
+        if actual != ref["sha256"]:
+            looked.append(f"{candidate} (sha256 {actual[:12]}...)")
+            continue
+        state = load_checkpoint(candidate, map_location=map_location)["G_ema"]
+        if state is None:
+            raise ValueError(f"{candidate} matches the reference of {path} but holds no G_ema")
+        return state
+    raise FileNotFoundError(
+        f"{path} stores its G_ema by reference to {ref['name']} with sha256 {ref['sha256'][:12]}... "
+        f"({int(ref.get('images_seen', -1))} images), but no matching file was found: {'; '.join(looked)}. "
+        "Use the embedded generator exported from the same checkpoint (git checkout the commit that "
+        "wrote this resume state) or pass its path as ema_file.")
 
 
 def load_discriminator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Discriminator:

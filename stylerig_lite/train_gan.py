@@ -87,8 +87,8 @@ from . import distributed
 from .checks import assert_finite, assert_shape
 from .devices import add_device_argument, configure_cuda, resolve_device
 from .distributed import BatchShard
-from .stylegan2 import (Discriminator, Generator, StyleGAN2Config, _default_file_mode, get_config,
-                        load_checkpoint, save_checkpoint)
+from .stylegan2 import (EMA_REFERENCE_KEY, Discriminator, Generator, StyleGAN2Config, _default_file_mode, get_config,
+                        load_checkpoint, resolve_ema_reference, save_checkpoint)
 
 __all__ = [
     "TrainConfig",
@@ -617,12 +617,15 @@ class GANTrainer:
 
     @classmethod
     def resume(cls, path: str | os.PathLike, sample_real: SampleReal, out_dir: str | os.PathLike | None = None,
-               train_overrides: Mapping[str, Any] | None = None, device: Any = None) -> "GANTrainer":
+               train_overrides: Mapping[str, Any] | None = None, device: Any = None,
+               ema_file: str | os.PathLike | None = None) -> "GANTrainer":
         """Rebuild a trainer from a checkpoint: weights, optimizer states, counters and RNG.
 
         The checkpoint is read onto the CPU and the trainer moved to ``device`` (default CPU), so a
         checkpoint written on a GPU resumes on a CPU and vice versa. Overriding ``batch_size`` keeps
-        the checkpoint's effective R1 weight unless ``r1_gamma`` is overridden too.
+        the checkpoint's effective R1 weight unless ``r1_gamma`` is overridden too. A slim
+        checkpoint that stores its G_ema by reference (:func:`slim_resume_checkpoint`) finds it at
+        ``ema_file``, beside ``path`` or among the embedded weights, checked by sha256.
         """
         payload = load_checkpoint(path, map_location="cpu")
         extra = payload.get("extra") or {}
@@ -638,6 +641,8 @@ class GANTrainer:
         trainer = cls(StyleGAN2Config.from_dict(payload["config"]), train_cfg, sample_real, out_dir, device=device)
         trainer.G.load_state_dict(payload["G"])
         trainer.D.load_state_dict(payload["D"])
+        if payload.get("G_ema") is None:  # a slim checkpoint holding its G_ema by reference
+            payload["G_ema"] = resolve_ema_reference(payload, path, ema_file)
         trainer.G_ema.load_state_dict(payload["G_ema"])
         if payload.get("opt_G") is not None and payload.get("opt_D") is not None:
             trainer.opt_G.load_state_dict(payload["opt_G"])
@@ -744,12 +749,18 @@ class GANTrainer:
         return self.history
 
 
-def slim_resume_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+def slim_resume_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
+                           ema_file: str | os.PathLike | None = None) -> Path:
     """Copy a training checkpoint without its optimizer states, weights in float16 (about 40% of the size).
 
     This is the file committed between working sessions: G, D and G_ema plus counters and RNG
     state. :meth:`GANTrainer.resume` accepts it and restarts Adam's moment estimates, which
     costs a few hundred steps of slightly noisier updates, not the training so far.
+
+    ``ema_file``: a generator-only file exported from the same checkpoint (``pretrained.export``
+    writes ``faceworld_stylegan2.pt``). Its G_ema must equal ``src``'s in float16; the slim file
+    then stores only its name and sha256 instead of a second copy of the weights (a third smaller),
+    and resuming finds it beside the checkpoint or among the embedded weights.
     """
     payload = load_checkpoint(src)
     G = Generator(StyleGAN2Config.from_dict(payload["config"]))
@@ -758,8 +769,20 @@ def slim_resume_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Pa
     G_ema.load_state_dict(payload["G_ema"])
     D = Discriminator(G.config)
     D.load_state_dict(payload["D"])
+    extra = dict(payload.get("extra") or {})
+    if ema_file is not None:
+        from .pretrained import sha256_of
+
+        referenced = load_checkpoint(ema_file)["G_ema"]
+        if referenced is None or referenced.keys() != payload["G_ema"].keys() or not all(
+                torch.equal(referenced[k], payload["G_ema"][k].half().float()) for k in referenced):
+            raise ValueError(f"{ema_file} does not hold the G_ema of {src} (in float16); export it from this "
+                             "checkpoint first (pretrained.export('generator', ...))")
+        extra[EMA_REFERENCE_KEY] = {"name": Path(ema_file).name, "sha256": sha256_of(ema_file),
+                                    "images_seen": int(payload["images_seen"])}
+        G_ema = None
     return save_checkpoint(dst, G, D, G_ema, step=payload["step"], images_seen=payload["images_seen"],
-                           extra=payload.get("extra"), compact=True)
+                           extra=extra, compact=True)
 
 
 def _next_multiple(value: int, every: int) -> float:

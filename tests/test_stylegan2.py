@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import sys
 import types
 
@@ -405,6 +406,35 @@ def test_slim_resume_checkpoint_resumes_weights_and_counters(tmp_path):
     assert not resumed.opt_G.state_dict()["state"]  # Adam restarts its moments
     resumed.train_step()
     assert resumed.step == 3
+
+
+def test_slim_resume_checkpoint_with_ema_by_reference(tmp_path):
+    """The committed resume state may point at the exported G_ema instead of holding a second copy."""
+    from stylerig_lite.train_gan import slim_resume_checkpoint
+
+    source = make_blob_source(16)
+    first = GANTrainer(_tiny(), _train_cfg(), source)
+    first.train_step()
+    full = first.save(tmp_path / "full.pt", compact=False)
+    with_copy = slim_resume_checkpoint(full, tmp_path / "slim_copy.pt")
+    exported = tmp_path / "weights" / "g_ema.pt"
+    exported.parent.mkdir()
+    save_checkpoint(exported, load_generator(full), G_ema=load_generator(full), compact=True)
+    slim = slim_resume_checkpoint(full, tmp_path / "run" / "slim.pt", ema_file=exported)
+    assert slim.stat().st_size < 0.8 * with_copy.stat().st_size
+    with pytest.raises(FileNotFoundError, match="by reference to g_ema.pt"):  # not beside it, not embedded
+        GANTrainer.resume(slim, source)
+    resumed = GANTrainer.resume(slim, source, ema_file=exported)
+    for (key, a), b in zip(first.G_ema.state_dict().items(), resumed.G_ema.state_dict().values()):
+        torch.testing.assert_close(b, a.half().float(), msg=key)
+    shutil.copy(exported, slim.parent / exported.name)  # found beside the checkpoint
+    assert torch.equal(load_generator(slim).mapping.fc0.weight, resumed.G_ema.mapping.fc0.weight)
+    exported.write_bytes(exported.read_bytes()[:-3] + b"abc")  # another file of that name: refused by sha256
+    with pytest.raises(FileNotFoundError, match="sha256"):
+        GANTrainer.resume(slim, source, ema_file=exported)
+    other = GANTrainer(_tiny(), _train_cfg(seed=5), source).save(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not hold the G_ema"):
+        slim_resume_checkpoint(full, tmp_path / "bad.pt", ema_file=other)
 
 
 def test_short_training_run_learns(tmp_path):

@@ -100,8 +100,8 @@ echo "trained for $((SECONDS - t0)) s"
 tail -n 3 "$RUN/log.jsonl"
 
 # c. Results.
-"$PY" -c "from stylerig_lite.train_gan import slim_resume_checkpoint as s; s('$RUN/checkpoint.pt', '$OUT/faceworld_gan_resume.pt')"
 "$PY" -c "from stylerig_lite import pretrained; pretrained.export('generator', '$RUN/checkpoint.pt', seed=0, command='stylerig-lite train-gan (GPU continuation: training/gpu_run.sh, --device cuda --resume-batch $BATCH --minutes $MINUTES)')"
+"$PY" -c "from stylerig_lite.train_gan import slim_resume_checkpoint as s; s('$RUN/checkpoint.pt', '$OUT/faceworld_gan_resume.pt', ema_file='stylerig_lite/weights/faceworld_stylegan2.pt')"
 cp stylerig_lite/weights/faceworld_stylegan2.pt stylerig_lite/weights/manifest.json "$RUN/log.jsonl" "$OUT/"
 last=$(ls "$RUN"/fakes*.png | tail -n 1) && cp "$last" "$OUT/"
 ls -la "$OUT"
