@@ -375,6 +375,46 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
     return {"target_error": target_errors(e_hat, target, component), "preservation": preservation, "count": len(evalset)}
 
 
+DEFAULT_SWEEP_YAWS: Tuple[int, ...] = (-30, -20, -10, 0, 10, 20, 30)
+DEFAULT_SWEEP_COUNT = 64
+
+
+@torch.no_grad()
+def yaw_sweep(method: Union[str, EditMethod], evalset: EvalSet, yaws_deg: Sequence[float] = DEFAULT_SWEEP_YAWS,
+              count: Optional[int] = DEFAULT_SWEEP_COUNT) -> Dict[str, Any]:
+    """Ask for fixed yaws (degrees) on the first ``count`` faces of ``evalset``; E reads what came out.
+
+    The pose target of face ``i`` and yaw ``y`` is its own ``p_w`` with the yaw set to ``y``
+    (pitch and roll kept), so this measures control over a fixed range (FaceWorld's ±30°) rather
+    than toward the poses the generator happens to draw for ``v``. ``method``: as for
+    :func:`evaluate_method` (``'none'`` shows the spread of the unedited faces).
+
+    Returns ``{'yaws_deg': [...], 'median_abs_error_deg': [...] (per target yaw),
+    'median_reached_deg': [...] (E's median yaw per target), 'median_deg': overall median
+    |error|, 'count': faces}``.
+    """
+    if isinstance(method, str) and method != "none":
+        raise ValueError(f"yaw_sweep takes a callable (w, p_target) -> w_hat or 'none', got {method!r}")
+    n = len(evalset) if count is None else min(int(count), len(evalset))
+    if n < 1 or not len(yaws_deg):
+        raise ValueError(f"need at least one face and one yaw (got {n} faces, yaws {list(yaws_deg)})")
+    w_all = evalset.w[:n]
+    errors, reached = [], []
+    for yaw in yaws_deg:
+        target = evalset.p_w[:n].clone()
+        target[:, _ANGLES.start] = math.radians(float(yaw))
+        e_hat = []
+        for index in _batches(n, evalset.batch):
+            w_hat = w_all[index] if method == "none" else method(w_all[index].clone(), target[index].clone())
+            assert_shape(w_hat, list(w_all[index].shape), "latents returned by the method")
+            e_hat.append(estimate_images(evalset.E, synthesize(evalset.G, w_hat.to(w_all.dtype)))[0])
+        yaw_read = torch.rad2deg(torch.cat(e_hat)[:, _ANGLES.start]).double()
+        errors.append((yaw_read - float(yaw)).abs())
+        reached.append(float(yaw_read.median()))
+    return {"yaws_deg": [float(y) for y in yaws_deg], "median_abs_error_deg": [float(e.median()) for e in errors],
+            "median_reached_deg": reached, "median_deg": float(torch.cat(errors).median()), "count": n}
+
+
 def evaluate_methods(methods: Dict[str, Union[str, EditMethod]], evalset: EvalSet,
                      components: Sequence[str] = COMPONENTS) -> Dict[str, Dict[str, Any]]:
     """``{method name: {component: evaluate_method(...)}}`` for several methods (one method per
@@ -761,6 +801,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead: the generator's Fréchet distance to FaceWorld in F's features and its pose coverage")
     parser.add_argument("--faceworld", help="with --quality: a render_shards folder of FaceWorld images (default: render them)")
     parser.add_argument("--quality-count", type=int, help="with --quality: FaceWorld images (default 2000; 256 quick)")
+    parser.add_argument("--yaw-sweep", action="store_true",
+                        help=f"with the pose component: also ask each method for the yaws {list(DEFAULT_SWEEP_YAWS)} "
+                             f"on {DEFAULT_SWEEP_COUNT} faces (JSON: <method>.pose.yaw_sweep)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (method -> component -> metrics)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     add_device_argument(parser, tf32=False)  # evaluation keeps full float32 arithmetic on a GPU
@@ -784,6 +827,14 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         for name, r in rows:
             lines.append(f"{name:<10}" + "".join(f"{r['target_error'][k]:>{width[k]}.4g}" for k in target_keys) + "  |"
                          + "".join(f"{r['preservation'][k]:>{width[k]}.4g}" for k in keep_keys))
+        sweeps = [(name, r["yaw_sweep"]) for name, r in rows if "yaw_sweep" in r]
+        if sweeps:
+            yaws = sweeps[0][1]["yaws_deg"]
+            lines.append(f"yaw sweep on {sweeps[0][1]['count']} faces: median yaw read by E for each target (degrees)")
+            lines.append(f"{'method':<10}" + "".join(f"{y:>7.0f}" for y in yaws) + f"  | median |error|")
+            for name, sweep in sweeps:
+                lines.append(f"{name:<10}" + "".join(f"{v:>7.1f}" for v in sweep["median_reached_deg"])
+                             + f"  | {sweep['median_deg']:.2f}")
         lines.append("")
     return "\n".join(lines)
 
@@ -832,6 +883,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                 print(f"evaluate: {name} / {component} ...", file=sys.stderr)
                 method = METHODS[name](context, component)
                 results[name][component] = evaluate_method(method, evalset, component)
+                if component == "pose" and args.yaw_sweep and name != "random":
+                    results[name][component]["yaw_sweep"] = yaw_sweep("none" if name == "none" else method, evalset)
     except (ValueError, FileNotFoundError, TypeError) as error:  # bad options or data: say what, without a traceback
         print(f"stylerig-lite evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -100,7 +100,26 @@ def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None):
     from .rignet import RigNet, get_component
 
     get_component(component)  # a clear KeyError for a misspelt component, before any file lookup
-    return RigNet.load(path if path is not None else embedded_path(f"rignet_{component}"))
+    if path is None:
+        path = embedded_path(f"rignet_{component}")
+        check_rignet_generator(f"rignet_{component}")
+    return RigNet.load(path)
+
+
+def check_rignet_generator(name: str) -> None:
+    """Refuse an embedded RigNet trained on another generator than the embedded one.
+
+    A RigNet's edits are offsets in one generator's W+ space; on another generator (say, the
+    FaceWorld GAN after more training) they move the latent somewhere meaningless.
+    """
+    manifest = read_manifest()
+    trained_on = manifest.get(name, {}).get("generator_sha256")
+    current = manifest.get("generator", {}).get("sha256")
+    if trained_on is not None and trained_on != current:
+        raise WeightsError(
+            f"the embedded {name} was trained on the generator with sha256 {trained_on[:12]}..., but the embedded "
+            f"generator is {str(current)[:12]}...; retrain it on this generator (training/README.md) "
+            f"or pass path= and your own generator")
 
 
 def _half(obj: Any) -> Any:
@@ -140,8 +159,11 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         data = RigNet.load(checkpoint).checkpoint()  # drops the optimizer state and history
         # The normalisation buffers stay float32 (like an estimator's).
         data["state_dict"] = {k: (v if k in ("param_mean", "param_std") else _half(v)) for k, v in data["state_dict"].items()}
+        # The generator it was trained on (its own --generator, else the embedded one at export time).
+        trained_with = (torch.load(checkpoint, map_location="cpu", weights_only=True).get("train") or {}).get("config", {})
+        generator_file = trained_with.get("generator") or embedded_path("generator")
         atomic_torch_save(data, out)
-        extra = {}
+        extra = {"generator_sha256": sha256_of(generator_file)}
     else:
         net = ReconstructionNet.load(checkpoint)
         data = net.checkpoint()

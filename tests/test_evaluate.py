@@ -158,6 +158,28 @@ def test_a_known_rotation_scores_its_angle(fake_set):
         assert value == pytest.approx(0.0, abs=1e-5), key
 
 
+def test_yaw_sweep_known_answers(fake_set):
+    """The oracle reaches every asked yaw; 'none' stays where the faces were; a method off by 5 degrees scores 5."""
+    yaws = (-30, 0, 30)
+    exact = ev.yaw_sweep(oracle, fake_set, yaws, count=24)
+    assert exact["count"] == 24 and exact["yaws_deg"] == [-30.0, 0.0, 30.0]
+    assert exact["median_reached_deg"] == pytest.approx([-30.0, 0.0, 30.0], abs=1e-3)
+    assert exact["median_deg"] == pytest.approx(0.0, abs=1e-3)
+
+    def five_past(w, p_target):
+        w_hat = oracle(w, p_target)
+        w_hat[:, :, YAW] += math.radians(5.0)
+        return w_hat
+
+    assert ev.yaw_sweep(five_past, fake_set, yaws)["median_abs_error_deg"] == pytest.approx([5.0] * 3, abs=1e-3)
+    unedited = ev.yaw_sweep("none", fake_set, yaws, count=None)
+    natural = float(torch.rad2deg(fake_set.e_w[:, YAW]).double().median())
+    assert unedited["count"] == len(fake_set)
+    assert unedited["median_reached_deg"] == pytest.approx([natural] * 3, abs=1e-3)
+    with pytest.raises(ValueError, match="callable"):
+        ev.yaw_sweep("random", fake_set)
+
+
 @pytest.mark.parametrize("component", ev.COMPONENTS)
 def test_oracle_is_perfect(fake_set, component):
     result = evaluate_method(oracle, fake_set, component)
@@ -389,6 +411,10 @@ def test_cli_evaluate_json_and_table(tmp_path, capsys, ict_mirror):
                         estimator=ReconstructionNet.load(paths["f"]), progress=False)
     assert main(["evaluate", *common, "--methods", "linear", "--corpus", str(other)]) == 2
     assert "another generator" in capsys.readouterr().err
+    assert main(["evaluate", *common, "--component", "pose", "--methods", "none,linear", "--fit-count", "48",
+                 "--yaw-sweep"]) == 0
+    table = capsys.readouterr().out
+    assert "yaw sweep on 4 faces" in table and table.count("median |error|") == 1
     assert main(["evaluate", *common, "--methods", "none,magic"]) == 2
     assert "unknown method" in capsys.readouterr().err
 
