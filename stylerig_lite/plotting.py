@@ -7,7 +7,7 @@ draw; they never compute anything the book reports.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -285,14 +285,57 @@ def rignet_diagram(*, num_ws: int = 10, w_dim: int = 256, latent_dim: int = 32, 
     return fig
 
 
+#: The sweeps of :func:`slider_edits_figure`: (slider, values, label of a value).
+SLIDER_SWEEPS: Tuple[Tuple[str, Tuple[float, ...], str], ...] = (
+    ("yaw", (-30.0, -15.0, 0.0, 15.0, 30.0), "yaw {:+.0f}°"),
+    ("jawOpen", (0.0, 0.25, 0.5, 0.75, 1.0), "jaw {:.2f}"),
+    ("light_azimuth", (-60.0, -30.0, 0.0, 30.0, 60.0), "light {:+.0f}°"),
+)
+
+
+def slider_edits_figure(seeds: Sequence[int] = (3, 21), state: Any = None, scale: float = 1.15):
+    """Slider edits with the embedded networks: per sweep (pose, expression, light), the 3DMM
+    target above the edited portraits of each face. The README's picture and the book's landing
+    figure (``python -m stylerig_lite.plotting slider-edits book/figures/slider_edits.png``).
+
+    ``state``: an :class:`~stylerig_lite.editing.EditorState` to use (default: the embedded
+    generator, F and RigNets). Each face's sweep is absolute (yaw -30..30, not relative to its own).
+    """
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as functional
+
+    from .editing import EditorState, edit_frames
+
+    if state is None:
+        from . import pretrained
+        from .morphable import load_face_model
+
+        rigs = {c: pretrained.rignet(c) for c in ("pose", "expression", "illumination")}
+        state = EditorState(pretrained.generator(), rigs, pretrained.face_estimator(), load_face_model(progress=False))
+    columns = len(SLIDER_SWEEPS[0][1])
+    rows, labels, titles = [], [], []
+    for slider, values, fmt in SLIDER_SWEEPS:
+        for k, seed in enumerate(seeds):
+            state.set_seed(seed)
+            images, renders = edit_frames(state, slider, values)
+            if k == 0 and renders is not None:  # the first face's 3DMM targets head the sweep
+                rows.append(functional.interpolate(renders, size=images.shape[-1], mode="nearest"))
+                labels.append("3DMM target")
+            rows.append(images)
+            labels.append(f"seed {seed}")
+        titles += [fmt.format(v) for v in values] + [""] * (len(seeds) + (renders is not None) - 1) * columns
+    fig = image_grid(torch.cat(rows), ncols=columns, titles=titles, row_labels=labels, scale=scale)
+    return fig
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m stylerig_lite.plotting", description="Write the book's standalone figures.")
-    parser.add_argument("figure", choices=["overview"])
+    parser.add_argument("figure", choices=["overview", "slider-edits"])
     parser.add_argument("path")
     args = parser.parse_args(argv)
-    fig = overview_figure()
+    fig = overview_figure() if args.figure == "overview" else slider_edits_figure()
     fig.savefig(args.path, dpi=110)
     print(f"wrote {args.path}")
     return 0

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -59,3 +60,25 @@ def test_rignet_diagram_names_the_layers(num_ws: int, shown: int) -> None:
         assert "P = 53" in texts and "frozen" in texts
     finally:
         plt.close(fig)
+
+
+def test_slider_edits_figure_layout_and_content() -> None:
+    """Rows: per sweep (yaw, jaw, light), one row per face; column titles on each sweep's first row.
+    With the toy generator the yaw row's bright bar must move right as the asked yaw grows."""
+    import matplotlib.pyplot as plt
+
+    from editing_fakes import ToyEstimator, ToyGenerator, toy_rigs
+    from stylerig_lite.editing import EditorState
+    from stylerig_lite.plotting import SLIDER_SWEEPS, slider_edits_figure
+
+    state = EditorState(ToyGenerator(), toy_rigs(), ToyEstimator(), None, seed=3)
+    fig = slider_edits_figure(seeds=(3, 5), state=state)
+    axes = fig.axes
+    columns = len(SLIDER_SWEEPS[0][1])
+    assert len(axes) == 3 * 2 * columns
+    assert [axes[i].get_title() for i in range(columns)] == ["yaw -30°", "yaw -15°", "yaw +0°", "yaw +15°", "yaw +30°"]
+    assert axes[2 * columns].get_title() == "jaw 0.00" and axes[columns].get_title() == ""
+    assert [axes[r * columns].get_ylabel() for r in range(6)] == ["seed 3", "seed 5"] * 3
+    bar_columns = [np.asarray(ax.images[0].get_array())[..., 0].mean(0).argmax() for ax in axes[:columns]]
+    assert bar_columns == sorted(bar_columns) and bar_columns[0] < bar_columns[-1]
+    plt.close(fig)
