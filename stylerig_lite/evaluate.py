@@ -839,6 +839,45 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The columns of :func:`summary_markdown`: (component, section, key, header, format).
+SUMMARY_COLUMNS: Tuple[Tuple[str, str, str, str, str], ...] = (
+    ("pose", "target_error", "yaw_deg_median", "pose: yaw error (°, median)", "{:.1f}"),
+    ("pose", "yaw_sweep", "median_deg", "pose: ±30° sweep error (°, median)", "{:.1f}"),
+    ("pose", "preservation", "outside_face_mae_255", "pose: change outside the face (0-255)", "{:.1f}"),
+    ("expression", "target_error", "jaw_open_mae", "expression: jaw error (MAE)", "{:.3f}"),
+    ("expression", "preservation", "yaw_deg", "expression: yaw change (°)", "{:.1f}"),
+    ("illumination", "target_error", "light_rmse", "light: error (RMSE)", "{:.3f}"),
+    ("illumination", "preservation", "yaw_deg", "light: yaw change (°)", "{:.1f}"),
+)
+
+
+def reported_results() -> Dict[str, Dict[str, Any]]:
+    """``{method: {component: result}}`` as recorded in the embedded RigNets' manifest entries
+    (measured on the full evaluation set when they were exported; empty if none are embedded)."""
+    from . import pretrained
+
+    manifest = pretrained.read_manifest()
+    results: Dict[str, Dict[str, Any]] = {}
+    for component in COMPONENTS:
+        for method, result in manifest.get(f"rignet_{component}", {}).get("metrics", {}).get("evaluate", {}).items():
+            results.setdefault(method, {})[component] = result
+    return results
+
+
+def summary_markdown(results: Dict[str, Dict[str, Any]]) -> str:
+    """One markdown table, a row per method, of the headline numbers of each component (lower is
+    better; a blank cell: not measured). The book's landing page shows it for :func:`reported_results`."""
+    header = "| method | " + " | ".join(c[3] for c in SUMMARY_COLUMNS) + " |"
+    lines = [header, "|---|" + "---:|" * len(SUMMARY_COLUMNS)]
+    for method, per in results.items():
+        cells = []
+        for component, section, key, _, fmt in SUMMARY_COLUMNS:
+            value = per.get(component, {}).get(section, {}).get(key)
+            cells.append("" if value is None else fmt.format(value))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(getattr(args, "device", "auto"))

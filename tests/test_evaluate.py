@@ -180,6 +180,19 @@ def test_yaw_sweep_known_answers(fake_set):
         ev.yaw_sweep("random", fake_set)
 
 
+def test_summary_markdown_table(fake_set):
+    results = {"none": {c: evaluate_method("none", fake_set, c) for c in ev.COMPONENTS},
+               "oracle": {"pose": evaluate_method(oracle, fake_set, "pose")}}
+    results["oracle"]["pose"]["yaw_sweep"] = ev.yaw_sweep(oracle, fake_set, (-30, 30))
+    lines = ev.summary_markdown(results).splitlines()
+    assert len(lines) == 4 and lines[0].count("|") == len(ev.SUMMARY_COLUMNS) + 2
+    none_cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    oracle_cells = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert none_cells[0] == "none" and none_cells[2] == ""  # no sweep measured for 'none'
+    assert none_cells[1] == f"{results['none']['pose']['target_error']['yaw_deg_median']:.1f}"
+    assert oracle_cells[1:4] == ["0.0", "0.0", "0.0"] and oracle_cells[4:] == [""] * 4
+
+
 @pytest.mark.parametrize("component", ev.COMPONENTS)
 def test_oracle_is_perfect(fake_set, component):
     result = evaluate_method(oracle, fake_set, component)
