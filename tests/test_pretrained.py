@@ -89,3 +89,25 @@ def test_evaluation_estimator_is_independent_but_agrees(held_out, scores):
     agreement = reconstruction.estimator_agreement(F, E, held_out[1].float_images())
     # Measured on 512 images: yaw correlation 0.991, median |yaw_F - yaw_E| 1.35 deg.
     assert agreement["yaw_correlation"] > 0.97 and agreement["yaw_deg_median"] < 2.0
+
+
+def test_rignet_trained_on_another_generator_is_refused(tmp_path, monkeypatch):
+    """An embedded RigNet whose manifest names another generator than the embedded one is an error."""
+    import json
+
+    from stylerig_lite.rignet import RigNet, RigNetConfig
+
+    copy = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS_DIR, copy)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", copy)
+    monkeypatch.setattr(pretrained, "MANIFEST", copy / "manifest.json")
+    path = RigNet(RigNetConfig(component="pose", num_ws=10, w_dim=256)).save(copy / "rignet_pose.pt")
+    manifest = pretrained.read_manifest()
+    manifest["rignet_pose"] = {"file": path.name, "sha256": pretrained.sha256_of(path), "command": "test", "seed": 0,
+                               "generator_sha256": "0" * 64}
+    pretrained.MANIFEST.write_text(json.dumps(manifest))
+    with pytest.raises(pretrained.WeightsError, match="trained on the generator with sha256 000000000000"):
+        pretrained.rignet("pose")
+    manifest["rignet_pose"]["generator_sha256"] = manifest["generator"]["sha256"]
+    pretrained.MANIFEST.write_text(json.dumps(manifest))
+    assert pretrained.rignet("pose").config.num_ws == 10
