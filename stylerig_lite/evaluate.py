@@ -363,10 +363,9 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
         e_hat, _ = estimate_images(E, images)
         estimates.append(e_hat)
         if evalset.face_mask is not None and evalset.mask_w is not None:
-            keep = ~(evalset.mask_w[index] | _check_mask(evalset.face_mask(e_hat), images))  # [B, 1, H, W]
-            diff = (images.cpu().float() - evalset.images_w[index]).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
-            changed += float((diff * keep).double().sum())
-            outside += float(keep.double().sum())
+            c, n = _outside_face_change(images, evalset.images_w[index], evalset.mask_w[index],
+                                        _check_mask(evalset.face_mask(e_hat), images))
+            changed, outside = changed + c, outside + n
     e_hat = torch.cat(estimates)
     preservation = preservation_errors(e_hat, evalset.e_w, component)
     if evalset.face_mask is not None and evalset.mask_w is not None:
@@ -413,6 +412,55 @@ def yaw_sweep(method: Union[str, EditMethod], evalset: EvalSet, yaws_deg: Sequen
         reached.append(float(yaw_read.median()))
     return {"yaws_deg": [float(y) for y in yaws_deg], "median_abs_error_deg": [float(e.median()) for e in errors],
             "median_reached_deg": reached, "median_deg": float(torch.cat(errors).median()), "count": n}
+
+
+def _outside_face_change(images: torch.Tensor, images_w: torch.Tensor, mask_hat: torch.Tensor,
+                         mask_w: torch.Tensor) -> Tuple[float, float]:
+    """(sum of |edited - original| over colour-averaged pixels outside both face masks, their count).
+
+    Images in [-1, 1] ``[B, 3, H, W]``, masks bool ``[B, 1, H, W]``."""
+    keep = ~(mask_w | mask_hat)  # [B, 1, H, W]
+    diff = (images.cpu().float() - images_w.cpu().float()).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    return float((diff * keep).double().sum()), float(keep.double().sum())
+
+
+@torch.no_grad()
+def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAULT_SEED, *, world: Any = None,
+                     batch: int = 64) -> Dict[str, Any]:
+    """What a *perfect* edit scores: FaceWorld scenes re-rendered with one component swapped.
+
+    For ``count`` FaceWorld portraits (scene and parameters ``p_w``) and as many donors ``p_v``, the
+    same scene is rendered again with ``component`` taken from ``p_v``: hair, clothes, background,
+    identity and the other components stay exactly as they were. E reads both images; the result has
+    the keys of :func:`evaluate_method` (targets: the exact ``p_w``/``p_v`` splice). Its target error
+    is E's own error; its preservation numbers are the floor that any edit of this component pays
+    in these metrics (a head that turns moves its hair; E's reading of the light drifts with the pose).
+    """
+    from .world import FaceWorld
+
+    check_component(component)
+    world = world or FaceWorld()
+    mask_of = RenderedFaceMask(world.config.image_size)
+    g_w = torch.Generator().manual_seed(int(seed))
+    g_v = torch.Generator().manual_seed(int(seed) + 1)
+    e_hat, e_w, targets, changed, outside = [], [], [], 0.0, 0.0
+    for index in _batches(count, batch):
+        n = index.stop - index.start
+        original = world.sample(n, generator=g_w)
+        donor = world.sample(n, generator=g_v)
+        target = target_params(original.params.to_vector(), donor.params.to_vector(), component)
+        edited = world.render(type(original.params).from_vector(target), original.scene)
+        images_w, images_hat = original.images_pm1(), edited.images_pm1()
+        ew, _ = estimate_images(E, images_w)
+        eh, _ = estimate_images(E, images_hat)
+        c, k = _outside_face_change(images_hat, images_w, mask_of(eh), mask_of(ew))
+        changed, outside = changed + c, outside + k
+        e_hat.append(eh), e_w.append(ew), targets.append(target.cpu())
+    e_hat_all, e_w_all = torch.cat(e_hat), torch.cat(e_w)
+    preservation = preservation_errors(e_hat_all, e_w_all, component)
+    preservation["outside_face_mae_255"] = 127.5 * changed / outside if outside else math.nan
+    return {"target_error": target_errors(e_hat_all, torch.cat(targets), component), "preservation": preservation,
+            "count": int(count)}
 
 
 def evaluate_methods(methods: Dict[str, Union[str, EditMethod]], evalset: EvalSet,

@@ -604,3 +604,21 @@ def test_ci_asset_mirror_has_the_shared_mirror_layout(tmp_path: Path) -> None:
     # A second run keeps what is there.
     assert module.build_mirror(dest, registry=assets.Registry(registry), cache_dir=tmp_path / "cache",
                                source_mirror=source) == []
+
+
+TABLE_START, TABLE_END = "% results-table: start", "% results-table: end"
+
+
+def test_landing_page_shows_the_result_figure_and_the_reported_table() -> None:
+    """book/intro.md shows the slider-edit figure and chapter 4's table exactly as the weights manifest reports it."""
+    from stylerig_lite import evaluate
+
+    intro = (REPO / "book" / "intro.md").read_text()
+    assert "](figures/slider_edits.png)" in intro and (REPO / "book" / "figures" / "slider_edits.png").is_file()
+    assert "](book/figures/slider_edits.png)" in (REPO / "README.md").read_text()
+    reported = evaluate.reported_results()
+    assert {"none", "linear", "rignet"} <= set(reported), "the RigNets' manifest entries carry no evaluation"
+    block = intro.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert block == evaluate.summary_markdown(reported), (
+        "the landing page's table differs from the manifest; regenerate it with "
+        "python -c 'from stylerig_lite import evaluate as e; print(e.summary_markdown(e.reported_results()))'")
