@@ -426,7 +426,7 @@ def _outside_face_change(images: torch.Tensor, images_w: torch.Tensor, mask_hat:
 
 @torch.no_grad()
 def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAULT_SEED, *, world: Any = None,
-                     batch: int = 64) -> Dict[str, Any]:
+                     batch: int = 64, face_mask: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, Any]:
     """What a *perfect* edit scores: FaceWorld scenes re-rendered with one component swapped.
 
     For ``count`` FaceWorld portraits (scene and parameters ``p_w``) and as many donors ``p_v``, the
@@ -435,12 +435,16 @@ def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAU
     the keys of :func:`evaluate_method` (targets: the exact ``p_w``/``p_v`` splice). Its target error
     is E's own error; its preservation numbers are the floor that any edit of this component pays
     in these metrics (a head that turns moves its hair; E's reading of the light drifts with the pose).
+    ``world``: anything with ``sample(n, generator=)`` and ``render(params, scene)`` returning
+    batches with ``params``, ``scene`` and ``images_pm1()`` (default: :class:`~stylerig_lite.world.FaceWorld`);
+    ``face_mask``: as for :meth:`EvalSet.build` (default: :class:`RenderedFaceMask`).
     """
-    from .world import FaceWorld
-
     check_component(component)
-    world = world or FaceWorld()
-    mask_of = RenderedFaceMask(world.config.image_size)
+    if world is None:
+        from .world import FaceWorld
+
+        world = FaceWorld()
+    mask_of = face_mask or RenderedFaceMask(world.config.image_size)
     g_w = torch.Generator().manual_seed(int(seed))
     g_v = torch.Generator().manual_seed(int(seed) + 1)
     e_hat, e_w, targets, changed, outside = [], [], [], 0.0, 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -191,6 +192,32 @@ def test_summary_markdown_table(fake_set):
     assert none_cells[0] == "none" and none_cells[2] == ""  # no sweep measured for 'none'
     assert none_cells[1] == f"{results['none']['pose']['target_error']['yaw_deg_median']:.1f}"
     assert oracle_cells[1:4] == ["0.0", "0.0", "0.0"] and oracle_cells[4:] == [""] * 4
+
+
+class EncodingWorld:
+    """A FaceWorld stand-in: the image encodes the parameters (as EncodingGenerator) above a
+    background that depends on the scene only, so a perfect edit changes nothing outside the face."""
+
+    def sample(self, n, generator):
+        params = FaceParams.from_vector(0.3 * torch.randn(n, NUM_PARAMS, generator=generator))
+        return self.render(params, {"shade": torch.rand(n, generator=generator)})
+
+    def render(self, params, scene):
+        image = EncodingGenerator().synthesis(params.to_vector()[:, None, :])
+        image[:, :, 32:, :] = scene["shade"][:, None, None, None]
+        return types.SimpleNamespace(params=params, scene=scene, images_pm1=lambda: image)
+
+
+@pytest.mark.parametrize("component", ev.COMPONENTS)
+def test_faceworld_oracle_scores_a_perfect_edit(component):
+    result = ev.faceworld_oracle(EncodingEstimator(), component, count=20, seed=1, world=EncodingWorld(), batch=8,
+                                 face_mask=encoded_pixels_mask)
+    assert result["count"] == 20
+    for key, value in {**result["target_error"], **result["preservation"]}.items():
+        assert value == pytest.approx(0.0, abs=1e-4), key
+    biased = ev.faceworld_oracle(EncodingEstimator(yaw_bias_deg=2.0), "expression", count=8, world=EncodingWorld(),
+                                 face_mask=encoded_pixels_mask)
+    assert biased["preservation"]["yaw_deg"] == pytest.approx(0.0, abs=1e-4)  # a constant bias cancels
 
 
 @pytest.mark.parametrize("component", ev.COMPONENTS)
