@@ -138,7 +138,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
     without its optimizer state. The normalisation buffers of an estimator stay float32.
     """
     from .reconstruction import ReconstructionNet, atomic_torch_save
-    from .stylegan2 import load_checkpoint, save_checkpoint, load_generator
+    from .stylegan2 import load_checkpoint, load_generator, save_generator_only
 
     if name not in EMBEDDED:
         raise KeyError(f"unknown embedded network {name!r}; expected one of {sorted(EMBEDDED)}")
@@ -146,12 +146,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     if EMBEDDED[name][1] == "stylegan2":
         payload = load_checkpoint(checkpoint)
-        G_ema = load_generator(checkpoint)
-        save_checkpoint(out, G_ema, G_ema=G_ema, step=payload["step"], images_seen=payload["images_seen"], compact=True)
-        # Keep only one copy of the weights: G is G_ema here.
-        data = torch.load(out, weights_only=True)
-        data["G"] = None
-        atomic_torch_save(data, out)
+        save_generator_only(out, load_generator(checkpoint), step=payload["step"], images_seen=payload["images_seen"])
         extra = {"images_seen": int(payload["images_seen"])}
     elif EMBEDDED[name][1] == "rignet":
         from .rignet import RigNet

@@ -1145,6 +1145,18 @@ def save_checkpoint(path: str | os.PathLike, G: Generator, D: Discriminator | No
     return path
 
 
+def save_generator_only(path: str | os.PathLike, G_ema: Generator, step: int = 0, images_seen: int = 0) -> Path:
+    """A compact file with just ``G_ema`` (float16) and its config: what one samples and rigs.
+
+    Loads with :func:`load_generator`; the embedded FaceWorld generator is such a file.
+    """
+    save_checkpoint(path, G_ema, G_ema=G_ema, step=step, images_seen=images_seen, compact=True)
+    data = torch.load(path, weights_only=True)
+    data["G"] = None  # one copy of the weights: G is G_ema here
+    _atomic_torch_save(data, Path(path))
+    return Path(path)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint written by :func:`save_checkpoint` (safe: ``weights_only=True``).
 

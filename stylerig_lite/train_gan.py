@@ -88,7 +88,7 @@ from .checks import assert_finite, assert_shape
 from .devices import add_device_argument, configure_cuda, resolve_device
 from .distributed import BatchShard
 from .stylegan2 import (EMA_REFERENCE_KEY, Discriminator, Generator, StyleGAN2Config, _default_file_mode, get_config,
-                        load_checkpoint, resolve_ema_reference, save_checkpoint)
+                        load_checkpoint, resolve_ema_reference, save_checkpoint, save_generator_only)
 
 __all__ = [
     "TrainConfig",
@@ -750,7 +750,7 @@ class GANTrainer:
 
 
 def slim_resume_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
-                           ema_file: str | os.PathLike | None = None) -> Path:
+                           ema_file: str | os.PathLike | None = None, write_ema: bool = False) -> Path:
     """Copy a training checkpoint without its optimizer states, weights in float16 (about 40% of the size).
 
     This is the file committed between working sessions: G, D and G_ema plus counters and RNG
@@ -760,9 +760,17 @@ def slim_resume_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     ``ema_file``: a generator-only file exported from the same checkpoint (``pretrained.export``
     writes ``faceworld_stylegan2.pt``). Its G_ema must equal ``src``'s in float16; the slim file
     then stores only its name and sha256 instead of a second copy of the weights (a third smaller),
-    and resuming finds it beside the checkpoint or among the embedded weights.
+    and resuming finds it beside the checkpoint or among the embedded weights. ``write_ema=True``
+    writes that file first (:func:`~stylerig_lite.stylegan2.save_generator_only`), for a run whose
+    G_ema is not (yet) the embedded generator.
     """
     payload = load_checkpoint(src)
+    if write_ema:
+        if ema_file is None:
+            raise ValueError("write_ema=True needs ema_file, the path to write the G_ema to")
+        G_ema = Generator(StyleGAN2Config.from_dict(payload["config"]))
+        G_ema.load_state_dict(payload["G_ema"])
+        save_generator_only(ema_file, G_ema, step=payload["step"], images_seen=payload["images_seen"])
     G = Generator(StyleGAN2Config.from_dict(payload["config"]))
     G.load_state_dict(payload["G"])
     G_ema = Generator(G.config)

@@ -419,8 +419,10 @@ def test_slim_resume_checkpoint_with_ema_by_reference(tmp_path):
     with_copy = slim_resume_checkpoint(full, tmp_path / "slim_copy.pt")
     exported = tmp_path / "weights" / "g_ema.pt"
     exported.parent.mkdir()
-    save_checkpoint(exported, load_generator(full), G_ema=load_generator(full), compact=True)
+    sg.save_generator_only(exported, load_generator(full))
     slim = slim_resume_checkpoint(full, tmp_path / "run" / "slim.pt", ema_file=exported)
+    beside = slim_resume_checkpoint(full, tmp_path / "own" / "slim.pt", ema_file=tmp_path / "own" / "ema.pt", write_ema=True)
+    assert GANTrainer.resume(beside, source).images_seen == first.images_seen  # its G_ema found beside it
     assert slim.stat().st_size < 0.8 * with_copy.stat().st_size
     with pytest.raises(FileNotFoundError, match="by reference to g_ema.pt"):  # not beside it, not embedded
         GANTrainer.resume(slim, source)

@@ -12,13 +12,13 @@
 #        bash training/gpu_run.sh run
 #      a. renders the 32,768-image FaceWorld training set (seed 1, as in training/README.md) with
 #         RENDER_WORKERS CPU processes (~1-2 minutes on 16 cores; identical to a CPU rendering);
-#      b. resumes the GAN from training/faceworld_gan_resume.pt (must exist: committed or untracked,
-#         it travels with the working tree) on --device cuda with global batch GAN_BATCH, and trains
-#         for GAN_MINUTES minutes of wall-clock time, then writes a checkpoint;
-#      c. writes into $OUT: faceworld_gan_resume.pt (the new slim resume checkpoint, to copy over
-#         training/faceworld_gan_resume.pt), faceworld_stylegan2.pt + manifest.json (the embedded
-#         G_ema and its manifest entry, for stylerig_lite/weights/), log.jsonl, the last sample grid
-#         and run.log.
+#      b. resumes the GAN from training/faceworld_gan_resume.pt and its G_ema faceworld_gan_ema.pt
+#         (both must exist: committed or untracked, they travel with the working tree) on --device cuda
+#         with global batch GAN_BATCH, and trains for GAN_MINUTES minutes of wall-clock time, then
+#         writes a checkpoint;
+#      c. writes into $OUT: faceworld_gan_resume.pt + faceworld_gan_ema.pt (the new resume state, to
+#         copy over training/), log.jsonl, the last sample grid and run.log. It does not replace the
+#         embedded generator: the RigNets are tied to that one (see training/README.md).
 #
 # Defaults fit one 10-minute command: ~1 min start-up and rendering, GAN_MINUTES=5 of training,
 # < 1 min for the exports. Assumes the device image's python3 (torch with CUDA, numpy, tqdm, pillow,
@@ -70,7 +70,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" STYLERIG_LITE_CACHE="$PWD/$C
 unset STYLERIG_LITE_ASSET_MIRROR
 exec > >(tee "$OUT/run.log") 2>&1
 
-[[ -f training/faceworld_gan_resume.pt ]] || { echo "training/faceworld_gan_resume.pt is missing" >&2; exit 1; }
+for f in faceworld_gan_resume.pt faceworld_gan_ema.pt; do
+    [[ -f training/$f ]] || { echo "training/$f is missing" >&2; exit 1; }
+done
 [[ -d $CARRY/cache ]] || { echo "$CARRY/cache is missing: run 'bash training/gpu_run.sh prepare' here and carry $CARRY" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
@@ -90,7 +92,7 @@ echo "rendered FaceWorld in $((SECONDS - t0)) s"
 
 # b. Resume the GAN on the GPU for a fixed time.
 mkdir -p "$RUN"
-[[ -f $RUN/checkpoint.pt ]] || cp training/faceworld_gan_resume.pt "$RUN/checkpoint.pt"
+[[ -f $RUN/checkpoint.pt ]] || { cp training/faceworld_gan_resume.pt "$RUN/checkpoint.pt"; cp training/faceworld_gan_ema.pt "$RUN/"; }
 cmd=(-m stylerig_lite.cli train-gan --data "$DATA" --out "$RUN" --images 1000000000 --device cuda
      --minutes "$MINUTES" --resume-batch "$BATCH" --checkpoint-every 131072 --sample-every 131072
      --compact --seed 0 --no-progress)
@@ -100,8 +102,7 @@ echo "trained for $((SECONDS - t0)) s"
 tail -n 3 "$RUN/log.jsonl"
 
 # c. Results.
-"$PY" -c "from stylerig_lite import pretrained; pretrained.export('generator', '$RUN/checkpoint.pt', seed=0, command='stylerig-lite train-gan (GPU continuation: training/gpu_run.sh, --device cuda --resume-batch $BATCH --minutes $MINUTES)')"
-"$PY" -c "from stylerig_lite.train_gan import slim_resume_checkpoint as s; s('$RUN/checkpoint.pt', '$OUT/faceworld_gan_resume.pt', ema_file='stylerig_lite/weights/faceworld_stylegan2.pt')"
-cp stylerig_lite/weights/faceworld_stylegan2.pt stylerig_lite/weights/manifest.json "$RUN/log.jsonl" "$OUT/"
+"$PY" -c "from stylerig_lite.train_gan import slim_resume_checkpoint as s; s('$RUN/checkpoint.pt', '$OUT/faceworld_gan_resume.pt', ema_file='$OUT/faceworld_gan_ema.pt', write_ema=True)"
+cp "$RUN/log.jsonl" "$OUT/"
 last=$(ls "$RUN"/fakes*.png | tail -n 1) && cp "$last" "$OUT/"
 ls -la "$OUT"

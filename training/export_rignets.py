@@ -1,0 +1,86 @@
+"""Score the trained RigNets and the pose ablations on the fixed evaluation set; embed the RigNets.
+
+    python training/export_rignets.py --runs runs/rignet --corpus runs/corpus [--export]
+
+Reads ``rignet_<component>.pt``, ``ablate_<term>.pt`` and ``pose_2000.pt`` from ``--runs`` (those
+present), scores them next to the references (none, random, the linear baseline fitted on
+``--corpus``, a perfect FaceWorld edit) on 500 pairs (seed 2020) judged by the evaluation estimator
+E, writes ``<runs>/../eval_results.json`` and prints the tables. ``--export`` then embeds each
+RigNet with these metrics (``pretrained.export``: fp16 file, sha256, command, seed and the
+generator it was trained on go into ``stylerig_lite/weights/manifest.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from stylerig_lite import evaluate as ev
+from stylerig_lite import pretrained
+from stylerig_lite.rignet import RigNet
+
+TRAIN = ("stylerig-lite make-corpus --out runs/corpus --count 20000 --seed 0 --threads 1 && "
+         "stylerig-lite train-rignet --component {c} --preset cpu --corpus runs/corpus --out runs/rignet/rignet_{c}.pt --threads 1")
+ABLATE = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --ablate {rec|edit|consist} "
+          "--steps 2000 --out runs/rignet/ablate_{term}.pt --threads 1 (reference: the same without --ablate)")
+
+
+def pose_result(rig, evalset: ev.EvalSet, steps: int) -> dict:
+    result = ev.evaluate_method(rig, evalset, "pose")
+    result["yaw_sweep"] = ev.yaw_sweep(rig, evalset)
+    result["steps"] = steps
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/rignet"))
+    parser.add_argument("--corpus", default="runs/corpus")
+    parser.add_argument("--count", type=int, default=ev.DEFAULT_COUNT)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--export", action="store_true", help="embed the RigNets with their metrics")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    G, F, E = pretrained.generator(), pretrained.face_estimator(), pretrained.evaluation_estimator()
+    evalset = ev.EvalSet.build(G, F, E, args.count, ev.DEFAULT_SEED)
+    context = ev.MethodContext(evalset, corpus=args.corpus, options={"rignet_dir": str(args.runs)})
+    trained = [c for c in ev.COMPONENTS if (args.runs / f"rignet_{c}.pt").exists()]
+    results: dict = {}
+    for name in ("none", "random", "linear", "rignet"):
+        for c in trained if name == "rignet" else ev.COMPONENTS:
+            method = ev.METHODS[name](context, c)
+            results.setdefault(name, {})[c] = ev.evaluate_method(method, evalset, c)
+            if c == "pose" and name != "random":
+                results[name][c]["yaw_sweep"] = ev.yaw_sweep("none" if name == "none" else method, evalset)
+    for c in ev.COMPONENTS:
+        results.setdefault("perfect (FaceWorld)", {})[c] = ev.faceworld_oracle(E, c, args.count)
+    ablations = {}
+    for variant, file in [("all terms", "pose_2000.pt")] + [(f"without L_{t}", f"ablate_{t}.pt") for t in ("rec", "edit", "consist")]:
+        path = args.runs / file
+        if path.exists():
+            steps = int(torch.load(path, map_location="cpu", weights_only=True)["train"]["step"])
+            ablations[variant] = pose_result(RigNet.load(path).rig, evalset, steps)
+    out = args.runs.parent / "eval_results.json"
+    out.write_text(json.dumps({"methods": results, "ablations": ablations}, indent=1))
+    print(ev.format_table(results))
+    if ablations:
+        print(ev.format_table({k: {"pose": v} for k, v in ablations.items()}))
+    if not args.export:
+        return
+    for c in trained:
+        metrics = {"evaluate": {m: results[m][c] for m in results if c in results[m]},
+                   "measured_with": f"python training/export_rignets.py ({args.count} pairs, seed {ev.DEFAULT_SEED}, judged by E)"}
+        if c == "pose" and ablations:
+            metrics["ablations"] = ablations
+            metrics["ablation_command"] = ABLATE
+        pretrained.export(f"rignet_{c}", args.runs / f"rignet_{c}.pt", command=TRAIN.format(c=c), seed=0, metrics=metrics,
+                          notes="trained on the embedded interim FaceWorld generator (225,280 images); retrain when it changes")
+        print("embedded", c)
+
+
+if __name__ == "__main__":
+    main()
