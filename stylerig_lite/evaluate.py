@@ -913,7 +913,8 @@ def reported_results() -> Dict[str, Dict[str, Any]]:
     for component in COMPONENTS:
         for method, result in manifest.get(f"rignet_{component}", {}).get("metrics", {}).get("evaluate", {}).items():
             results.setdefault(method, {})[component] = result
-    return results
+    order = ("none", "random", "linear", "rignet")  # the references first, then the methods (the manifest sorts keys)
+    return dict(sorted(results.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
 
 
 def summary_markdown(results: Dict[str, Dict[str, Any]]) -> str:

@@ -301,9 +301,6 @@ def slider_edits_figure(seeds: Sequence[int] = (3, 21), state: Any = None, scale
     ``state``: an :class:`~stylerig_lite.editing.EditorState` to use (default: the embedded
     generator, F and RigNets). Each face's sweep is absolute (yaw -30..30, not relative to its own).
     """
-    import matplotlib.pyplot as plt
-    import torch.nn.functional as functional
-
     from .editing import EditorState, edit_frames
 
     if state is None:
@@ -315,15 +312,25 @@ def slider_edits_figure(seeds: Sequence[int] = (3, 21), state: Any = None, scale
     columns = len(SLIDER_SWEEPS[0][1])
     rows, labels, titles = [], [], []
     for slider, values, fmt in SLIDER_SWEEPS:
+        block = 0
         for k, seed in enumerate(seeds):
             state.set_seed(seed)
-            images, renders = edit_frames(state, slider, values)
-            if k == 0 and renders is not None:  # the first face's 3DMM targets head the sweep
-                rows.append(functional.interpolate(renders, size=images.shape[-1], mode="nearest"))
+            images, _ = edit_frames(state, slider, values)
+            if k == 0 and state.preview is not None:  # the first face's 3DMM targets head the sweep
+                targets = []
+                size = 2 * images.shape[-1]  # the triangle rasterizer at twice the GAN's size, the centre zoomed
+                for value in values:
+                    state.set_slider(slider, value)
+                    targets.append(state.preview.render_exact(state.target_params(), size)[:, size // 8: -size // 8, size // 8: -size // 8])
+                state.reset()
+                rows.append(torch.nn.functional.interpolate(torch.stack(targets), size=images.shape[-1], mode="bilinear",
+                                                            antialias=True).clamp(0, 1))
                 labels.append("3DMM target")
+                block += 1
             rows.append(images)
             labels.append(f"seed {seed}")
-        titles += [fmt.format(v) for v in values] + [""] * (len(seeds) + (renders is not None) - 1) * columns
+            block += 1
+        titles += [fmt.format(v) for v in values] + [""] * (block - 1) * columns
     fig = image_grid(torch.cat(rows), ncols=columns, titles=titles, row_labels=labels, scale=scale)
     return fig
 

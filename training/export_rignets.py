@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=ev.DEFAULT_COUNT)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--export", action="store_true", help="embed the RigNets with their metrics")
+    parser.add_argument("--reuse-methods", action="store_true",
+                        help="take the method results from an earlier eval_results.json (only the ablations are scored again)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,14 +51,15 @@ def main() -> None:
     evalset = ev.EvalSet.build(G, F, E, args.count, ev.DEFAULT_SEED)
     context = ev.MethodContext(evalset, corpus=args.corpus, options={"rignet_dir": str(args.runs)})
     trained = [c for c in ev.COMPONENTS if (args.runs / f"rignet_{c}.pt").exists()]
-    results: dict = {}
-    for name in ("none", "random", "linear", "rignet"):
+    out = args.runs.parent / "eval_results.json"
+    results: dict = json.loads(out.read_text())["methods"] if args.reuse_methods else {}
+    for name in () if args.reuse_methods else ("none", "random", "linear", "rignet"):
         for c in trained if name == "rignet" else ev.COMPONENTS:
             method = ev.METHODS[name](context, c)
             results.setdefault(name, {})[c] = ev.evaluate_method(method, evalset, c)
             if c == "pose" and name != "random":
                 results[name][c]["yaw_sweep"] = ev.yaw_sweep("none" if name == "none" else method, evalset)
-    for c in ev.COMPONENTS:
+    for c in () if args.reuse_methods else ev.COMPONENTS:
         results.setdefault("perfect (FaceWorld)", {})[c] = ev.faceworld_oracle(E, c, args.count)
     ablations = {}
     for variant, file in [("all terms", "pose_2000.pt")] + [(f"without L_{t}", f"ablate_{t}.pt") for t in ("rec", "edit", "consist")]:
@@ -64,7 +67,6 @@ def main() -> None:
         if path.exists():
             steps = int(torch.load(path, map_location="cpu", weights_only=True)["train"]["step"])
             ablations[variant] = pose_result(RigNet.load(path).rig, evalset, steps)
-    out = args.runs.parent / "eval_results.json"
     out.write_text(json.dumps({"methods": results, "ablations": ablations}, indent=1))
     print(ev.format_table(results))
     if ablations:
