@@ -622,3 +622,13 @@ def test_landing_page_shows_the_result_figure_and_the_reported_table() -> None:
     assert block == evaluate.summary_markdown(reported), (
         "the landing page's table differs from the manifest; regenerate it with "
         "python -c 'from stylerig_lite import evaluate as e; print(e.summary_markdown(e.reported_results()))'")
+
+
+def test_built_chapter_4_shows_its_result_table_as_html() -> None:
+    """Chapter 4 displays the reported table as Markdown; the book must render it as a table, not as pipes."""
+    page = SITE / "notebooks" / "04_rignet_training.html"
+    if not page.is_file():
+        pytest.skip(f"{page.relative_to(REPO)} is not built: run `make book`")
+    html = page.read_text(encoding="utf-8")
+    assert "| method | pose" not in html, "a Markdown table was rendered as text (nb_render_markdown_format)"
+    assert re.search(r"<table[^>]*>.*?pose: yaw error", html, re.S)
