@@ -459,7 +459,9 @@ def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAU
         eh, _ = estimate_images(E, images_hat)
         c, k = _outside_face_change(images_hat, images_w, mask_of(eh), mask_of(ew))
         changed, outside = changed + c, outside + k
-        e_hat.append(eh), e_w.append(ew), targets.append(target.cpu())
+        e_hat.append(eh)
+        e_w.append(ew)
+        targets.append(target.cpu())
     e_hat_all, e_w_all = torch.cat(e_hat), torch.cat(e_w)
     preservation = preservation_errors(e_hat_all, e_w_all, component)
     preservation["outside_face_mae_255"] = 127.5 * changed / outside if outside else math.nan
@@ -871,21 +873,22 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         keep_keys = list(rows[0][1]["preservation"])
         lines.append(f"{component}: {rows[0][1]['count']} pairs; targets from F, scores from E (errors; lower is better)")
         width = {k: max(len(k), 9) + 2 for k in target_keys + keep_keys}
+        name_width = max(10, *(len(name) + 2 for name, _ in rows))
         target_width = sum(width[k] for k in target_keys)
         keep_width = sum(width[k] for k in keep_keys)
-        lines.append(f"{'':<10}{'target error':>{target_width}}  |{'preservation':>{keep_width}}")
-        lines.append(f"{'method':<10}" + "".join(f"{k:>{width[k]}}" for k in target_keys) + "  |"
+        lines.append(f"{'':<{name_width}}{'target error':>{target_width}}  |{'preservation':>{keep_width}}")
+        lines.append(f"{'method':<{name_width}}" + "".join(f"{k:>{width[k]}}" for k in target_keys) + "  |"
                      + "".join(f"{k:>{width[k]}}" for k in keep_keys))
         for name, r in rows:
-            lines.append(f"{name:<10}" + "".join(f"{r['target_error'][k]:>{width[k]}.4g}" for k in target_keys) + "  |"
+            lines.append(f"{name:<{name_width}}" + "".join(f"{r['target_error'][k]:>{width[k]}.4g}" for k in target_keys) + "  |"
                          + "".join(f"{r['preservation'][k]:>{width[k]}.4g}" for k in keep_keys))
         sweeps = [(name, r["yaw_sweep"]) for name, r in rows if "yaw_sweep" in r]
         if sweeps:
             yaws = sweeps[0][1]["yaws_deg"]
             lines.append(f"yaw sweep on {sweeps[0][1]['count']} faces: median yaw read by E for each target (degrees)")
-            lines.append(f"{'method':<10}" + "".join(f"{y:>7.0f}" for y in yaws) + f"  | median |error|")
+            lines.append(f"{'method':<{name_width}}" + "".join(f"{y:>7.0f}" for y in yaws) + "  | median |error|")
             for name, sweep in sweeps:
-                lines.append(f"{name:<10}" + "".join(f"{v:>7.1f}" for v in sweep["median_reached_deg"])
+                lines.append(f"{name:<{name_width}}" + "".join(f"{v:>7.1f}" for v in sweep["median_reached_deg"])
                              + f"  | {sweep['median_deg']:.2f}")
         lines.append("")
     return "\n".join(lines)
