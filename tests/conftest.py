@@ -60,3 +60,15 @@ def ict_mirror() -> Path:
             f"contains ict-facekit/FaceXModel (normally ../shared/assets next to the clone)"
         )
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    networks and single 64 px renders gain nothing from threads and lose much when the CPU is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -46,12 +46,7 @@ ATOL, RTOL = 2e-5, 1e-4  # parameters after a few steps: float rounding of a bat
 OUTLIER_FRACTION = 1e-2  # ... except entries whose gradient cancels to noise (see assert_close_states)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ----------------------------------------------------------------------------------------------
