@@ -72,3 +72,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def face_shards(tmp_path_factory) -> Path:
+    """A folder in world.render_shards' format (32 random images and labels) for train-f --data-dir."""
+    import json
+
+    import numpy as np
+
+    from stylerig_lite.world import WorldConfig, config_hash
+
+    folder = tmp_path_factory.mktemp("faces")
+    g = np.random.default_rng(0)
+    count, shard = 32, 16
+    (folder / "manifest.json").write_text(json.dumps({"count": count, "seed": 0, "shard_size": shard, "image_size": 64,
+                                                      "world_hash": config_hash(WorldConfig())}))
+    for k in range(count // shard):
+        np.savez(folder / f"shard_{k:05d}.npz", images=g.integers(0, 256, (shard, 64, 64, 3), dtype=np.uint8),
+                 params=(0.3 * g.standard_normal((shard, 196))).astype(np.float32),
+                 landmarks=(16 + 32 * g.random((shard, 68, 2))).astype(np.float32))
+    return folder

@@ -284,27 +284,6 @@ def test_rig_losses_create_nothing_off_the_inputs_device(rig_networks, ict_mirro
     assert all(p.grad is not None and p.grad.device.type == "cpu" for p in net.parameters() if p.requires_grad)
 
 
-@pytest.fixture(scope="module")
-def face_shards(tmp_path_factory):
-    """A folder in world.render_shards' format (random images and labels) for train-f --data-dir."""
-    import json
-
-    import numpy as np
-
-    from stylerig_lite.world import WorldConfig, config_hash
-
-    folder = tmp_path_factory.mktemp("faces")
-    g = np.random.default_rng(0)
-    count, shard = 32, 16
-    (folder / "manifest.json").write_text(json.dumps({"count": count, "seed": 0, "shard_size": shard, "image_size": 64,
-                                                      "world_hash": config_hash(WorldConfig())}))
-    for k in range(count // shard):
-        np.savez(folder / f"shard_{k:05d}.npz", images=g.integers(0, 256, (shard, 64, 64, 3), dtype=np.uint8),
-                 params=(0.3 * g.standard_normal((shard, 196))).astype(np.float32),
-                 landmarks=(16 + 32 * g.random((shard, 68, 2))).astype(np.float32))
-    return folder
-
-
 def _train_f_run(out, data, steps, *extra):
     from stylerig_lite.cli import main
 

@@ -271,23 +271,6 @@ def networks(tmp_path_factory) -> dict:
     return paths
 
 
-@pytest.fixture(scope="module")
-def face_shards(tmp_path_factory) -> Path:
-    """A folder in world.render_shards' format (random images and labels) for train-f --data-dir."""
-    folder = tmp_path_factory.mktemp("faces")
-    g = np.random.default_rng(0)
-    count, shard = 32, 16
-    from stylerig_lite.world import WorldConfig, config_hash
-
-    (folder / "manifest.json").write_text(json.dumps({"count": count, "seed": 0, "shard_size": shard, "image_size": 64,
-                                                      "world_hash": config_hash(WorldConfig())}))
-    for k in range(count // shard):
-        np.savez(folder / f"shard_{k:05d}.npz", images=g.integers(0, 256, (shard, 64, 64, 3), dtype=np.uint8),
-                 params=(0.3 * g.standard_normal((shard, 196))).astype(np.float32),
-                 landmarks=(16 + 32 * g.random((shard, 68, 2))).astype(np.float32))
-    return folder
-
-
 # ----------------------------------------------------------------------------------------------
 # Each trainer: 2 processes == 1 process, and resume across a change in the number of processes.
 
