@@ -30,6 +30,10 @@ training; here they are one batch of ``2B`` edits. Gradients flow from the
 render losses through ``F`` and ``G(ŵ)`` into RigNet; ``G`` and ``F`` stay in
 eval mode with ``requires_grad`` off.
 
+Going beyond the paper, ``RigNetConfig.edit_layers = K`` masks the edit to the first ``K`` (coarsest)
+W+ layers: the decoders of the others output zero, so those layers keep ``w`` exactly. Chapter 4
+measures why: a pose RigNet left free writes offsets into the fine (colour) layers too.
+
 The per-layer linears are kept as ``nn.Linear`` modules (the checkpoint layout) and evaluated
 all at once over their stacked weights (``impl='fast'``, the default; ``impl='ref'`` is the
 per-layer loop, kept as the reference the tests compare against).
@@ -158,6 +162,9 @@ class RigNetConfig:
     num_ws: int = 10  # W+ length of the generator (10 for the 64 px FaceWorld GAN, 18 for FFHQ 1024)
     w_dim: int = 256  # latent size (256 here, 512 for FFHQ)
     latent_dim: int = 32  # size of each l_i (the paper's 32)
+    # Layer mask: only the first `edit_layers` W+ layers (the coarse ones) receive offsets; the
+    # decoders of the others output zero, so those layers keep w exactly. None: all layers (the paper).
+    edit_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
         get_component(self.component)
@@ -165,10 +172,22 @@ class RigNetConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"RigNetConfig.{field} must be a positive integer, got {value!r}")
+        if self.edit_layers is not None and not (
+            isinstance(self.edit_layers, int) and 1 <= self.edit_layers <= self.num_ws
+        ):
+            raise ValueError(
+                f"RigNetConfig.edit_layers must be None (edit all layers) or an integer from 1 to num_ws={self.num_ws}, "
+                f"got {self.edit_layers!r}"
+            )
 
     @property
     def param_dim(self) -> int:
         return get_component(self.component).size
+
+    @property
+    def num_edited(self) -> int:
+        """How many W+ layers (counted from the coarsest) the RigNet may change."""
+        return self.num_ws if self.edit_layers is None else self.edit_layers
 
     @classmethod
     def for_generator(cls, G: Any, component: str, **overrides: Any) -> "RigNetConfig":
@@ -223,6 +242,12 @@ class RigNet(nn.Module):
             # Zero decoder: d = 0, so an untrained RigNet returns w unchanged.
             nn.init.zeros_(decoder.weight)
             nn.init.zeros_(decoder.bias)
+        # [num_ws, 1, 1]: 1 for the edited layers, 0 for the masked ones (config.edit_layers). The masked
+        # layers keep their (zero, unused) modules so that every RigNet has the same checkpoint layout;
+        # the mask, not their weights, guarantees they output zero. Derived from the config: not saved.
+        layer_mask = torch.zeros(config.num_ws, 1, 1)
+        layer_mask[: config.num_edited] = 1.0
+        self.register_buffer("layer_mask", layer_mask, persistent=False)
 
     # -- input checks -----------------------------------------------------------
     def _check_latents(self, w: torch.Tensor) -> None:
@@ -286,6 +311,9 @@ class RigNet(nn.Module):
         """The slow reference: one ``nn.Linear`` encoder and decoder call per layer (``p`` normalised)."""
         out = []
         for i, (encoder, decoder) in enumerate(zip(self.encoders, self.decoders)):
+            if i >= self.config.num_edited:  # masked layer: no offset
+                out.append(w.new_zeros(w.shape[0], self.config.w_dim))
+                continue
             l_i = encoder(w[:, i])  # [B, latent_dim]
             out.append(decoder(torch.cat([l_i, p], dim=1)))  # [B, w_dim]
         return torch.stack(out, dim=1)
@@ -293,7 +321,7 @@ class RigNet(nn.Module):
     def _weight_tensors(self) -> List[torch.Tensor]:
         # (the modules' own dicts: `layer.weight` would go through nn.Module.__getattr__, 40 times per call)
         return [t for layers in (self.encoders, self.decoders) for layer in layers._modules.values()
-                for t in layer._parameters.values()] + [self.param_mean, self.param_std]
+                for t in layer._parameters.values()] + [self.param_mean, self.param_std, self.layer_mask]
 
     def stacked_weights(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The per-layer linears stacked for batched products (the state dict keeps one module per layer).
@@ -303,7 +331,8 @@ class RigNet(nn.Module):
         layer ``i`` maps row vectors ``x @ w[i] + b[i]``. Without gradients to track (inference, or
         frozen weights) the stack is cached until a weight changes (in place: ``load_state_dict``, an
         optimizer step; or replaced: ``.to()``, a new layer); otherwise it is built on every call, so
-        that gradients reach the per-layer weights.
+        that gradients reach the per-layer weights. With a layer mask (``config.edit_layers``) the
+        decoder stacks of the masked layers are zero (and pass no gradient back to their modules).
         """
         tensors = self._weight_tensors()
         cacheable = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
@@ -317,6 +346,8 @@ class RigNet(nn.Module):
             enc_b = torch.stack([layer.bias for layer in self.encoders])[:, None]
             dec_w = torch.stack([layer.weight for layer in self.decoders]).transpose(1, 2)
             dec_b = torch.stack([layer.bias for layer in self.decoders])[:, None]
+            if self.config.num_edited < self.config.num_ws:
+                dec_w, dec_b = dec_w * self.layer_mask, dec_b * self.layer_mask
             stacked = (enc_w.contiguous(), enc_b, dec_w.contiguous(), dec_b)
         if cacheable:
             # Plain attribute (not a buffer): never in the state dict; holds the tensors it was built from.
@@ -353,7 +384,8 @@ class RigNet(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"component={c.component!r}, num_ws={c.num_ws}, w_dim={c.w_dim}, latent_dim={c.latent_dim}, p={c.param_dim}"
+        masked = "" if c.edit_layers is None else f", edit_layers={c.edit_layers}"
+        return f"component={c.component!r}, num_ws={c.num_ws}, w_dim={c.w_dim}, latent_dim={c.latent_dim}, p={c.param_dim}{masked}"
 
     # -- checkpoints ----------------------------------------------------------------
     def checkpoint(self) -> Dict[str, Any]:

@@ -112,6 +112,7 @@ class TrainConfig:
     optimizer: str = "adam"  # "adadelta" with lr 0.01 is the paper's; Adam measured better (module docstring)
     lr: float = 1e-3
     latent_dim: int = 32
+    edit_layers: Optional[int] = None  # layer mask: only the first this many W+ layers are edited (None: all)
     w_rec: float = 1.0
     w_edit: float = 1.0
     w_consist: float = 1.0
@@ -136,6 +137,8 @@ class TrainConfig:
                 raise ValueError(f"unknown --ablate {name!r}; expected one of {list(ABLATIONS)}")
         if self.optimizer not in ("adadelta", "adam"):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
+        if self.edit_layers is not None and not (isinstance(self.edit_layers, int) and self.edit_layers >= 1):
+            raise ValueError(f"--edit-layers must be a positive number of W+ layers, got {self.edit_layers!r}")
         if self.batch < 1 or self.steps < 0 or not self.lr > 0:
             raise ValueError(f"need batch >= 1, steps >= 0 and lr > 0 (got {self.batch}, {self.steps}, {self.lr})")
 
@@ -385,7 +388,8 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, 0))
-            rignet = RigNet(RigNetConfig.for_generator(G, config.component, latent_dim=config.latent_dim))
+            rignet = RigNet(RigNetConfig.for_generator(
+                G, config.component, latent_dim=config.latent_dim, edit_layers=config.edit_layers))
         if not on_cpu:
             rignet.to(device)  # same initial weights on every device
         state = TrainState(rignet, make_optimizer(rignet, config))
@@ -503,6 +507,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded FaceWorld generator)")
     parser.add_argument("--estimator", help="F checkpoint (default: the embedded F)")
     parser.add_argument("--ablate", action="append", choices=ABLATIONS, help="drop a loss term (repeatable), for the ablation table")
+    parser.add_argument("--edit-layers", type=int, metavar="K",
+                        help="layer mask: edit only the first K (coarsest) W+ layers; the others keep w (default: all)")
     parser.add_argument("--seed", type=int, help="initialisation and pair seed")
     parser.add_argument("--steps", type=int, help="optimizer steps in total (a resumed run continues to this many)")
     parser.add_argument("--batch", type=int, help="pairs (w, v) per step; both directions are trained")
@@ -535,7 +541,7 @@ def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int
         name: getattr(args, name, None)
         for name in (
             "out", "component", "corpus", "generator", "estimator", "ablate", "seed", "steps", "batch", "optimizer", "lr",
-            "w_rec", "w_edit", "w_consist", "truncation_psi", "log_every", "minutes", "threads",
+            "edit_layers", "w_rec", "w_edit", "w_consist", "truncation_psi", "log_every", "minutes", "threads",
         )
     }
     try:

@@ -197,6 +197,48 @@ def test_save_load_round_trip(tmp_path):
         RigNet.load(tmp_path / "other.pt")
 
 
+def test_layer_mask_edits_only_the_first_layers():
+    """edit_layers=K: layers >= K keep w exactly (fast, reference and bound paths); layers < K edit as before."""
+    free = randomised(RigNet(RigNetConfig(component="pose", num_ws=6, w_dim=32, latent_dim=8)))
+    masked = RigNet(RigNetConfig(component="pose", num_ws=6, w_dim=32, latent_dim=8, edit_layers=2))
+    masked.load_state_dict(free.state_dict())  # same weights; only the mask differs
+    assert "layer_mask" not in masked.state_dict() and "edit_layers=2" in repr(masked)
+    w = random_w(6, 32, batch=3)
+    p = torch.randn(3, 3, generator=torch.Generator().manual_seed(4)) * 0.3
+    for impl in ("fast", "ref"):
+        out = masked(w, p, impl=impl)
+        assert torch.equal(out[:, 2:], w[:, 2:]), impl
+        torch.testing.assert_close(out[:, :2], free(w, p)[:, :2], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(out[:, :2], w[:, :2])
+    full = torch.zeros(3, 196)
+    full[:, COMPONENTS["pose"].slice] = p
+    with torch.no_grad():
+        torch.testing.assert_close(masked.bind(w)(full), masked.rig(w, full), rtol=1e-5, atol=1e-6)
+    # No gradient reaches the masked layers' modules, so training leaves them as they are.
+    (masked(w, p) ** 2).sum().backward()
+    for i in range(6):
+        for layer in (masked.encoders[i], masked.decoders[i]):
+            assert bool(layer.weight.grad.abs().sum() > 0) == (i < 2), i
+
+
+def test_layer_mask_config_round_trip_and_errors(tmp_path):
+    config = RigNetConfig(component="expression", num_ws=6, w_dim=32, latent_dim=8, edit_layers=4)
+    assert config.num_edited == 4 and RigNetConfig(num_ws=6).num_edited == 6
+    net = randomised(RigNet(config))
+    loaded = RigNet.load(net.save(tmp_path / "masked.pt"))
+    assert loaded.config.edit_layers == 4
+    w, p = random_w(6, 32), torch.randn(3, 53)
+    assert torch.equal(loaded(w, p), net(w, p)) and torch.equal(loaded(w, p)[:, 4:], w[:, 4:])
+    old = config.to_dict()
+    del old["edit_layers"]  # a checkpoint written before the mask existed: all layers
+    assert RigNetConfig.from_dict(old).edit_layers is None
+    for bad in (0, 7, 2.5):
+        with pytest.raises(ValueError, match="edit_layers"):
+            RigNetConfig(num_ws=6, edit_layers=bad)
+    with pytest.raises(ValueError, match="--edit-layers"):
+        train_rignet.make_config("tiny", edit_layers=0)
+
+
 # -- the batched fast path and the bound (editor) path ------------------------------------------
 
 
@@ -461,6 +503,23 @@ def test_training_from_a_corpus(tmp_path, face_model, tiny_setup):
     assert state.step == 2 and "consist" not in state.history[-1] and "edit" in state.history[-1]
 
 
+def test_training_with_a_layer_mask(tmp_path, face_model, tiny_setup):
+    G, F, _ = tiny_setup
+    quiet = dict(G=G, F=F, face_model=face_model, progress=False, log=lambda s: None)
+    state = train_rignet.train(_tiny_config(tmp_path, "masked.pt", steps=3, edit_layers=2), **quiet)
+    net = RigNet.load(tmp_path / "masked.pt")
+    assert net.config.edit_layers == 2 == state.rignet.config.edit_layers
+    for i, decoder in enumerate(net.decoders):  # zero-initialised, and only the edited layers trained
+        assert bool(decoder.weight.abs().sum() > 0) == (i < 2), i
+    w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(1)), None)
+    p = torch.randn(2, 3, generator=torch.Generator().manual_seed(2)) * 0.3
+    assert torch.equal(net(w, p)[:, 2:], w[:, 2:]) and not torch.equal(net(w, p)[:, :2], w[:, :2])
+    with pytest.raises(ValueError, match="edit_layers: checkpoint 2, now 3"):  # resuming with another mask
+        train_rignet.train(_tiny_config(tmp_path, "masked.pt", steps=4, edit_layers=3), **quiet)
+    with pytest.raises(ValueError, match="edit_layers must be None"):  # more layers than G has
+        train_rignet.train(_tiny_config(tmp_path, "wide.pt", edit_layers=G.num_ws + 1), **quiet)
+
+
 def test_config_validation():
     assert train_rignet.make_config("cpu").optimizer == "adam" and train_rignet.make_config("cpu").lr == 1e-3
     paper = train_rignet.make_config("cpu", optimizer="adadelta", lr=0.01)
@@ -482,13 +541,14 @@ def test_cli_end_to_end(tmp_path, capsys):
     f_path = tiny_F(G).save(tmp_path / "f.pt")
     out = tmp_path / "rig_expr.pt"
     argv = ["train-rignet", "--component", "expression", "--out", str(out), "--preset", "tiny", "--steps", "2",
-            "--generator", str(g_path), "--estimator", str(f_path), "--ablate", "rec", "--quiet"]
+            "--generator", str(g_path), "--estimator", str(f_path), "--ablate", "rec", "--edit-layers", "3", "--quiet"]
     assert cli.main(argv) == 0
     assert RigNet.load(out).config.component == "expression"
     assert train_rignet.log_path(out).exists()
     saved = torch.load(out, weights_only=True)["train"]["config"]
-    assert saved["ablate"] == ["rec"] and saved["steps"] == 2
-    assert cli.main(argv[:-3] + ["--steps", "3", "--quiet"]) == 2  # resuming without the ablation: refused
+    assert saved["ablate"] == ["rec"] and saved["steps"] == 2 and saved["edit_layers"] == 3
+    assert RigNet.load(out).config.edit_layers == 3
+    assert cli.main(argv[:-5] + ["--edit-layers", "3", "--steps", "3", "--quiet"]) == 2  # resuming without the ablation: refused
     assert "ablate" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train-rignet", "--component", "smile", "--out", str(out)])
