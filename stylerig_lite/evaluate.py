@@ -476,6 +476,33 @@ def evaluate_methods(methods: Dict[str, Union[str, EditMethod]], evalset: EvalSe
     return {name: {c: evaluate_method(m, evalset, c) for c in components} for name, m in methods.items()}
 
 
+def scaled(method: EditMethod, gain: float) -> EditMethod:
+    """``ŵ = w + gain · (method(w, p) − w)``: the same edit, shortened (gain < 1) or lengthened (gain > 1).
+
+    Comparing methods "at equal preservation" needs one knob that trades target error for collateral
+    change; the step length along a method's own edit is the knob every method has.
+    """
+    if not callable(method):
+        raise TypeError(f"scaled() takes a callable (w, p_target) -> w_hat, got {type(method).__name__}")
+    gain = float(gain)
+    if not math.isfinite(gain):
+        raise ValueError(f"gain must be a finite number, got {gain}")
+
+    def scaled_method(w: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
+        return w + gain * (method(w.clone(), p_target) - w)
+
+    scaled_method.__name__ = f"{getattr(method, '__name__', type(method).__name__)} x{gain:g}"
+    return scaled_method
+
+
+def gain_sweep(method: EditMethod, evalset: EvalSet, component: str, gains: Sequence[float]) -> Dict[float, Dict[str, Any]]:
+    """``{gain: evaluate_method(scaled(method, gain), ...)}``: the method's trade-off curve between
+    target error and preservation. Gain 0 is ``'none'``; gain 1 is the method itself."""
+    if not len(gains):
+        raise ValueError("gain_sweep needs at least one gain")
+    return {float(k): evaluate_method(scaled(method, k), evalset, component) for k in gains}
+
+
 # ----------------------------------------------------------------------------
 # The linear baseline (InterFaceGAN-style directions in W).
 

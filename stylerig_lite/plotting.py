@@ -87,6 +87,35 @@ def loss_curve(values: Sequence[float], *, ax=None, label: Optional[str] = None,
     return ax
 
 
+def tradeoff_plot(curves: Any, *, target: str = "yaw_deg", preservation: str = "outside_face_mae_255", ax=None):
+    """Target error against collateral change, one line per method through its gains.
+
+    ``curves``: ``{method name: {gain: evaluate_method result}}`` (:func:`stylerig_lite.evaluate.gain_sweep`);
+    ``target`` / ``preservation``: keys of the results' ``target_error`` / ``preservation``. A better
+    method's line runs lower and further left. Returns the axis.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.8, 3.3))
+    for i, (name, curve) in enumerate(curves.items()):
+        points = []
+        for gain, result in sorted(curve.items()):
+            for part, key in (("target_error", target), ("preservation", preservation)):
+                if key not in result[part]:
+                    raise KeyError(f"{name} x{gain:g}: no {part} {key!r}; it has {sorted(result[part])}")
+            points.append((gain, result["preservation"][preservation], result["target_error"][target]))
+        xs, ys = [p[1] for p in points], [p[2] for p in points]
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=name, markersize=4)
+        for gain, x, y in points:
+            ax.annotate(f"x{gain:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color=f"C{i}")
+    ax.set_xlabel(f"collateral change: {preservation}")
+    ax.set_ylabel(f"target error: {target}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
 def overview_figure(world=None, *, seeds: Sequence[int] = (3, 14, 15, 92, 65), image_size: int = 96):
     """The README's overview: random rig parameters, their 3DMM rendering, and the FaceWorld portrait.
 

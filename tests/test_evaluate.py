@@ -159,6 +159,22 @@ def test_a_known_rotation_scores_its_angle(fake_set):
         assert value == pytest.approx(0.0, abs=1e-5), key
 
 
+def test_gain_sweep_known_answers(fake_set):
+    """Gain 0 is 'none', gain 1 the method; the oracle at gain k leaves (1 - k) of the way to the target."""
+    curve = ev.gain_sweep(oracle, fake_set, "pose", (0.0, 0.5, 1.0))
+    none, exact = evaluate_method("none", fake_set, "pose"), evaluate_method(oracle, fake_set, "pose")
+    assert curve[0.0]["target_error"] == pytest.approx(none["target_error"], rel=1e-4, abs=1e-6)
+    for part in ("target_error", "preservation"):
+        assert curve[1.0][part] == pytest.approx(exact[part], rel=1e-4, abs=1e-6), part
+    for key in ("yaw_deg", "pitch_deg", "roll_deg"):
+        assert curve[0.5]["target_error"][key] == pytest.approx(0.5 * none["target_error"][key], rel=1e-3), key
+    assert ev.scaled(oracle, 0.5).__name__ == "oracle x0.5"
+    with pytest.raises(TypeError, match="callable"):
+        ev.scaled("none", 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        ev.scaled(oracle, float("nan"))
+
+
 def test_yaw_sweep_known_answers(fake_set):
     """The oracle reaches every asked yaw; 'none' stays where the faces were; a method off by 5 degrees scores 5."""
     yaws = (-30, 0, 30)

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from stylerig_lite.plotting import edit_grid, rignet_diagram  # noqa: E402
+from stylerig_lite.plotting import edit_grid, rignet_diagram, tradeoff_plot  # noqa: E402
 
 
 def _images(*shape: int) -> torch.Tensor:
@@ -49,6 +49,23 @@ def test_edit_grid_plain_and_errors() -> None:
         edit_grid(_images(2, 4, 3, 8, 8), headers=_images(3, 3, 8, 8))
     with pytest.raises(ValueError, match="column_labels"):
         edit_grid(_images(2, 4, 3, 8, 8), column_labels=["a"])
+
+
+def test_tradeoff_plot_draws_each_curve_through_its_gains() -> None:
+    def result(error: float, change: float) -> dict:
+        return {"target_error": {"yaw_deg": error}, "preservation": {"outside_face_mae_255": change}}
+
+    curves = {"linear": {2.0: result(3.8, 18.0), 1.0: result(4.7, 9.9)}, "rignet": {1.0: result(2.3, 11.0)}}
+    ax = tradeoff_plot(curves)
+    try:
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["linear", "rignet"]
+        assert list(lines[0].get_xdata()) == [9.9, 18.0] and list(lines[0].get_ydata()) == [4.7, 3.8]  # by gain
+        assert sorted(t.get_text() for t in ax.texts) == ["x1", "x1", "x2"]
+    finally:
+        plt.close(ax.figure)
+    with pytest.raises(KeyError, match="no preservation 'light_rmse'"):
+        tradeoff_plot(curves, preservation="light_rmse")
 
 
 @pytest.mark.parametrize("num_ws, shown", [(10, 3), (2, 3), (1, 1)])

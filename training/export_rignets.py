@@ -2,8 +2,8 @@
 
     python training/export_rignets.py --runs runs/rignet --corpus runs/corpus [--export]
 
-Reads ``rignet_<component>.pt``, ``ablate_<term>.pt`` and ``pose_2000.pt`` from ``--runs`` (those
-present), scores them next to the references (none, random, the linear baseline fitted on
+Reads ``rignet_<component>.pt``, ``ablate_<term>.pt``, ``pose_2000.pt`` and the layer-mask variants
+``pose_layers<K>.pt`` / ``pose_all_layers.pt`` from ``--runs`` (those present), scores them next to the references (none, random, the linear baseline fitted on
 ``--corpus``, a perfect FaceWorld edit) on 500 pairs (seed 2020) judged by the evaluation estimator
 E, writes ``<runs>/../eval_results.json`` and prints the tables. ``--export`` then embeds each
 RigNet with these metrics (``pretrained.export``: fp16 file, sha256, command, seed and the
@@ -23,7 +23,23 @@ from stylerig_lite import pretrained
 from stylerig_lite.rignet import RigNet
 
 TRAIN = ("stylerig-lite make-corpus --out runs/corpus --count 20000 --seed 0 --threads 1 && "
-         "stylerig-lite train-rignet --component {c} --preset cpu --corpus runs/corpus --out runs/rignet/rignet_{c}.pt --threads 1")
+         "stylerig-lite train-rignet --component {c} --preset cpu --corpus runs/corpus{options} --out runs/rignet/rignet_{c}.pt --threads 1")
+LAYER_MASKS = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --edit-layers {K} "
+               "--out runs/rignet/pose_layers{K}.pt --threads 1 (all layers: the same without --edit-layers)")
+
+
+def train_config(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["train"]["config"]
+
+
+def trained_steps(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["train"]["step"])
+
+
+def train_command(path: Path, component: str) -> str:
+    """The command that trained ``path`` (options beyond the defaults, such as a layer mask, included)."""
+    edit_layers = train_config(path).get("edit_layers")
+    return TRAIN.format(c=component, options="" if edit_layers is None else f" --edit-layers {edit_layers}")
 ABLATE = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --ablate {rec|edit|consist} "
           "--steps 2000 --out runs/rignet/ablate_{term}.pt --threads 1 (reference: the same without --ablate)")
 
@@ -65,12 +81,19 @@ def main() -> None:
     for variant, file in [("all terms", "pose_2000.pt")] + [(f"without L_{t}", f"ablate_{t}.pt") for t in ("rec", "edit", "consist")]:
         path = args.runs / file
         if path.exists():
-            steps = int(torch.load(path, map_location="cpu", weights_only=True)["train"]["step"])
-            ablations[variant] = pose_result(RigNet.load(path).rig, evalset, steps)
-    out.write_text(json.dumps({"methods": results, "ablations": ablations}, indent=1))
+            ablations[variant] = pose_result(RigNet.load(path).rig, evalset, trained_steps(path))
+    layer_masks = {}
+    masked = sorted(args.runs.glob("pose_layers*.pt"), key=lambda p: -int(p.stem.removeprefix("pose_layers")))
+    for path in [args.runs / "pose_all_layers.pt"] + masked:
+        if path.exists():
+            config = train_config(path)
+            variant = "all layers" if config.get("edit_layers") is None else f"first {config['edit_layers']} layers"
+            layer_masks[variant] = pose_result(RigNet.load(path).rig, evalset, trained_steps(path))
+    out.write_text(json.dumps({"methods": results, "ablations": ablations, "layer_masks": layer_masks}, indent=1))
     print(ev.format_table(results))
-    if ablations:
-        print(ev.format_table({k: {"pose": v} for k, v in ablations.items()}))
+    for table in (ablations, layer_masks):
+        if table:
+            print(ev.format_table({k: {"pose": v} for k, v in table.items()}))
     if not args.export:
         return
     for c in trained:
@@ -79,7 +102,10 @@ def main() -> None:
         if c == "pose" and ablations:
             metrics["ablations"] = ablations
             metrics["ablation_command"] = ABLATE
-        pretrained.export(f"rignet_{c}", args.runs / f"rignet_{c}.pt", command=TRAIN.format(c=c), seed=0, metrics=metrics,
+        if c == "pose" and layer_masks:
+            metrics["layer_masks"] = layer_masks
+            metrics["layer_mask_command"] = LAYER_MASKS
+        pretrained.export(f"rignet_{c}", args.runs / f"rignet_{c}.pt", command=train_command(args.runs / f"rignet_{c}.pt", c), seed=0, metrics=metrics,
                           notes="trained on the embedded interim FaceWorld generator (225,280 images); retrain when it changes")
         print("embedded", c)
 
