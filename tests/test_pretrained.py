@@ -134,18 +134,22 @@ def test_embedded_rignets_are_tied_to_the_embedded_generator():
 
 
 def test_embedded_pose_rignet_turns_heads(rig_evalset):
-    """Measured on these 64 pairs: yaw error 2.09 deg (none 6.20), pitch 2.43, roll 1.34, change outside
-    the face 15.2 levels; yaw sweep on 32 faces reaches -24.4 / 0.2 / +24.1 deg for -30 / 0 / +30."""
+    """Measured on these 64 pairs: yaw error 2.32 deg (none 6.20), pitch 1.94, roll 1.49, change outside
+    the face 11.6 levels, albedo change 0.205 (the all-layers RigNet: 0.31 on the full set); yaw sweep on
+    32 faces reaches -23.6 / 1.2 / +21.4 deg for -30 / 0 / +30."""
     from stylerig_lite import evaluate
 
-    rig = pretrained.rignet("pose").rig
+    pose = pretrained.rignet("pose")
+    assert pose.config.edit_layers == 4  # the layer mask of chapter 4, section 8: the fine layers keep w
+    w = rig_evalset.w[:4]
+    assert torch.equal(pose.rig(w, rig_evalset.target("pose")[:4])[:, 4:], w[:, 4:])
     none = evaluate.evaluate_method("none", rig_evalset, "pose")["target_error"]
-    result = evaluate.evaluate_method(rig, rig_evalset, "pose")
+    result = evaluate.evaluate_method(pose.rig, rig_evalset, "pose")
     error = result["target_error"]
     assert error["yaw_deg"] < 3.0 and error["yaw_deg"] < 0.5 * none["yaw_deg"]
-    assert error["pitch_deg"] < 3.5 and error["roll_deg"] < 2.0
-    assert result["preservation"]["outside_face_mae_255"] < 22.0
-    sweep = evaluate.yaw_sweep(rig, rig_evalset, (-30, 0, 30), count=32)
+    assert error["pitch_deg"] < 3.0 and error["roll_deg"] < 2.0
+    assert result["preservation"]["outside_face_mae_255"] < 14.0 and result["preservation"]["albedo_rmse"] < 0.25
+    sweep = evaluate.yaw_sweep(pose.rig, rig_evalset, (-30, 0, 30), count=32)
     low, mid, high = sweep["median_reached_deg"]
     assert low < -19 and high > 19 and abs(mid) < 3
 

@@ -13,6 +13,7 @@ generator it was trained on go into ``stylerig_lite/weights/manifest.json``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from stylerig_lite import evaluate as ev
 from stylerig_lite import pretrained
 from stylerig_lite.rignet import RigNet
+from stylerig_lite.train_rignet import make_config
 
 TRAIN = ("stylerig-lite make-corpus --out runs/corpus --count 20000 --seed 0 --threads 1 && "
          "stylerig-lite train-rignet --component {c} --preset cpu --corpus runs/corpus{options} --out runs/rignet/rignet_{c}.pt --threads 1")
@@ -37,9 +39,11 @@ def trained_steps(path: Path) -> int:
 
 
 def train_command(path: Path, component: str) -> str:
-    """The command that trained ``path`` (options beyond the defaults, such as a layer mask, included)."""
-    edit_layers = train_config(path).get("edit_layers")
-    return TRAIN.format(c=component, options="" if edit_layers is None else f" --edit-layers {edit_layers}")
+    """The command that trained ``path``, with the options that differ from the cpu preset (a layer mask, steps)."""
+    config, default = train_config(path), dataclasses.asdict(make_config("cpu"))
+    options = "".join(f" --{key.replace('_', '-')} {config[key]}" for key in ("edit_layers", "steps")
+                      if config.get(key) != default[key])
+    return TRAIN.format(c=component, options=options)
 ABLATE = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --ablate {rec|edit|consist} "
           "--steps 2000 --out runs/rignet/ablate_{term}.pt --threads 1 (reference: the same without --ablate)")
 
@@ -83,7 +87,8 @@ def main() -> None:
         if path.exists():
             ablations[variant] = pose_result(RigNet.load(path).rig, evalset, trained_steps(path))
     layer_masks = {}
-    masked = sorted(args.runs.glob("pose_layers*.pt"), key=lambda p: -int(p.stem.removeprefix("pose_layers")))
+    masked = sorted((p for p in args.runs.glob("pose_layers*.pt") if p.stem.removeprefix("pose_layers").isdigit()),
+                    key=lambda p: -int(p.stem.removeprefix("pose_layers")))  # pose_layers<K>.pt, most layers first
     for path in [args.runs / "pose_all_layers.pt"] + masked:
         if path.exists():
             config = train_config(path)
