@@ -890,14 +890,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser, tf32=False)  # evaluation keeps full float32 arithmetic on a GPU
 
 
+#: Column order of the tables, whatever order a result's keys came in (the weights manifest sorts them).
+TABLE_COLUMNS = ("identity_rmse", "albedo_rmse", "translation_cm", "yaw_deg", "pitch_deg", "roll_deg",
+                 "expression_mae", "jaw_open_mae", "light_rmse", "outside_face_mae_255")
+
+
+def _column_order(keys: Any) -> List[str]:
+    keys = list(keys)
+    return sorted(keys, key=lambda k: (TABLE_COLUMNS.index(k), 0) if k in TABLE_COLUMNS else (len(TABLE_COLUMNS), keys.index(k)))
+
+
 def format_table(results: Dict[str, Dict[str, Any]]) -> str:
     """The JSON result as one plain-text table per component."""
     lines = []
     components = list(dict.fromkeys(c for per in results.values() for c in per))
     for component in components:
         rows = [(name, per[component]) for name, per in results.items() if component in per]
-        target_keys = [k for k in rows[0][1]["target_error"] if not k.endswith("_median")]
-        keep_keys = list(rows[0][1]["preservation"])
+        target_keys = _column_order(k for k in rows[0][1]["target_error"] if not k.endswith("_median"))
+        keep_keys = _column_order(rows[0][1]["preservation"])
         lines.append(f"{component}: {rows[0][1]['count']} pairs; targets from F, scores from E (errors; lower is better)")
         width = {k: max(len(k), 9) + 2 for k in target_keys + keep_keys}
         name_width = max(10, *(len(name) + 2 for name, _ in rows))

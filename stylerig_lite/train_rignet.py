@@ -7,6 +7,7 @@ StyleRig objective of :func:`stylerig_lite.rignet.rig_losses`::
     stylerig-lite train-rignet --component pose --out runs/rignet_pose.pt
     stylerig-lite train-rignet --component pose --out runs/rignet_pose.pt          # again: resumes
     stylerig-lite train-rignet --component pose --out runs/rignet_pose_no_rec.pt --ablate rec
+    stylerig-lite train-rignet --component pose --out runs/rignet_pose_4.pt --edit-layers 4   # coarse layers only
 
 Each step draws ``batch`` pairs ``(w, v)``:
 

@@ -175,6 +175,15 @@ def test_gain_sweep_known_answers(fake_set):
         ev.scaled(oracle, float("nan"))
 
 
+def test_format_table_keeps_the_column_order_of_a_sorted_result(fake_set):
+    """The weights manifest stores results with sorted keys; the table still reads yaw, pitch, roll, ..."""
+    result = evaluate_method(oracle, fake_set, "pose")
+    shuffled = {part: dict(sorted(result[part].items())) if isinstance(result[part], dict) else result[part] for part in result}
+    header = ev.format_table({"oracle": {"pose": shuffled}}).splitlines()[2].split()
+    assert header == ev.format_table({"oracle": {"pose": result}}).splitlines()[2].split()
+    assert header[1:4] == ["yaw_deg", "pitch_deg", "roll_deg"] and header[-1] == "outside_face_mae_255"
+
+
 def test_yaw_sweep_known_answers(fake_set):
     """The oracle reaches every asked yaw; 'none' stays where the faces were; a method off by 5 degrees scores 5."""
     yaws = (-30, 0, 30)
