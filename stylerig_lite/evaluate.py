@@ -896,8 +896,8 @@ TABLE_COLUMNS = ("identity_rmse", "albedo_rmse", "translation_cm", "yaw_deg", "p
 
 
 def _column_order(keys: Any) -> List[str]:
-    keys = list(keys)
-    return sorted(keys, key=lambda k: (TABLE_COLUMNS.index(k), 0) if k in TABLE_COLUMNS else (len(TABLE_COLUMNS), keys.index(k)))
+    # (sorted() is stable: keys not in TABLE_COLUMNS stay at the end in the order they came)
+    return sorted(keys, key=lambda k: TABLE_COLUMNS.index(k) if k in TABLE_COLUMNS else len(TABLE_COLUMNS))
 
 
 def format_table(results: Dict[str, Dict[str, Any]]) -> str:

@@ -3,10 +3,10 @@
     python training/export_rignets.py --runs runs/rignet --corpus runs/corpus [--export]
 
 Reads ``rignet_<component>.pt``, ``ablate_<term>.pt``, ``pose_2000.pt`` and the layer-mask variants
-``pose_layers<K>.pt`` / ``pose_all_layers.pt`` from ``--runs`` (those present), scores them next to the references (none, random, the linear baseline fitted on
-``--corpus``, a perfect FaceWorld edit) on 500 pairs (seed 2020) judged by the evaluation estimator
-E, writes ``<runs>/../eval_results.json`` and prints the tables. ``--export`` then embeds each
-RigNet with these metrics (``pretrained.export``: fp16 file, sha256, command, seed and the
+``pose_layers<K>.pt`` / ``pose_all_layers.pt`` from ``--runs`` (those present), scores them next to
+the references (none, random, the linear baseline fitted on ``--corpus``, a perfect FaceWorld edit)
+on 500 pairs (seed 2020) judged by the evaluation estimator E, writes ``<runs>/../eval_results.json``
+and prints the tables. ``--export`` then embeds each RigNet with these metrics (``pretrained.export``: fp16 file, sha256, command, seed and the
 generator it was trained on go into ``stylerig_lite/weights/manifest.json``).
 """
 
@@ -28,24 +28,21 @@ TRAIN = ("stylerig-lite make-corpus --out runs/corpus --count 20000 --seed 0 --t
          "stylerig-lite train-rignet --component {c} --preset cpu --corpus runs/corpus{options} --out runs/rignet/rignet_{c}.pt --threads 1")
 LAYER_MASKS = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --edit-layers {K} "
                "--out runs/rignet/pose_layers{K}.pt --threads 1 (all layers: the same without --edit-layers)")
+ABLATE = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --ablate {rec|edit|consist} "
+          "--steps 2000 --out runs/rignet/ablate_{term}.pt --threads 1 (reference: the same without --ablate)")
 
 
-def train_config(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["train"]["config"]
-
-
-def trained_steps(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=True)["train"]["step"])
+def training_state(path: Path) -> dict:
+    """The ``train`` entry of a train-rignet checkpoint: its config, step, history."""
+    return torch.load(path, map_location="cpu", weights_only=True)["train"]
 
 
 def train_command(path: Path, component: str) -> str:
     """The command that trained ``path``, with the options that differ from the cpu preset (a layer mask, steps)."""
-    config, default = train_config(path), dataclasses.asdict(make_config("cpu"))
+    config, default = training_state(path)["config"], dataclasses.asdict(make_config("cpu"))
     options = "".join(f" --{key.replace('_', '-')} {config[key]}" for key in ("edit_layers", "steps")
                       if config.get(key) != default[key])
     return TRAIN.format(c=component, options=options)
-ABLATE = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --ablate {rec|edit|consist} "
-          "--steps 2000 --out runs/rignet/ablate_{term}.pt --threads 1 (reference: the same without --ablate)")
 
 
 def pose_result(rig, evalset: ev.EvalSet, steps: int) -> dict:
@@ -85,15 +82,16 @@ def main() -> None:
     for variant, file in [("all terms", "pose_2000.pt")] + [(f"without L_{t}", f"ablate_{t}.pt") for t in ("rec", "edit", "consist")]:
         path = args.runs / file
         if path.exists():
-            ablations[variant] = pose_result(RigNet.load(path).rig, evalset, trained_steps(path))
+            ablations[variant] = pose_result(RigNet.load(path).rig, evalset, int(training_state(path)["step"]))
     layer_masks = {}
     masked = sorted((p for p in args.runs.glob("pose_layers*.pt") if p.stem.removeprefix("pose_layers").isdigit()),
                     key=lambda p: -int(p.stem.removeprefix("pose_layers")))  # pose_layers<K>.pt, most layers first
     for path in [args.runs / "pose_all_layers.pt"] + masked:
         if path.exists():
-            config = train_config(path)
-            variant = "all layers" if config.get("edit_layers") is None else f"first {config['edit_layers']} layers"
-            layer_masks[variant] = pose_result(RigNet.load(path).rig, evalset, trained_steps(path))
+            rig = RigNet.load(path)
+            edit_layers = rig.config.edit_layers
+            variant = "all layers" if edit_layers is None else f"first {edit_layers} layers"
+            layer_masks[variant] = pose_result(rig.rig, evalset, int(training_state(path)["step"]))
     out.write_text(json.dumps({"methods": results, "ablations": ablations, "layer_masks": layer_masks}, indent=1))
     print(ev.format_table(results))
     for table in (ablations, layer_masks):
