@@ -97,6 +97,7 @@ __all__ = [
     "diff_augment",
     "make_blob_source",
     "save_image_grid",
+    "snapshot_name",
     "train_gan",
     "build_arg_parser",
     "main",
@@ -126,6 +127,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 10_000      # Images between checkpoints (0 = only at the end).
     sample_every: int = 10_000          # Images between sample grids (0 = only at the end).
+    snapshot_every: int = 0             # Images between kept G_ema snapshots (0 = none); see GANTrainer.train.
     grid_size: tuple[int, int] = (8, 4)  # Sample grid columns x rows.
     compact_checkpoint: bool = False    # fp16 weights / bf16 Adam moments: half the file size.
 
@@ -602,6 +604,11 @@ class GANTrainer:
         imgs = torch.cat([self.G_ema(z.to(self.device), noise_mode="const") for z in self.grid_latents().split(32)])
         return save_image_grid(imgs, path, self.cfg.grid_size)
 
+    def save_snapshot(self, path: str | os.PathLike) -> Path:
+        """Keep this moment's G_ema (a generator-only float16 file, like the official network-snapshot
+        pickles): GAN statistics wander between checkpoints, so a run is judged on a series of them."""
+        return save_generator_only(path, self.G_ema, step=self.step, images_seen=self.images_seen)
+
     def checkpoint_extra(self) -> dict[str, Any]:
         return {
             "train_config": self.cfg.to_dict(),
@@ -696,6 +703,7 @@ class GANTrainer:
                 save_image_grid(self.sample_real(cols * rows, g), out / "reals.png", cfg.grid_size)
         next_ckpt = _next_multiple(self.images_seen, cfg.checkpoint_every)
         next_grid = _next_multiple(self.images_seen, cfg.sample_every)
+        next_snapshot = _next_multiple(self.images_seen, cfg.snapshot_every)
         start_images = self.images_seen
         lazy = self.device.type != "cpu"  # GPU: no host sync per step for the logged values
         pending: list[PendingStats] = []
@@ -729,6 +737,10 @@ class GANTrainer:
                     if main:
                         self.sample_grid(out / f"fakes{self.images_seen:09d}.png")
                     next_grid = _next_multiple(self.images_seen, cfg.sample_every)
+                if out is not None and cfg.snapshot_every > 0 and (done or self.images_seen >= next_snapshot):
+                    if main:
+                        self.save_snapshot(out / snapshot_name(self.images_seen))
+                    next_snapshot = _next_multiple(self.images_seen, cfg.snapshot_every)
                 if checkpoint_path is not None and (done or self.images_seen >= next_ckpt):
                     if main:
                         self.save(checkpoint_path)
@@ -799,13 +811,18 @@ def _next_multiple(value: int, every: int) -> float:
     return (value // every + 1) * every
 
 
+def snapshot_name(images_seen: int) -> str:
+    """File name of the G_ema snapshot kept at ``images_seen`` (``--snapshot-every``)."""
+    return f"network-snapshot-{int(images_seen):09d}.pt"
+
+
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 # Options that may change when a run is resumed (they do not alter the training dynamics).
-RESUMABLE_OVERRIDES = ("checkpoint_every", "sample_every", "grid_size", "compact_checkpoint")
+RESUMABLE_OVERRIDES = ("checkpoint_every", "sample_every", "snapshot_every", "grid_size", "compact_checkpoint")
 
 
 def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images: int,
@@ -900,6 +917,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--augment", default="", help="DiffAugment policy, e.g. color,translation,cutout")
     p.add_argument("--checkpoint-every", type=int, default=10_000, help="images between checkpoints")
     p.add_argument("--sample-every", type=int, default=10_000, help="images between sample grids")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="images between kept G_ema snapshots (network-snapshot-<images>.pt, 2.8 MB each at "
+                        "cpu64; 0 = none); score them with `stylerig-lite evaluate --quality --generator`")
     p.add_argument("--compact", action="store_true", help="fp16 checkpoint (half size)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_device_argument(p)
@@ -939,6 +959,7 @@ def _run(args: argparse.Namespace, sample_real: SampleReal | None, device: torch
     train_cfg = TrainConfig(batch_size=args.batch, seed=args.seed, r1_gamma=args.r1_gamma,
                             pl_weight=args.pl_weight, augment=args.augment,
                             checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+                            snapshot_every=args.snapshot_every,
                             compact_checkpoint=args.compact)
     trainer = train_gan(sample_real, args.out, args.images, model_config, train_cfg,
                         resume=not args.no_resume, progress=not args.no_progress, device=device,

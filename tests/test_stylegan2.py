@@ -654,7 +654,7 @@ def test_train_gan_resumes_from_out_dir(tmp_path, capsys):
     from stylerig_lite.train_gan import main
 
     args = ["--out", str(tmp_path), "--preset", "tiny", "--batch", "4", "--checkpoint-every", "8",
-            "--sample-every", "8", "--no-progress"]
+            "--sample-every", "8", "--snapshot-every", "4", "--no-progress"]
     assert main(args + ["--images", "8"]) == 0
     first = load_checkpoint(tmp_path / "checkpoint.pt")
     assert (first["step"], first["images_seen"], first["compact"]) == (2, 8, False)
@@ -665,6 +665,16 @@ def test_train_gan_resumes_from_out_dir(tmp_path, capsys):
     assert second["extra"]["train_config"]["seed"] == 0
     assert "keeping the checkpoint's ['seed'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.glob("fakes*.png")) == ["fakes000000008.png", "fakes000000012.png"]
+    # G_ema snapshots are kept on their own schedule across the resume, each a loadable generator
+    # holding that moment's G_ema (the last one is the checkpoint's, both stored in float16).
+    assert sorted(p.name for p in tmp_path.glob("network-snapshot-*.pt")) == [
+        "network-snapshot-000000004.pt", "network-snapshot-000000008.pt", "network-snapshot-000000012.pt"]
+    assert load_checkpoint(tmp_path / "network-snapshot-000000004.pt")["images_seen"] == 4
+    last, final = load_generator(tmp_path / "network-snapshot-000000012.pt"), load_generator(tmp_path / "checkpoint.pt")
+    for (name, a), b in zip(last.state_dict().items(), final.state_dict().values()):
+        assert torch.equal(a, b), name
+    first_snap = load_generator(tmp_path / "network-snapshot-000000004.pt").state_dict()
+    assert any(not torch.equal(first_snap[k], v) for k, v in last.state_dict().items())
     # Files get the usual umask-based mode, not mkstemp's private 0600 (the checkpoint is shared).
     assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == sg._default_file_mode()
 
