@@ -689,3 +689,25 @@ def test_bench_gan_times_a_training_step_beside_a_reference(capsys):
                        "--reference", tree]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images_per_s"] > 0 and result["ref_cpu_images_per_s"] > 0 and result["speedup"] > 0
+
+
+def test_committed_training_state_resumes_and_the_candidate_fits_the_embedded_layout():
+    """training/ holds the GAN run carried between sessions: a slim resume checkpoint that finds its
+    G_ema file by sha256, and the candidate generator that is to replace the embedded one."""
+    from pathlib import Path
+
+    from stylerig_lite import pretrained
+
+    training = Path(__file__).resolve().parent.parent / "training"
+    trainer = GANTrainer.resume(training / "faceworld_gan_resume.pt", make_blob_source(64),
+                                ema_file=training / "faceworld_gan_ema.pt")
+    ema = load_generator(training / "faceworld_gan_ema.pt")
+    for (name, a), b in zip(trainer.G_ema.state_dict().items(), ema.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert trainer.images_seen == load_checkpoint(training / "faceworld_gan_ema.pt")["images_seen"] > 0
+    # The candidate must be able to take the embedded generator's place: same layout, a later G_ema.
+    candidate = load_checkpoint(training / "faceworld_gan_candidate.pt")
+    embedded = load_checkpoint(pretrained.embedded_path("generator"))
+    assert candidate["config"] == embedded["config"]
+    assert candidate["images_seen"] > embedded["images_seen"]
+    assert candidate["G"] is None and candidate["G_ema"] is not None  # a generator-only export
