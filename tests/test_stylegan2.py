@@ -42,6 +42,13 @@ def _z(n: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.randn([n, dim], generator=torch.Generator().manual_seed(seed))
 
 
+def _assert_same_weights(expected: torch.nn.Module, actual: torch.nn.Module) -> None:
+    """Every tensor of ``expected``'s state dict equals ``actual``'s of that name, bit for bit."""
+    actual_state = actual.state_dict()
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(tensor, actual_state[name]), name
+
+
 # ----------------------------------------------------------------------------------------------
 # Shapes, presets, bad input.
 
@@ -307,8 +314,7 @@ def test_checkpoint_round_trip(tmp_path):
     G2 = load_generator(path)
     assert G2.config == cfg
     assert not G2.training and not any(p.requires_grad for p in G2.parameters())
-    for k, v in G.state_dict().items():
-        assert torch.equal(v, G2.state_dict()[k]), k
+    _assert_same_weights(G, G2)
     z = _z(3, cfg.z_dim)
     torch.testing.assert_close(G2(z, noise_mode="const", truncation_psi=0.7), G(z, noise_mode="const",
                                                                                truncation_psi=0.7), rtol=0, atol=0)
@@ -589,8 +595,7 @@ def test_official_pickle_import_round_trip(tmp_path, monkeypatch):
     assert not marker.exists(), "load_official_pickle executed code embedded in the pickle"
     assert loaded.config.num_fp16_res == 2 and loaded.config.conv_clamp == 256.0
     assert loaded.num_ws == G.num_ws
-    for k, v in G.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
+    _assert_same_weights(G, loaded)
     z = _z(3, cfg.z_dim)
     for psi in (1.0, 0.5):
         torch.testing.assert_close(loaded(z, noise_mode="const", truncation_psi=psi),
@@ -671,8 +676,7 @@ def test_train_gan_resumes_from_out_dir(tmp_path, capsys):
         "network-snapshot-000000004.pt", "network-snapshot-000000008.pt", "network-snapshot-000000012.pt"]
     assert load_checkpoint(tmp_path / "network-snapshot-000000004.pt")["images_seen"] == 4
     last, final = load_generator(tmp_path / "network-snapshot-000000012.pt"), load_generator(tmp_path / "checkpoint.pt")
-    for (name, a), b in zip(last.state_dict().items(), final.state_dict().values()):
-        assert torch.equal(a, b), name
+    _assert_same_weights(last, final)
     first_snap = load_generator(tmp_path / "network-snapshot-000000004.pt").state_dict()
     assert any(not torch.equal(first_snap[k], v) for k, v in last.state_dict().items())
     # Files get the usual umask-based mode, not mkstemp's private 0600 (the checkpoint is shared).
@@ -702,8 +706,7 @@ def test_committed_training_state_resumes_and_the_candidate_fits_the_embedded_la
     trainer = GANTrainer.resume(training / "faceworld_gan_resume.pt", make_blob_source(64),
                                 ema_file=training / "faceworld_gan_ema.pt")
     ema = load_generator(training / "faceworld_gan_ema.pt")
-    for (name, a), b in zip(trainer.G_ema.state_dict().items(), ema.state_dict().values()):
-        assert torch.equal(a, b), name
+    _assert_same_weights(ema, trainer.G_ema)
     assert trainer.images_seen == load_checkpoint(training / "faceworld_gan_ema.pt")["images_seen"] > 0
     # The candidate must be able to take the embedded generator's place: same layout, a later G_ema.
     candidate = load_checkpoint(training / "faceworld_gan_candidate.pt")
