@@ -99,6 +99,7 @@ def main() -> None:
             print(ev.format_table({k: {"pose": v} for k, v in table.items()}))
     if not args.export:
         return
+    images_seen = pretrained.read_manifest()["generator"]["images_seen"]
     for c in trained:
         metrics = {"evaluate": {m: results[m][c] for m in results if c in results[m]},
                    "measured_with": f"python training/export_rignets.py ({args.count} pairs, seed {ev.DEFAULT_SEED}, judged by E)"}
@@ -109,7 +110,7 @@ def main() -> None:
             metrics["layer_masks"] = layer_masks
             metrics["layer_mask_command"] = LAYER_MASKS
         pretrained.export(f"rignet_{c}", args.runs / f"rignet_{c}.pt", command=train_command(args.runs / f"rignet_{c}.pt", c), seed=0, metrics=metrics,
-                          notes="trained on the embedded interim FaceWorld generator (225,280 images); retrain when it changes")
+                          notes=f"trained on the embedded FaceWorld generator ({images_seen:,} images); retrain when it changes")
         print("embedded", c)
 
 
