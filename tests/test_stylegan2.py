@@ -703,13 +703,13 @@ def test_committed_training_state_resumes_and_the_embedded_generator_is_a_snapsh
     from stylerig_lite import pretrained
 
     training = Path(__file__).resolve().parent.parent / "training"
-    trainer = GANTrainer.resume(training / "faceworld_gan_resume.pt", make_blob_source(64),
-                                ema_file=training / "faceworld_gan_ema.pt")
-    ema = load_generator(training / "faceworld_gan_ema.pt")
-    _assert_same_weights(ema, trainer.G_ema)
-    assert trainer.images_seen == load_checkpoint(training / "faceworld_gan_ema.pt")["images_seen"] > 0
+    ema_file = training / "faceworld_gan_ema.pt"
+    trainer = GANTrainer.resume(training / "faceworld_gan_resume.pt", make_blob_source(64), ema_file=ema_file)
+    _assert_same_weights(load_generator(ema_file), trainer.G_ema)
+    ema = load_checkpoint(ema_file)
+    assert trainer.images_seen == ema["images_seen"] > 0
     embedded = load_checkpoint(pretrained.embedded_path("generator"))
-    assert embedded["config"] == load_checkpoint(training / "faceworld_gan_ema.pt")["config"]
+    assert embedded["config"] == ema["config"]
     assert embedded["G"] is None and embedded["G_ema"] is not None  # a generator-only export
     # The manifest's count is the file's own, and no later than where the resumable run stands.
     assert pretrained.read_manifest()["generator"]["images_seen"] == embedded["images_seen"] <= trainer.images_seen
