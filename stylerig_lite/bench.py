@@ -56,6 +56,17 @@ from stylerig_lite.camera import Camera
 from stylerig_lite.render import pytorch3d_available, render_mesh
 from stylerig_lite.shading import directional_gamma
 
+__all__ = [
+    "bench_corpus",
+    "bench_distributed",
+    "bench_edit",
+    "bench_gan",
+    "bench_render",
+    "bench_world",
+    "BENCHMARKS",
+    "main",
+]
+
 
 # ----------------------------------------------------------------------------------------- the mesh
 def _load_head() -> Tuple[torch.Tensor, torch.Tensor]:
@@ -545,7 +556,7 @@ def bench_distributed(args: argparse.Namespace) -> dict:
         raise SystemExit("need 0 < --warmup < --steps (train-gan: --steps a multiple of --warmup)")
 
     def make_data(folder: Path) -> List[str]:
-        """The data options of the command (train-f: random 64 px images in world.render_shards' format)."""
+        """The data options of the command (train-f: random 64 px images in datasets.render_shards' format)."""
         if job == "gan":
             return ["--data", "blobs", "--preset", "cpu64"]
         import numpy as np

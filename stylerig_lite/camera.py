@@ -33,6 +33,13 @@ import torch
 
 from stylerig_lite.checks import assert_finite, assert_shape
 
+__all__ = [
+    "Camera",
+    "check_finite",
+    "ImageSize",
+    "normalize_image_size",
+]
+
 ImageSize = Union[int, Tuple[int, int]]
 
 

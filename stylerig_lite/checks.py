@@ -12,6 +12,11 @@ from typing import Sequence
 
 import torch
 
+__all__ = [
+    "assert_finite",
+    "assert_shape",
+]
+
 
 def assert_shape(tensor: torch.Tensor, shape: Sequence[int | None], name: str = "tensor") -> None:
     """Raise ``ValueError`` unless ``tensor.shape`` matches ``shape`` (``None`` = any)."""

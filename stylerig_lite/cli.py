@@ -8,17 +8,22 @@ new entry in the table and nothing else.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import platform
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from . import __version__
 
-
-def _add_info_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser  # `info` takes no options.
+__all__ = [
+    "add_arguments",
+    "build_parser",
+    "COMMANDS",
+    "main",
+    "run_from_args",
+]
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -41,96 +46,41 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> (help line, add arguments, run). run returns the process exit status.
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "info": ("print versions, optional backends and asset settings", _add_info_arguments, _run_info),
+#: name -> (help line, module). Every command module has the same shape: ``add_arguments(parser)``
+#: and ``run_from_args(args) -> exit status``. Modules are imported when their command is built, so
+#: ``stylerig-lite info`` works even when a training module cannot import.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("print versions, optional backends and asset settings", "stylerig_lite.cli"),
+    "train-gan": ("train (or resume) the StyleGAN2 on FaceWorld renders", "stylerig_lite.train_gan"),
+    "train-f": ("train F, the image -> 3DMM parameter network, on cached FaceWorld renders", "stylerig_lite.train_f"),
+    "make-corpus": ("sample the (w, G(w), F(G(w))) corpus RigNet trains on, into resumable shards", "stylerig_lite.corpus"),
+    "train-rignet": ("train (or resume) a RigNet for pose, expression or light", "stylerig_lite.train_rignet"),
+    "evaluate": ("score editing methods (target error and preservation, judged by E) or the generator's quality",
+                 "stylerig_lite.evaluate"),
 }
 
 
-# -- train-f: the face reconstruction network F (code in stylerig_lite/train_f.py) -------------
-# Imported lazily so that `stylerig-lite info` works even when a training module cannot import.
-def _add_train_f_arguments(parser: argparse.ArgumentParser) -> None:
-    from .train_f import add_arguments
-
-    add_arguments(parser)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``info`` takes no options."""
+    del parser
 
 
-def _run_train_f(args: argparse.Namespace) -> int:
-    from .train_f import run_from_args
-
-    return run_from_args(args)
-
-
-COMMANDS["train-f"] = ("train F, the image -> 3DMM parameter network, on cached FaceWorld renders", _add_train_f_arguments, _run_train_f)
-# -- end train-f ------------------------------------------------------------------------------
+def run_from_args(args: argparse.Namespace) -> int:
+    """``info``: print what a bug report needs (versions, optional backends, asset settings)."""
+    return _run_info(args)
 
 
-# -- train-gan: the StyleGAN2 (code in stylerig_lite/train_gan.py) -----------------------------
-def _add_train_gan_arguments(parser: argparse.ArgumentParser) -> None:
-    from .train_gan import build_arg_parser
+class _LazyCommand:
+    """``add_arguments`` / ``run_from_args`` of a command's module, imported on first use."""
 
-    build_arg_parser(parser)
+    def __init__(self, module: str):
+        self.module = module
 
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        importlib.import_module(self.module).add_arguments(parser)
 
-def _run_train_gan(args: argparse.Namespace) -> int:
-    from .train_gan import run_from_args
-
-    return run_from_args(args)
-
-
-COMMANDS["train-gan"] = ("train (or resume) the StyleGAN2 on FaceWorld renders", _add_train_gan_arguments, _run_train_gan)
-# -- end train-gan ----------------------------------------------------------------------------
-
-
-# -- make-corpus: the (w, I_w) corpus with F's estimates (code in stylerig_lite/corpus.py) -----
-def _add_make_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    from .corpus import add_arguments
-
-    add_arguments(parser)
-
-
-def _run_make_corpus(args: argparse.Namespace) -> int:
-    from .corpus import run_from_args
-
-    return run_from_args(args)
-
-
-COMMANDS["make-corpus"] = ("sample the (w, G(w), F(G(w))) corpus RigNet trains on, into resumable shards", _add_make_corpus_arguments, _run_make_corpus)
-# -- end make-corpus --------------------------------------------------------------------------
-
-
-# -- evaluate: control metrics of editing methods (code in stylerig_lite/evaluate.py) ----------
-def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluate import add_arguments
-
-    add_arguments(parser)
-
-
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import run_from_args
-
-    return run_from_args(args)
-
-
-COMMANDS["evaluate"] = ("score editing methods (target error and preservation, judged by E) or the generator's quality", _add_evaluate_arguments, _run_evaluate)
-# -- end evaluate -----------------------------------------------------------------------------
-
-
-# -- train-rignet: one RigNet per component (code in stylerig_lite/train_rignet.py) ------------
-def _add_train_rignet_arguments(parser: argparse.ArgumentParser) -> None:
-    from .train_rignet import add_arguments
-
-    add_arguments(parser)
-
-
-def _run_train_rignet(args: argparse.Namespace) -> int:
-    from .train_rignet import run_from_args
-
-    return run_from_args(args)
-
-
-COMMANDS["train-rignet"] = ("train (or resume) a RigNet for pose, expression or illumination", _add_train_rignet_arguments, _run_train_rignet)
-# -- end train-rignet -------------------------------------------------------------------------
+    def __call__(self, args: argparse.Namespace) -> int:
+        return importlib.import_module(self.module).run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_line, add_arguments, run) in COMMANDS.items():
+    for name, (help_line, module) in COMMANDS.items():
+        command = _LazyCommand(module)
         subparser = subparsers.add_parser(name, help=help_line, description=help_line)
-        add_arguments(subparser)
-        subparser.set_defaults(run=run)
+        command.add_arguments(subparser)
+        subparser.set_defaults(run=command)
     return parser
 
 

@@ -16,7 +16,7 @@ truncation, hashes of G and F, format version) and ``shard_00000.npz``, ...
 each holding ``shard_size`` consecutive items with the arrays ``z`` float32
 ``[n, z_dim]``, ``w`` float32 ``[n, num_ws, w_dim]`` (the mapping output, so
 W+ corpora of edited latents fit the same format), ``images`` uint8
-``[n, H, W, 3]`` (as :class:`~stylerig_lite.world.FaceWorldShards`),
+``[n, H, W, 3]`` (as :class:`~stylerig_lite.datasets.FaceWorldShards`),
 ``params`` float32 ``[n, 196]``, ``landmarks`` float32 ``[n, 68, 2]`` (pixels
 of F's input image) and ``index`` int64 ``[n]``.
 
@@ -52,7 +52,42 @@ import torch.nn.functional as nnf
 from . import distributed
 from .checks import assert_finite, assert_shape
 from .devices import add_device_argument, configure_cuda
+from .io_utils import atomic_write_json, sha256_file
 from .morphable import NUM_PARAMS
+from .params import NUM_LANDMARKS
+from .seeding import latent_seed, sample_z  # noqa: F401  (re-exported: the corpus's latents)
+
+__all__ = [
+    "latent_seed",  # re-exported
+    "sample_z",  # re-exported
+    "add_arguments",
+    "corpus_manifest",
+    "CorpusDataset",
+    "CorpusError",
+    "DEFAULT_COUNT",
+    "DEFAULT_SHARD_SIZE",
+    "DEFAULT_TRUNCATION",
+    "device_of",
+    "estimate_images",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "from_uint8",
+    "make_corpus",
+    "module_sha256",
+    "num_shards",
+    "PathLike",
+    "QUICK_COUNT",
+    "quick_mode",
+    "QUICK_SHARD_SIZE",
+    "read_shard",
+    "remove_corpus",
+    "run_from_args",
+    "sample_pairs",
+    "SHARD_KEYS",
+    "shard_path",
+    "synthesize",
+    "to_uint8",
+]
 
 FORMAT = "stylerig_lite.corpus"
 FORMAT_VERSION = 1
@@ -61,7 +96,6 @@ QUICK_COUNT = 256  # STYLERIG_LITE_QUICK=1: enough to exercise every code path
 DEFAULT_SHARD_SIZE = 1000  # about 22 MB per shard for the 10 x 256 W+ of the embedded GAN
 QUICK_SHARD_SIZE = 128
 DEFAULT_TRUNCATION = 1.0  # the paper samples the mapping network untruncated: RigNet should see all of W
-NUM_LANDMARKS = 68
 SHARD_KEYS = ("z", "w", "images", "params", "landmarks", "index")
 
 PathLike = Union[str, os.PathLike]
@@ -97,29 +131,6 @@ def module_sha256(module: torch.nn.Module) -> str:
         # Raw bytes (a 0-dim tensor cannot be viewed as bytes: flatten first); bfloat16 has no numpy type.
         digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def latent_seed(seed: int, index: int, stream: str = "corpus") -> int:
-    """The seed of item ``index``'s latent: a hash, so seeds and streams never overlap.
-
-    ``stream`` separates independent sets drawn with the same seed (the corpus,
-    the evaluation pairs' ``w`` and ``v``).
-    """
-    digest = hashlib.sha256(f"{stream}:{int(seed)}:{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def sample_z(z_dim: int, seed: int, start: int, count: int, *, stream: str = "corpus") -> torch.Tensor:
-    """Latents ``[count, z_dim]`` of items ``start .. start + count - 1``, one seeded generator each.
-
-    One generator per item (not one per batch) is what makes item ``k``
-    independent of the batch and shard sizes it was drawn in.
-    """
-    z = torch.empty(count, z_dim)
-    for i in range(count):
-        generator = torch.Generator().manual_seed(latent_seed(seed, start + i, stream))
-        z[i] = torch.randn(z_dim, generator=generator)
-    return z
 
 
 def device_of(module: Any) -> torch.device:
@@ -251,7 +262,7 @@ def _resolve_network(network: Any, kind: str) -> Tuple[Any, Optional[str]]:
         if not path.is_file():
             raise FileNotFoundError(f"{kind} checkpoint not found: {path}")
     module = pretrained.generator(path) if kind == "generator" else pretrained.face_estimator(path)
-    return module, pretrained.sha256_of(path)
+    return module, sha256_file(path)
 
 
 def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, truncation: float,
@@ -302,12 +313,6 @@ def _check_manifest(existing: Dict[str, Any], wanted: Dict[str, Any], out: Path)
             f"{out} holds a corpus of {existing['count']} pairs; asked for {wanted['count']}. A corpus can grow but "
             f"not shrink: use the first {wanted['count']} items of CorpusDataset, a new --out, or --overwrite"
         )
-
-
-def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def shard_path(root: PathLike, index: int) -> Path:
@@ -467,9 +472,9 @@ def _prepare_folder(root: Path, manifest: Dict[str, Any], overwrite: bool) -> li
         existing = _read_manifest(root)
         _check_manifest(existing, manifest, root)
         if existing["count"] != manifest["count"]:  # growing: the old last shard may be short, re-make it below
-            _write_json_atomic(manifest_path, manifest)
+            atomic_write_json(manifest_path, manifest)
     else:
-        _write_json_atomic(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)
     for stale in root.glob(".shard_*.tmp*"):  # left by an interrupted write
         stale.unlink()
 

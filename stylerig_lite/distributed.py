@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 import torch
 from torch import nn
 
+from .seeding import BatchShard  # re-exported: the draws of a global batch live with the other seeds
+
 #: Seconds a collective waits for the other processes before it fails (env ``STYLERIG_LITE_DIST_TIMEOUT``).
 TIMEOUT_ENV = "STYLERIG_LITE_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -352,53 +354,6 @@ def shard_rows(batch: int, rank_: Optional[int] = None, world: Optional[int] = N
     start, stop = shard_range(groups, rank_, world)
     members = torch.arange(group_size)[:, None] * groups  # [G, 1]
     return (members + torch.arange(start, stop)[None, :]).reshape(-1)
-
-
-class BatchShard:
-    """Random draws for a global batch of which this process keeps ``rows``.
-
-    Per-sample random numbers are drawn for all ``global_batch`` samples from ``generator`` (the same
-    numbers, in the same order, as a single process draws) and only ``rows`` are returned, so every
-    rank's generator stays in step and sample ``i`` gets the same numbers whatever the number of
-    processes. ``rows=None`` keeps the whole batch: the draws are exactly ``torch.rand(batch, ...)``.
-    Draws are made on the generator's device; move them with ``.to(device)``.
-    """
-
-    def __init__(self, generator: torch.Generator, global_batch: int, rows: Optional[torch.Tensor] = None):
-        self.generator = generator
-        self.global_batch = int(global_batch)
-        self.rows = rows
-
-    @classmethod
-    def of(cls, generator: "torch.Generator | BatchShard", batch: int) -> "BatchShard":
-        """``generator`` itself if it is a BatchShard for a local batch of ``batch``, else a whole-batch shard."""
-        if isinstance(generator, BatchShard):
-            if generator.local_batch != batch:
-                raise ValueError(f"a BatchShard of {generator.local_batch} local rows used for a batch of {batch}")
-            return generator
-        return cls(generator, batch)
-
-    @property
-    def local_batch(self) -> int:
-        return self.global_batch if self.rows is None else int(self.rows.numel())
-
-    def take(self, x: torch.Tensor) -> torch.Tensor:
-        """This process's rows of a ``[global_batch, ...]`` tensor."""
-        if x.shape[0] != self.global_batch:
-            raise ValueError(f"expected a global batch of {self.global_batch}, got {tuple(x.shape)}")
-        return x if self.rows is None else x[self.rows.to(x.device)]
-
-    def rand(self, *shape: int) -> torch.Tensor:
-        return self.take(torch.rand([self.global_batch, *shape], generator=self.generator))
-
-    def randn(self, *shape: int) -> torch.Tensor:
-        return self.take(torch.randn([self.global_batch, *shape], generator=self.generator))
-
-    def randint(self, low: int, high: int, *shape: int) -> torch.Tensor:
-        return self.take(torch.randint(low, high, (self.global_batch, *shape), generator=self.generator))
-
-    def __repr__(self) -> str:
-        return f"BatchShard({self.local_batch} of {self.global_batch} rows)"
 
 
 # ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ This module turns the trained pieces into an app::
     from stylerig_lite.editing import EditorApp
     EditorApp.default()                         # embedded networks, in Jupyter / Colab / Voila
 
-    app = EditorApp(G, {"pose": rig_pose, "expression": rig_expr, "illumination": rig_light}, F, face_model)
+    app = EditorApp(G, {"pose": rig_pose, "expression": rig_expr, "light": rig_light}, F, face_model)
     app                                         # the widget (sliders, images, transfer, reset, save)
 
 It is built in three layers, so that everything but the widgets is testable without a browser:
@@ -39,13 +39,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import io
 import math
 import operator
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -53,16 +50,18 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
-from .camera import Camera
 from .checks import assert_shape
-from .face_render import default_camera, render_face
-from .morphable import EXPRESSION_NAMES, NUM_PARAMS, SLICES, FaceModel, FaceParams, euler_to_matrix
-from .shading import _SH_CONSTANTS, LAMBERT_FACTORS, SH_C0, SH_C1, directional_gamma, sh_shading, vertex_normals
+from .morphable import EXPRESSION_NAMES, SLICES, FaceModel, FaceParams
+from .params import RIG_ALIASES, RIG_COMPONENTS, rig_component
+from .io_utils import image_png, to_png  # noqa: F401  (re-exported: the editor's PNG encoders)
+from .render_points import PREVIEW_PARTS, PreviewRenderer  # noqa: F401  (re-exported)
+from .seeding import latents_for_seeds
+from .shading import gamma_to_light, light_direction, light_to_gamma  # noqa: F401  (re-exported)
 
 #: The components a rig can control, in the order the rigs are applied, and the parameter
 #: component each one edits.
-RIG_COMPONENTS: Tuple[str, ...] = ("pose", "expression", "illumination")
-PARAM_COMPONENT: Dict[str, str] = {"pose": "pose", "expression": "expression", "illumination": "light"}
+#: (A rig component is named after the parameter block it edits; "illumination" is accepted for "light".)
+PARAM_COMPONENT: Dict[str, str] = {name: name for name in RIG_COMPONENTS}
 
 Rig = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -77,7 +76,7 @@ class SliderSpec:
     high: float
     step: float
     unit: str
-    component: str  # "pose", "expression" or "illumination"
+    component: str  # "pose", "expression" or "light"
 
 
 #: Named main-expression sliders and the ICT/ARKit blendshapes each one sets (to the same weight).
@@ -100,10 +99,10 @@ SLIDERS: Dict[str, SliderSpec] = {
     "smile": SliderSpec("smile", 0.0, 1.0, 0.05, "", "expression"),
     "blink": SliderSpec("blink", 0.0, 1.0, 0.05, "", "expression"),
     "browRaise": SliderSpec("brow raise", 0.0, 1.0, 0.05, "", "expression"),
-    "light_azimuth": SliderSpec("light azimuth", -90.0, 90.0, 5.0, "°", "illumination"),
-    "light_elevation": SliderSpec("light elevation", -90.0, 90.0, 5.0, "°", "illumination"),
-    "light_intensity": SliderSpec("light intensity", 0.0, 1.5, 0.05, "", "illumination"),
-    "light_ambient": SliderSpec("ambient light", 0.0, 1.5, 0.05, "", "illumination"),
+    "light_azimuth": SliderSpec("light azimuth", -90.0, 90.0, 5.0, "°", "light"),
+    "light_elevation": SliderSpec("light elevation", -90.0, 90.0, 5.0, "°", "light"),
+    "light_intensity": SliderSpec("light intensity", 0.0, 1.5, 0.05, "", "light"),
+    "light_ambient": SliderSpec("ambient light", 0.0, 1.5, 0.05, "", "light"),
 }
 EXPRESSION_SPEC = SliderSpec("expression weight", 0.0, 1.0, 0.05, "", "expression")
 LIGHT_SLIDERS: Tuple[str, ...] = ("light_azimuth", "light_elevation", "light_intensity", "light_ambient")
@@ -144,298 +143,6 @@ def clamp_to_spec(name: str, value: float) -> Tuple[float, Optional[str]]:
         return clamped, (f"{spec.label} {value:g}{spec.unit} is outside [{spec.low:g}, {spec.high:g}]{spec.unit}; "
                          f"clamped to {clamped:g}{spec.unit}")
     return clamped, None
-
-
-# ------------------------------------------------------------------------------------------- light
-def light_direction(azimuth_deg: float, elevation_deg: float) -> torch.Tensor:
-    """Unit world direction toward the light ``[3]``: (0, 0) is the camera, +azimuth image right, +elevation up."""
-    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
-    return torch.tensor([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)])
-
-
-def light_to_gamma(azimuth_deg: float, elevation_deg: float, intensity: float, ambient: float) -> torch.Tensor:
-    """SH coefficients ``[1, 27]`` of a white directional light plus ambient (:func:`shading.directional_gamma`)."""
-    return directional_gamma(light_direction(azimuth_deg, elevation_deg), intensity, ambient)
-
-
-def gamma_to_light(gamma: torch.Tensor) -> Dict[str, float]:
-    """The slider values (azimuth, elevation, intensity, ambient) closest to SH light ``gamma [1, 27]``.
-
-    Exact for the output of :func:`light_to_gamma` (white light); for other lights it keeps the
-    luminance-averaged dominant direction (band 1) and the band-0 level, which is what the sliders
-    can express. directional_gamma sets band 1 to ``pi * I * C1 * d`` and band 0 to
-    ``pi * I * C0 + ambient / C0``; we invert both.
-    """
-    assert_shape(gamma, [1, 27], "gamma")
-    g = gamma.detach().double().view(3, 9).mean(0)  # luminance-averaged coefficients [9]
-    band1 = torch.stack([g[3], g[1], g[2]])  # (x, y, z) order of the real SH Y_1m
-    strength = float(band1.norm())
-    intensity = strength / (math.pi * SH_C1)
-    if strength > 1e-9:
-        x, y, z = (band1 / strength).tolist()
-        azimuth, elevation = math.degrees(math.atan2(x, z)), math.degrees(math.asin(max(-1.0, min(1.0, y))))
-    else:
-        azimuth = elevation = 0.0
-    ambient = (float(g[0]) - math.pi * intensity * SH_C0) * SH_C0
-    return {"light_azimuth": azimuth, "light_elevation": elevation, "light_intensity": intensity,
-            "light_ambient": ambient}
-
-
-# ------------------------------------------------------------------------------- fast 3DMM preview
-#: Parts drawn in the editor's 3DMM rendering: the face with eyes and mouth, as in the paper's figures.
-PREVIEW_PARTS: Tuple[str, ...] = ("face", "mouth_interior", "teeth", "eyes")
-
-
-class PreviewRenderer:
-    """The 3DMM rendering of the target parameters, fast enough to follow a slider.
-
-    ``render_face`` (the triangle rasterizer) costs ~10-20 ms per image on a 2-core CPU, mostly
-    fixed per-call work, which is more than a 64 px generator forward pass. The editor only needs
-    a small preview, so this renderer splats vertices instead of rasterizing triangles, and caches
-    everything that a slider does not change:
-
-    * geometry: a subset of the face's vertices, one per grid cell of ``density`` preview pixels
-      (on the neutral head), so each pixel receives about 1/density² points; points are shaded
-      with vertex normals of the full face mesh (Gouraud-like, like :func:`render_face`);
-    * cache: unposed shape and normals are recomputed only when identity or expression change
-      (pose and light only rotate normals and reshade), albedo only when albedo changes;
-    * z-buffer: per pixel the nearest front-facing point wins (``scatter_reduce(amin)``), and
-      isolated empty pixels inside the face are filled from their neighbours.
-
-    :meth:`render_exact` draws the same parameters with :func:`render_face` (triangles), for saved
-    figures. :meth:`render` folds each frame's pose, projection and shading into one small matrix
-    product and runs in NumPy; :meth:`render_reference` is the same splatting step by step in torch
-    (the tests check that both draw the same image).
-    """
-
-    def __init__(self, face_model: FaceModel, image_size: int = 40, *, parts: Sequence[str] = PREVIEW_PARTS,
-                 camera: Optional[Camera] = None, density: float = 0.5, background: float = 1.0):
-        if image_size < 8:
-            raise ValueError(f"preview image_size must be >= 8 pixels, got {image_size}")
-        if not 0.05 <= density <= 2.0:
-            raise ValueError(f"density (grid cell in preview pixels) must be in [0.05, 2], got {density}")
-        self.model = face_model
-        self.parts = tuple(parts)
-        self.camera = (camera or default_camera(image_size)).with_image_size(image_size)
-        self.image_size = int(image_size)
-        self.background = float(background)
-        faces = face_model.faces[face_model.face_mask(self.parts)]  # [F, 3]
-        used = torch.unique(faces)  # [U] vertex ids of the drawn parts
-        local = torch.full((face_model.num_vertices,), -1, dtype=torch.long, device=used.device)
-        local[used] = torch.arange(len(used), device=used.device)
-        self._faces = local[faces]  # [F, 3] indices into the used vertices
-        self._used = used
-        # One point per cell of `density` pixels at the head's depth (the camera's pixel footprint there).
-        pixel_cm = self.camera.distance / (self.camera.focal * self.image_size)
-        cell = torch.floor(face_model.neutral[used] / (density * pixel_cm)).long()
-        _, cell_id = torch.unique(cell, dim=0, return_inverse=True)
-        order = torch.arange(len(used), device=used.device)
-        first = torch.full((int(cell_id.max()) + 1,), len(used), device=used.device).scatter_reduce(
-            0, cell_id, order, "amin")
-        self._points = first  # [P] indices into the used vertices
-        coords = lambda basis: basis.view(basis.shape[0], -1, 3)[:, used].reshape(basis.shape[0], -1)  # noqa: E731
-        self._identity_basis = coords(face_model.identity_basis)  # [100, U*3]
-        self._expression_basis = coords(face_model.expression_basis)  # [53, U*3]
-        self._neutral = face_model.neutral[used]  # [U, 3]
-        self._plane_offsets = np.arange(4)[:, None] * ((self.image_size + 2) ** 2 + 1)  # [4, 1], see render()
-        self._shape_key: Optional[List[float]] = None
-        self._identity_key: Optional[List[float]] = None
-        self._albedo_key: Optional[List[float]] = None
-
-    @property
-    def num_points(self) -> int:
-        return int(self._points.shape[0])
-
-    def _unposed(self, params: FaceParams, values: Optional[List[float]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Cached unposed points ``[P, 3]`` and unit normals ``[P, 3]`` for (identity, expression).
-
-        ``values``: the parameters as Python floats (``params.to_vector()[0].tolist()``) if already at hand.
-        """
-        values = params.to_vector()[0].tolist() if values is None else values
-        identity_key = values[SLICES["identity"]]
-        key = identity_key + values[SLICES["expression"]]
-        if key != self._shape_key:
-            if identity_key != self._identity_key:
-                self._with_identity = self._neutral + (params.identity @ self._identity_basis).view(-1, 3)
-                self._identity_key = identity_key
-            shape = self._with_identity + (params.expression @ self._expression_basis).view(-1, 3)  # [U, 3]
-            normals = vertex_normals(shape[None], self._faces)[0]  # [U, 3] from the full face mesh
-            self._points_xyz, self._points_normal = shape[self._points], normals[self._points]
-            self._features = _point_features(self._points_xyz, self._points_normal)
-            self._shape_key = key
-        return self._points_xyz, self._points_normal
-
-    def _albedo(self, params: FaceParams, values: Optional[List[float]] = None) -> torch.Tensor:
-        key = (params.to_vector()[0].tolist() if values is None else values)[SLICES["albedo"]]
-        if key != self._albedo_key:
-            self._points_albedo = self.model.colour(params.albedo)[0, self._used[self._points]]  # [P, 3]
-            ones = torch.ones_like(self._points_albedo[:, :1])
-            rows = torch.cat([self._points_albedo, ones], 1).T  # [4, P]: albedo, 1
-            self._points_albedo_rows = np.ascontiguousarray(rows.cpu().numpy(), dtype=np.float32)
-            self._albedo_key = key
-        return self._points_albedo
-
-    @torch.no_grad()
-    def render(self, params: FaceParams) -> torch.Tensor:
-        """The preview image ``[3, H, W]`` in [0, 1] of one face (``params`` of batch size 1).
-
-        The same image as :meth:`render_reference` (up to float rounding), with the per-frame work
-        folded into one small matrix product: pose, camera projection and SH shading are all linear
-        in per-point features that depend only on the cached shape (positions, normals and the
-        normals' quadratic monomials, :func:`_point_features`), so one ``[8, 13]`` matrix built from
-        the pose, the camera and the light (:func:`_frame_matrix`) gives every point's pixel
-        coordinates, depth, facing and colour: the shading ``H(R n) . gamma`` is a quadratic form in
-        ``n``, and rotating the normal only changes the form's coefficients. The z-buffer then works
-        on all points at once, sending culled and hidden points to a spare pixel. The frame runs in
-        NumPy: some 40 operations on a few thousand numbers, where each torch call's fixed cost
-        (several microseconds, more with cold caches between slider events) would dominate.
-        """
-        if params.batch_size != 1:
-            raise ValueError(f"PreviewRenderer draws one face at a time, got a batch of {params.batch_size}")
-        values = params.to_vector()[0].tolist()  # every number the frame needs, in one call
-        self._unposed(params, values)
-        self._albedo(params, values)
-        size, camera = self.image_size, self.camera
-        matrix = _frame_matrix(values[SLICES["pose"]], values[SLICES["light"]], camera.focal_pixels, camera.distance)
-        rows = matrix @ self._features  # [8, P]: f x, -f y, depth, posed normal z, R, G, B shading, 1
-        depth = rows[2]
-        stride, spare = size + 2, (size + 2) ** 2
-        with np.errstate(divide="ignore", invalid="ignore"):  # culled points may sit at depth 0
-            uv = np.floor(rows[:2] / depth + size / 2)  # [2, P] pixel column and row
-            # The camera looks along -z, so a normal with z > 0 faces it; a small margin keeps silhouettes solid.
-            keep = (rows[3] > -0.1) & (depth > camera.near) & (uv >= 0).all(0) & (uv < size).all(0)
-            # Pixels of a zero-padded (size + 2)² grid (the hole filling's neighbours), plus one
-            # spare pixel at the end where culled and hidden points go.
-            pixel = np.where(keep, uv[1] * stride + uv[0] + (stride + 1), spare).astype(np.intp)
-        zbuffer = np.full(spare + 1, np.inf, dtype=np.float32)
-        np.minimum.at(zbuffer, pixel, depth)
-        pixel = np.where(depth <= zbuffer[pixel], pixel, spare)
-        canvas = np.zeros((4, spare + 1), dtype=np.float32)  # R, G, B, covered (channel planes, flat)
-        # colour = albedo x shading, covered = 1; one flat write, the planes spare + 1 apart
-        canvas.reshape(-1)[pixel + self._plane_offsets] = self._points_albedo_rows * rows[4:]
-        image, covered = _fill_holes_padded(canvas[:, :spare].reshape(4, stride, stride))
-        return torch.from_numpy(np.where(covered, image, np.float32(self.background)).clip(0, 1))
-
-    @torch.no_grad()
-    def render_reference(self, params: FaceParams) -> torch.Tensor:
-        """Slow reference of :meth:`render`: rotate, shade, project, cull, z-buffer, fill, step by step.
-
-        Points and normals rotated with :func:`euler_to_matrix`, shaded with :func:`sh_shading`;
-        the same image as :meth:`render` up to float rounding (a point on a pixel border may round
-        into the neighbouring pixel).
-        """
-        if params.batch_size != 1:
-            raise ValueError(f"PreviewRenderer draws one face at a time, got a batch of {params.batch_size}")
-        points, normals = self._unposed(params)
-        albedo = self._albedo(params)
-        rotation = euler_to_matrix(params.pose[:, :3])[0]  # [3, 3]
-        posed = torch.addmm(params.pose[0, 3:], points, rotation.T)  # [P, 3] world
-        normals = normals @ rotation.T
-        colour = albedo * sh_shading(normals[None], params.light)[0]  # [P, 3]
-        size = self.image_size
-        # Camera: x_c = x, y_c = -y, z_c = distance - z (see Camera.to_camera); pixel = f * x_c / z_c + size / 2.
-        depth = self.camera.distance - posed[:, 2]
-        f = self.camera.focal_pixels
-        u = (f * posed[:, 0] / depth + size / 2).floor().long()
-        v = (-f * posed[:, 1] / depth + size / 2).floor().long()
-        # The camera looks along -z, so a normal with z > 0 faces it; a small margin keeps silhouettes solid.
-        keep = (normals[:, 2] > -0.1) & (u >= 0) & (u < size) & (v >= 0) & (v < size) & (depth > self.camera.near)
-        pixel, depth, colour = (v * size + u)[keep], depth[keep], colour[keep]
-        zbuffer = torch.full((size * size,), float("inf")).scatter_reduce(0, pixel, depth, "amin")
-        nearest = depth <= zbuffer[pixel]
-        image = torch.zeros(size * size, 3)
-        covered = torch.zeros(size * size, dtype=torch.bool)
-        image[pixel[nearest]] = colour[nearest]
-        covered[pixel[nearest]] = True
-        image, covered = image.view(size, size, 3), covered.view(size, size)
-        image, covered = _fill_holes(image, covered)
-        image = torch.where(covered[..., None], image, torch.full_like(image, self.background))
-        return image.permute(2, 0, 1).clamp(0, 1)
-
-    @torch.no_grad()
-    def render_exact(self, params: FaceParams, image_size: Optional[int] = None) -> torch.Tensor:
-        """The same face with the triangle rasterizer (:func:`render_face`): ``[3, H, W]`` in [0, 1]."""
-        camera = self.camera.with_image_size(image_size or self.image_size)
-        out = render_face(self.model, params, camera, parts=self.parts, background=self.background)
-        return out.image[0].clamp(0, 1)
-
-
-def _point_features(points: torch.Tensor, normals: torch.Tensor) -> np.ndarray:
-    """Per-point features ``[13, P]`` (float32 NumPy) that pose, projection and SH shading are linear in.
-
-    Rows: x, y, z, 1, nx, ny, nz, nx², ny², nz², nx·ny, nx·nz, ny·nz (unposed points and unit normals).
-    """
-    n = normals.T  # [3, P]
-    nx, ny, nz = n
-    features = torch.cat([points.T, torch.ones_like(nx)[None], n, n * n, torch.stack([nx * ny, nx * nz, ny * nz])])
-    return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
-
-
-_SH_FACTORS = tuple(c * f / math.pi for c, f in zip(_SH_CONSTANTS, LAMBERT_FACTORS))  # as in sh_shading
-
-
-def _frame_matrix(pose: Sequence[float], gamma: Sequence[float], focal: float, distance: float) -> np.ndarray:
-    """The ``[8, 13]`` matrix that maps :func:`_point_features` to one frame's per-point quantities.
-
-    Output rows: ``f x_w`` and ``-f y_w`` (pixel = row / depth + size / 2, as in
-    :meth:`PreviewRenderer.render_reference`), the depth ``distance - z_w``, the posed normal's z,
-    the R, G, B shading of :func:`~stylerig_lite.shading.sh_shading` at the posed normal, and 1.
-    ``x_w = R x + t`` with ``R`` of :func:`~stylerig_lite.morphable.euler_to_matrix`.
-
-    Shading: sh_shading's basis at a posed normal ``n' = (x, y, z)`` is f0, f1 y, f2 z, f3 x,
-    f4 xy, f5 yz, f6 (3z² - 1), f7 xz, f8 (x² - y²), so with one channel's light ``g`` (times the
-    factors f) ``H(n') . g = c + b' . n' + n'^T A' n'`` for a constant ``c = g0 - g6``, a linear
-    part ``b' = (g3, g1, g2)`` and a symmetric ``A'``; with ``n' = R n`` that is
-    ``c + (R^T b') . n + n^T (R^T A' R) n``, whose monomial coefficients fill the shading rows.
-    Plain Python floats (float64), one array at the end: some 300 multiply-adds, cheaper than
-    the calls it would take to do them with arrays.
-    """
-    yaw, pitch, roll, tx, ty, tz = pose
-    cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
-    cr, sr = math.cos(roll), math.sin(roll)
-    r0 = (cr * cy - sr * sp * sy, -sr * cp, cr * sy + sr * sp * cy)  # rows of Rz(roll) Rx(pitch) Ry(yaw)
-    r1 = (sr * cy + cr * sp * sy, cr * cp, sr * sy - cr * sp * cy)
-    r2 = (-cp * sy, sp, cp * cy)
-    zeros = [0.0] * 9
-    rows = [
-        [focal * r0[0], focal * r0[1], focal * r0[2], focal * tx, *zeros],
-        [-focal * r1[0], -focal * r1[1], -focal * r1[2], -focal * ty, *zeros],
-        [-r2[0], -r2[1], -r2[2], distance - tz, *zeros],
-        [0.0, 0.0, 0.0, 0.0, r2[0], r2[1], r2[2], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-    ]
-    for c in range(3):
-        g0, g1, g2, g3, g4, g5, g6, g7, g8 = (gamma[9 * c + k] * _SH_FACTORS[k] for k in range(9))
-        a = ((g8, g4 / 2, g7 / 2), (g4 / 2, -g8, g5 / 2), (g7 / 2, g5 / 2, 3.0 * g6))  # A'
-        t = [[a_i[0] * r0[k] + a_i[1] * r1[k] + a_i[2] * r2[k] for k in range(3)] for a_i in a]  # A' R
-        q = [[r0[j] * t[0][k] + r1[j] * t[1][k] + r2[j] * t[2][k] for k in range(3)] for j in range(3)]  # R^T A' R
-        rows.append([0.0, 0.0, 0.0, g0 - g6, *(g3 * r0[j] + g1 * r1[j] + g2 * r2[j] for j in range(3)),
-                     q[0][0], q[1][1], q[2][2], 2.0 * q[0][1], 2.0 * q[0][2], 2.0 * q[1][2]])
-    rows.append([0.0, 0.0, 0.0, 1.0, *zeros])
-    return np.array(rows, dtype=np.float32)
-
-
-def _fill_holes_padded(canvas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """:func:`_fill_holes` on a zero-padded canvas ``[4, H + 2, W + 2]`` (R, G, B, covered; zero where empty).
-
-    The same sums in the same order as :func:`_fill_holes`, for colour and coverage at once (NumPy).
-    Returns ``(image [3, H, W], covered [H, W])``.
-    """
-    total = canvas[:, :-2, 1:-1] + canvas[:, 2:, 1:-1] + canvas[:, 1:-1, :-2] + canvas[:, 1:-1, 2:]  # [4, H, W]
-    inner = canvas[:, 1:-1, 1:-1]
-    count, covered = total[3], inner[3] > 0
-    fill = (count >= 3) & ~covered
-    return np.where(fill, total[:3] / np.maximum(count, 1), inner[:3]), covered | fill
-
-
-def _fill_holes(image: torch.Tensor, covered: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fill empty pixels with at least 3 covered 4-neighbours by their mean (splatting leaves pinholes)."""
-    c = TF.pad(covered.float()[None, None], (1, 1, 1, 1))[0, 0]
-    rgb = TF.pad((image * covered[..., None]).permute(2, 0, 1)[None], (1, 1, 1, 1))[0]
-    count = c[:-2, 1:-1] + c[2:, 1:-1] + c[1:-1, :-2] + c[1:-1, 2:]
-    total = rgb[:, :-2, 1:-1] + rgb[:, 2:, 1:-1] + rgb[:, 1:-1, :-2] + rgb[:, 1:-1, 2:]
-    fill = (~covered) & (count >= 3)
-    mean = (total / count.clamp_min(1)).permute(1, 2, 0)
-    return torch.where(fill[..., None], mean, image), covered | fill
 
 
 # --------------------------------------------------------------------------------------- coalescing
@@ -562,19 +269,12 @@ def as_rig(rig: Any, name: str = "rig") -> Rig:
     return rig
 
 
-def _latent_for_seed(generator, seed: int, truncation_psi: float) -> torch.Tensor:
-    z = torch.randn(1, generator.z_dim, generator=torch.Generator().manual_seed(int(seed)))
-    device = next((p.device for p in generator.parameters()), torch.device("cpu")) \
-        if isinstance(generator, torch.nn.Module) else torch.device("cpu")
-    return generator.mapping(z.to(device), None, truncation_psi=truncation_psi)
-
-
 class EditorState:
     """The editor without widgets: a face (latent), its source parameters, the target the sliders edit.
 
     Args:
         generator: frozen StyleGAN2 (``mapping``/``synthesis``; any ``num_ws x w_dim``).
-        rigs: ``{"pose": rig, "expression": rig, "illumination": rig}``; any subset. A rig is
+        rigs: ``{"pose": rig, "expression": rig, "light": rig}``; any subset. A rig is
             ``rig(w [B, num_ws, w_dim], p_target [B, 196]) -> w_hat``. Sliders of a component
             without a rig still move the 3DMM rendering, but not the GAN image.
         estimator: F, ``estimate(images, value_range=(-1, 1)) -> (FaceParams, landmarks)``; it
@@ -588,11 +288,11 @@ class EditorState:
 
     def __init__(self, generator, rigs: Mapping[str, Rig], estimator, face_model: Optional[FaceModel] = None, *,
                  seed: int = 0, truncation_psi: float = 0.7, preview_size: int = 40, estimate_shown: bool = False):
-        unknown = set(rigs) - set(RIG_COMPONENTS)
+        unknown = [name for name in rigs if RIG_ALIASES.get(name, name) not in RIG_COMPONENTS]
         if unknown:
             raise KeyError(f"unknown rig component(s) {sorted(unknown)}; expected keys among {list(RIG_COMPONENTS)}")
         self.generator = generator
-        self.rigs = {name: as_rig(rig, name) for name, rig in rigs.items()}
+        self.rigs = {rig_component(name): as_rig(rig, name) for name, rig in rigs.items()}
         self.estimator = estimator
         self.face_model = face_model
         self.truncation_psi = float(truncation_psi)
@@ -610,7 +310,7 @@ class EditorState:
     @torch.no_grad()
     def set_seed(self, seed: int) -> None:
         """Edit the face of ``seed`` (z ~ N(0, I) with that seed, then the mapping network)."""
-        self.set_latent(_latent_for_seed(self.generator, seed, self.truncation_psi), seed=int(seed))
+        self.set_latent(latents_for_seeds(self.generator, [seed], self.truncation_psi), seed=int(seed))
 
     @torch.no_grad()
     def set_latent(self, w: torch.Tensor, *, seed: Optional[int] = None) -> None:
@@ -696,14 +396,16 @@ class EditorState:
     # -- transfer -------------------------------------------------------------------------------
     @torch.no_grad()
     def transfer(self, component: str, other_seed: int) -> FaceParams:
-        """Copy pose, expression or illumination of another face (``other_seed``) into the target.
+        """Copy pose, expression or light of another face (``other_seed``) into the target.
 
         The other face's parameters are estimated by F from its GAN image, as in the paper's
         transfer application: only the chosen component changes. Returns the other face's parameters.
         """
-        if component not in RIG_COMPONENTS:
-            raise KeyError(f"unknown component {component!r} to transfer; expected one of {list(RIG_COMPONENTS)}")
-        other = self._estimate(self._synthesize(_latent_for_seed(self.generator, other_seed, self.truncation_psi)))
+        if RIG_ALIASES.get(component, component) not in RIG_COMPONENTS:
+            raise KeyError(f"unknown component {component!r} to transfer; expected one of {list(RIG_COMPONENTS)} "
+                           "('illumination' is accepted for 'light')")
+        component = rig_component(component)
+        other = self._estimate(self._synthesize(latents_for_seeds(self.generator, [other_seed], self.truncation_psi)))
         key = PARAM_COMPONENT[component]
         with self._lock:
             self.target = self.target.replace(**{key: other.component(key).clone()})
@@ -837,56 +539,6 @@ class EditorState:
 
 
 # ---------------------------------------------------------------------------------------------- PNG
-def to_png(images: Union[torch.Tensor, Sequence[torch.Tensor]], size: int = 256) -> bytes:
-    """PNG bytes of one image ``[3, H, W]`` in [0, 1], or of several side by side, each upscaled to ``size``.
-
-    Nearest-neighbour upscaling: a 64 px GAN image shown at 256 px keeps its real pixels visible.
-    """
-    from PIL import Image
-
-    if isinstance(images, torch.Tensor):
-        images = [images]
-    tiles = []
-    for image in images:
-        assert_shape(image, [3, None, None], "image")
-        array = (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        tiles.append(Image.fromarray(array).resize((size, size), Image.NEAREST))
-    canvas = Image.new("RGB", (size * len(tiles), size), "white")
-    for i, tile in enumerate(tiles):
-        canvas.paste(tile, (i * size, 0))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
-
-
-def image_png(image: torch.Tensor, *, value_range: Tuple[float, float] = (0.0, 1.0), compress_level: int = 0) -> bytes:
-    """PNG bytes of one image ``[3, H, W]`` at its own resolution: what the editor's widgets show.
-
-    Values are mapped from ``value_range`` to [0, 1], clamped and quantised exactly as
-    :func:`to_png` does. The browser scales the image to the widget's size, with
-    ``image-rendering: pixelated`` (the app's style) keeping the pixels sharp, as :func:`to_png`'s
-    nearest-neighbour upscaling does for saved files; so a frame encodes a 64 px image, not a
-    256 px one (16x fewer pixels; :func:`to_png` at 256 px took ~2 ms per frame, more than a third
-    of a 64 px generator pass). Written directly (8-bit RGB, no filter, zlib ``compress_level``;
-    0 = stored: a 64 px GAN image barely compresses, 12 KB either way).
-    """
-    assert_shape(image, [3, None, None], "image")
-    low, high = value_range
-    array = image.detach().float().cpu().numpy()
-    if (low, high) != (0.0, 1.0):
-        array = (array - low) / (high - low)
-    _, height, width = array.shape
-    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # each row: filter type 0, then R G B ...
-    rows[:, 1:] = (array.clip(0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0).reshape(height, 3 * width)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + _png_chunk(b"IEND", b""))
-
-
 def frame_pngs(frame: "Frame") -> Tuple[bytes, Optional[bytes]]:
     """``(GAN image PNG, 3DMM rendering PNG or None)`` of a frame, as :class:`EditorApp` shows it."""
     image = image_png(frame.image, value_range=(-1.0, 1.0))
@@ -984,7 +636,7 @@ class EditorApp:
         controls = W.HBox([
             box("pose", ["yaw", "pitch", "roll"]),
             box("expression", ["jawOpen", "smile", "blink", "browRaise"], [self.expression_name, self.expression_slider]),
-            box("illumination", list(LIGHT_SLIDERS)),
+            box("light", list(LIGHT_SLIDERS)),
         ])
         face_row = W.HBox([self.seed, random_button, self.transfer_component, self.transfer_seed, transfer_button,
                            reset_button, save_button])

@@ -1,7 +1,7 @@
 """Control metrics: how well does an editing method set one rig component and keep the rest?
 
 StyleRig edits a latent ``w`` so that the face in ``G(ŵ)`` takes one component
-(pose, expression or illumination) from target parameters and keeps
+(pose, expression or light) from target parameters and keeps
 everything else. This module scores any such method the same way:
 
 1. :class:`EvalSet`: a fixed, seeded set of latent pairs ``(w, v)`` from the
@@ -31,7 +31,7 @@ moving w along the regressed directions. :func:`generator_quality` measures
 the GAN itself: a Fréchet distance to FaceWorld in F's feature space and the
 spread of the head pose and jaw opening it generates.
 
-Public API: :data:`COMPONENTS`, :func:`component_slice`, :func:`target_params`,
+Public API: :data:`COMPONENTS`, :func:`~stylerig_lite.params.rig_slice` (``component_slice``), :func:`target_params`,
 :class:`EvalSet`, :func:`evaluate_method`, :func:`evaluate_methods`,
 :class:`RenderedFaceMask`, :class:`LinearBaseline`, :data:`METHODS` /
 :func:`register_method` / :class:`MethodContext`, :func:`frechet_distance`,
@@ -56,13 +56,61 @@ import torch
 from .checks import assert_finite, assert_shape
 from .corpus import (CorpusDataset, CorpusError, device_of, estimate_images, module_sha256, quick_mode, sample_pairs,
                      sample_z, synthesize)
+from .datasets import FaceWorldShards, load_or_render_dataset
 from .devices import add_device_argument, configure_cuda, resolve_device
-from .morphable import NUM_PARAMS, SLICES, expression_index
+from .baselines import DEFAULT_RIDGE, LinearBaseline  # noqa: F401  (LinearBaseline re-exported: a method of the table)
+from .reconstruction import EstimatorLike, estimate_all, parameter_errors
+from .params import (ANGLE_NAMES, NUM_PARAMS, FaceParams, RIG_COMPONENTS, RIG_SLICES, SLICES, expression_index, rig_component,  # noqa: F401
+                     rig_slice, target_params)
+
+__all__ = [
+    "evaluate_estimator",
+    "ANGLE_NAMES",  # re-exported
+    "DEFAULT_RIDGE",  # re-exported
+    "LinearBaseline",  # re-exported
+    "target_params",  # re-exported
+    "add_arguments",
+    "check_component",
+    "component_slice",
+    "COMPONENTS",
+    "DEFAULT_COUNT",
+    "DEFAULT_FIT_COUNT",
+    "DEFAULT_SEED",
+    "DEFAULT_SWEEP_COUNT",
+    "DEFAULT_SWEEP_YAWS",
+    "EditMethod",
+    "EvalSet",
+    "evaluate_method",
+    "evaluate_methods",
+    "FACE_MASK_PARTS",
+    "faceworld_images",
+    "faceworld_oracle",
+    "format_table",
+    "frechet_distance",
+    "gain_sweep",
+    "generator_quality",
+    "MethodContext",
+    "MethodFactory",
+    "METHODS",
+    "preservation_errors",
+    "QUICK_COUNT",
+    "QUICK_FIT_COUNT",
+    "REFERENCES",
+    "register_method",
+    "RenderedFaceMask",
+    "reported_results",
+    "run_from_args",
+    "scaled",
+    "SUMMARY_COLUMNS",
+    "summary_markdown",
+    "TABLE_COLUMNS",
+    "target_errors",
+    "yaw_sweep",
+]
 
 #: The rig components a method can edit (the paper's three RigNets).
-COMPONENTS: Tuple[str, ...] = ("pose", "expression", "illumination")
-ANGLE_NAMES: Tuple[str, ...] = ("yaw", "pitch", "roll")
-_ANGLES = slice(SLICES["pose"].start, SLICES["pose"].start + 3)
+COMPONENTS: Tuple[str, ...] = RIG_COMPONENTS
+_ANGLES = RIG_SLICES["pose"]
 _TRANSLATION = slice(SLICES["pose"].start + 3, SLICES["pose"].stop)
 _JAW_OPEN = SLICES["expression"].start + expression_index("jawOpen")
 
@@ -71,40 +119,18 @@ DEFAULT_COUNT = 500
 QUICK_COUNT = 64
 DEFAULT_FIT_COUNT = 5000  # latents for the linear baseline when no --corpus is given
 QUICK_FIT_COUNT = 256
-DEFAULT_RIDGE = 1e-2
 
 EditMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: The trivial references, recognised by name wherever a method is expected.
 REFERENCES: Tuple[str, ...] = ("none", "random")
 
 
+component_slice = rig_slice  # the entries of the 196-vector an edit of a component sets
+
+
 def check_component(component: str) -> str:
-    """Return ``component`` if it is one of :data:`COMPONENTS`, else raise ``ValueError``."""
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; expected one of {list(COMPONENTS)}")
-    return component
-
-
-def component_slice(component: str) -> slice:
-    """The entries of the 196-vector an edit of ``component`` sets.
-
-    pose: the three angles (yaw, pitch, roll; radians), not the translation:
-    StyleRig's pose rig turns the head, and where it sits in the frame is
-    scene context. expression: the 53 blendshape weights. illumination: the 27
-    SH coefficients (``SLICES['light']``).
-    """
-    check_component(component)
-    return {"pose": _ANGLES, "expression": SLICES["expression"], "illumination": SLICES["light"]}[component]
-
-
-def target_params(p_w: torch.Tensor, p_v: torch.Tensor, component: str) -> torch.Tensor:
-    """``p_w`` with ``component`` taken from ``p_v``: ``[B, 196], [B, 196] -> [B, 196]``."""
-    assert_shape(p_w, [None, NUM_PARAMS], "p_w")
-    assert_shape(p_v, [p_w.shape[0], NUM_PARAMS], "p_v")
-    target = p_w.clone()
-    index = component_slice(component)
-    target[:, index] = p_v[:, index]
-    return target
+    """The canonical rig component for ``component`` (``"illumination"`` -> ``"light"``), else ``ValueError``."""
+    return rig_component(component)
 
 
 # ----------------------------------------------------------------------------
@@ -139,12 +165,12 @@ def target_errors(estimated: torch.Tensor, target: torch.Tensor, component: str)
     pose: mean absolute yaw/pitch/roll error in degrees (``yaw_deg``, ...) and
     their medians (``yaw_deg_median``, ...); expression: mean absolute error
     over the 53 weights (``expression_mae``) and of jawOpen alone
-    (``jaw_open_mae``); illumination: RMSE over the 27 SH coefficients
+    (``jaw_open_mae``); light: RMSE over the 27 SH coefficients
     (``light_rmse``).
     """
     assert_shape(estimated, [None, NUM_PARAMS], "estimated parameters")
     assert_shape(target, [estimated.shape[0], NUM_PARAMS], "target parameters")
-    check_component(component)
+    component = check_component(component)
     if component == "pose":
         return _angle_errors(estimated, target, medians=True)
     if component == "expression":
@@ -162,7 +188,7 @@ def preservation_errors(edited: torch.Tensor, original: torch.Tensor, component:
     """
     assert_shape(edited, [None, NUM_PARAMS], "edited parameters")
     assert_shape(original, [edited.shape[0], NUM_PARAMS], "original parameters")
-    check_component(component)
+    component = check_component(component)
     out = {
         "identity_rmse": _rmse(edited, original, SLICES["identity"]),
         "albedo_rmse": _rmse(edited, original, SLICES["albedo"]),
@@ -173,7 +199,7 @@ def preservation_errors(edited: torch.Tensor, original: torch.Tensor, component:
     if component != "expression":
         out["expression_mae"] = _mae(edited, original, SLICES["expression"])
         out["jaw_open_mae"] = _mae(edited, original, _JAW_OPEN)
-    if component != "illumination":
+    if component != "light":
         out["light_rmse"] = _rmse(edited, original, SLICES["light"])
     return out
 
@@ -338,7 +364,7 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
     of ``G(ŵ)`` against ``G(w)`` over the pixels outside both face masks, in
     0..255 levels (absent when the set has no mask function).
     """
-    check_component(component)
+    component = check_component(component)
     if isinstance(method, str) and method not in REFERENCES:
         raise ValueError(f"unknown reference method {method!r}; expected one of {list(REFERENCES)} or a callable")
     if not isinstance(method, str) and not callable(method):
@@ -439,7 +465,7 @@ def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAU
     batches with ``params``, ``scene`` and ``images_pm1()`` (default: :class:`~stylerig_lite.world.FaceWorld`);
     ``face_mask``: as for :meth:`EvalSet.build` (default: :class:`RenderedFaceMask`).
     """
-    check_component(component)
+    component = check_component(component)
     if world is None:
         from .world import FaceWorld
 
@@ -504,135 +530,64 @@ def gain_sweep(method: EditMethod, evalset: EvalSet, component: str, gains: Sequ
 
 
 # ----------------------------------------------------------------------------
-# The linear baseline (InterFaceGAN-style directions in W).
+# F (or E) against exact FaceWorld labels.
 
 
-def _first_w(ws: torch.Tensor, name: str) -> torch.Tensor:
-    """``[N, num_ws, w_dim]`` (or ``[N, w_dim]``) -> the W vector ``[N, w_dim]`` (layer 0 of W+)."""
-    if not isinstance(ws, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(ws).__name__}")
-    if ws.ndim == 3:
-        return ws[:, 0]
-    if ws.ndim == 2:
-        return ws
-    raise ValueError(f"{name} has shape {tuple(ws.shape)}; expected W+ latents [N, num_ws, w_dim] or W vectors [N, w_dim]")
+@torch.no_grad()
+def evaluate_estimator(
+    estimator: EstimatorLike,
+    world: Any,
+    count: int = 512,
+    seed: int = 10_000,
+    *,
+    batch_size: int = 64,
+    photometric: bool = True,
+    cache_dir: Union[str, os.PathLike, None, bool] = None,
+    dataset: Any = None,
+) -> Dict[str, float]:
+    """Score an estimator on a fixed held-out FaceWorld set (``count`` images of ``seed``).
 
+    Returns a flat dict: yaw/pitch/roll absolute error in degrees (median and
+    mean), translation (cm), expression mean absolute weight error, light RMSE
+    over the 27 SH coefficients, identity and albedo RMSE (units of std dev),
+    landmark error in pixels (mean over all points; median over images), and
+    the photometric error of re-rendering the estimate with the true scene
+    context against the image on its face mask (mean absolute, 0..255 levels).
+    ``*_mean_predictor`` entries give the same errors for a constant guess of
+    the distribution mean, as a chance level.
 
-class LinearBaseline:
-    """Edit a rig component by moving w along linearly regressed directions.
-
-    :meth:`fit` ridge-regresses the component's entries ``y`` (``k`` values:
-    3 angles, 53 expression weights or 27 SH coefficients; see
-    :func:`component_slice`) from the W vector, ``y ≈ A w + b`` with ``A``
-    ``[k, w_dim]``. An edit then moves w by the minimum-norm step that makes
-    the prediction hit the target, ``Δw = A⁺ (t - (A w + b))``, the same
-    ``Δw`` for every layer of W+. This is the InterFaceGAN idea (Shen et al.
-    2020: attributes are linear in W) with regression instead of an SVM,
-    because our attributes are continuous.
-
-    Everything a linear edit of W cannot do shows up in the metrics: the
-    directions of correlated components (say, light that follows yaw in the
-    corpus) are entangled, so moving along one moves the other.
+    ``dataset``: a :class:`~stylerig_lite.datasets.FaceDataset` to use instead
+    of rendering (it must be the ``(count, seed)`` set of this world); else the
+    set comes from :func:`~stylerig_lite.datasets.load_or_render_dataset` with
+    ``cache_dir`` (``None`` = the default cache, ``False`` = render in memory).
     """
+    if dataset is None:
+        dataset = load_or_render_dataset(world, count, seed, cache_dir=cache_dir, progress=False)
+    images = dataset.float_images()  # [N, 3, H, W]
+    params, landmarks = estimate_all(estimator, images, batch_size=batch_size)
+    metrics = parameter_errors(params, dataset.params)
+    distance = (landmarks - dataset.landmarks).norm(dim=-1)  # [N, 68] pixels
+    metrics["landmarks_px_mean"] = float(distance.mean())
+    metrics["landmarks_px_median"] = float(distance.mean(dim=1).median())
 
-    def __init__(self, component: str, weight: torch.Tensor, bias: torch.Tensor, *, ridge: float = DEFAULT_RIDGE,
-                 r2: Optional[Sequence[float]] = None):
-        self.component = check_component(component)
-        index = component_slice(component)
-        k = index.stop - index.start
-        assert_shape(weight, [k, None], "weight A")
-        assert_shape(bias, [k], "bias b")
-        assert_finite(weight, "weight A")
-        assert_finite(bias, "bias b")
-        self.weight = weight.double()  # [k, w_dim]
-        self.bias = bias.double()  # [k]
-        # The pseudo-inverse gives the minimum-norm step; rcond drops directions the corpus never moves.
-        self.pinv = torch.linalg.pinv(self.weight, rtol=1e-10)  # [w_dim, k]
-        self.ridge = float(ridge)
-        self.r2 = list(r2) if r2 is not None else None
+    mean = dataset.params.mean(0, keepdim=True).expand_as(dataset.params)
+    chance = parameter_errors(mean, dataset.params)
+    for key in ("yaw_deg_mean", "expression_mae", "jaw_open_mae", "light_rmse", "identity_rmse", "albedo_rmse"):
+        metrics[f"{key}_mean_predictor"] = chance[key]
 
-    @property
-    def w_dim(self) -> int:
-        return self.weight.shape[1]
-
-    @classmethod
-    def fit(cls, ws: torch.Tensor, params: Any, component: str, *, ridge: float = DEFAULT_RIDGE) -> "LinearBaseline":
-        """Ridge regression of ``params``' ``component`` entries on ``ws`` (``[N, num_ws, w_dim]`` or ``[N, w_dim]``).
-
-        ``params``: ``[N, 196]`` (F's estimates, e.g. a corpus's ``params``) or a
-        :class:`~stylerig_lite.morphable.FaceParams`. ``ridge`` is relative: the
-        penalty is ``ridge`` times the mean variance of a w coordinate, so it
-        does not depend on the scale of W; ``0`` is ordinary least squares.
-        """
-        check_component(component)
-        x = _first_w(ws, "ws").double()
-        if hasattr(params, "to_vector"):
-            params = params.to_vector()
-        assert_shape(params, [x.shape[0], NUM_PARAMS], "params")
-        assert_finite(x, "ws")
-        assert_finite(params, "params")
-        if ridge < 0 or not math.isfinite(ridge):
-            raise ValueError(f"ridge must be >= 0, got {ridge}")
-        if x.shape[0] < 2:
-            raise ValueError(f"need at least 2 samples to fit, got {x.shape[0]}")
-        y = params[:, component_slice(component)].double()  # [N, k]
-        x_mean, y_mean = x.mean(0), y.mean(0)
-        xc, yc = x - x_mean, y - y_mean
-        n, d = xc.shape
-        gram = xc.T @ xc / n  # [D, D] covariance of w
-        penalty = ridge * float(torch.diagonal(gram).mean())
-        # Solve (C + λ I) Aᵀ = Xᵀ Y / n; lstsq also copes with a singular C at λ = 0.
-        weight_t = torch.linalg.lstsq(gram + penalty * torch.eye(d, dtype=gram.dtype), xc.T @ yc / n).solution  # [D, k]
-        weight = weight_t.T
-        bias = y_mean - weight @ x_mean
-        residual = yc - xc @ weight_t
-        r2 = (1 - residual.pow(2).sum(0) / yc.pow(2).sum(0).clamp_min(1e-30)).tolist()
-        return cls(component, weight, bias, ridge=ridge, r2=r2)
-
-    @classmethod
-    def fit_corpus(cls, corpus: Union[CorpusDataset, str, os.PathLike], component: str, *, ridge: float = DEFAULT_RIDGE,
-                   limit: Optional[int] = None) -> "LinearBaseline":
-        """:meth:`fit` on a corpus folder or :class:`~stylerig_lite.corpus.CorpusDataset` (first ``limit`` items)."""
-        data = corpus if isinstance(corpus, CorpusDataset) else CorpusDataset(corpus)
-        index = slice(None) if limit is None else slice(0, int(limit))
-        return cls.fit(data.w[index], data.params[index], component, ridge=ridge)
-
-    def predict(self, w: torch.Tensor) -> torch.Tensor:
-        """The regressed component ``[B, k]`` of latents ``[B, num_ws, w_dim]`` (or ``[B, w_dim]``)."""
-        x = _first_w(w, "w")
-        assert_shape(x, [None, self.w_dim], "w")
-        return (x.double() @ self.weight.T + self.bias).to(x.dtype)
-
-    def __call__(self, w: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
-        """``ŵ = w + A⁺ (t - (A w₀ + b))`` on every layer: ``[B, num_ws, w_dim], [B, 196] -> [B, num_ws, w_dim]``."""
-        assert_shape(w, [None, None, self.w_dim], "w (W+ latents)")
-        assert_shape(p_target, [w.shape[0], NUM_PARAMS], "p_target")
-        assert_finite(w, "w (W+ latents)")
-        assert_finite(p_target, "p_target")
-        t = p_target[:, component_slice(self.component)].double()  # [B, k]
-        step = (t - (w[:, 0].double() @ self.weight.T + self.bias)) @ self.pinv.T  # [B, w_dim]
-        return w + step.to(w.dtype)[:, None, :]
-
-    def state(self) -> Dict[str, Any]:
-        return {"format": "stylerig_lite.linear_baseline/1", "component": self.component, "weight": self.weight,
-                "bias": self.bias, "ridge": self.ridge, "r2": self.r2}
-
-    def save(self, path: Union[str, os.PathLike]) -> Path:
-        """Write the directions atomically (read back with :meth:`load`)."""
-        from .io_utils import atomic_torch_save
-
-        return atomic_torch_save(self.state(), path)
-
-    @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "LinearBaseline":
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != "stylerig_lite.linear_baseline/1":
-            raise ValueError(f"{path} is not a LinearBaseline file (save one with LinearBaseline.save)")
-        return cls(data["component"], data["weight"], data["bias"], ridge=data["ridge"], r2=data["r2"])
-
-    def __repr__(self) -> str:
-        r2 = "" if self.r2 is None else f", mean R² {sum(self.r2) / len(self.r2):.3f}"
-        return f"LinearBaseline({self.component!r}, w_dim={self.w_dim}, k={self.weight.shape[0]}, ridge={self.ridge:g}{r2})"
+    if photometric and dataset.face_mask is not None and dataset.scene:
+        total, pixels = 0.0, 0.0
+        device = world.model.neutral.device
+        for start in range(0, len(dataset), batch_size):
+            index = slice(start, start + batch_size)
+            scene = {k: v[index].to(device) for k, v in dataset.scene.items()}
+            rendered = world.render(FaceParams.from_vector(params[index].to(device)), scene).images.cpu()
+            mask = dataset.face_mask[index].float()[:, None]  # [b, 1, H, W]
+            total += float(((rendered - images[index]).abs() * mask).sum()) / 3
+            pixels += float(mask.sum())
+        metrics["photometric_face_mae_255"] = 255.0 * total / max(pixels, 1.0)
+    metrics["count"] = float(len(dataset))
+    return metrics
 
 
 # ----------------------------------------------------------------------------
@@ -751,10 +706,9 @@ def frechet_distance(feats_a: Union[torch.Tensor, np.ndarray], feats_b: Union[to
 def faceworld_images(count: int, seed: int = 7, *, world: Any = None, folder: Optional[Union[str, os.PathLike]] = None,
                      batch: int = 64) -> torch.Tensor:
     """``count`` FaceWorld images ``[N, 3, 64, 64]`` in [0, 1]: rendered with ``seed`` or read from a
-    :func:`~stylerig_lite.world.render_shards` ``folder`` (its first ``count``)."""
+    :func:`~stylerig_lite.datasets.render_shards` ``folder`` (its first ``count``)."""
     if folder is not None:
-        from .world import FaceWorldShards
-
+        
         data = FaceWorldShards(folder)
         if len(data) < count:
             raise ValueError(f"{folder} holds {len(data)} images; asked for {count}")
@@ -863,7 +817,8 @@ def _load_networks(args: argparse.Namespace) -> Tuple[Any, Any, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--component", default="all", choices=COMPONENTS + ("all",), help="which rig component to edit (default all)")
+    parser.add_argument("--component", default="all", choices=COMPONENTS + ("illumination", "all"),
+                        help="which rig component to edit (default all; 'illumination' is an alias of 'light')")
     parser.add_argument("--methods", default="none,random,linear",
                         help="comma-separated methods (default none,random,linear); known: " + ", ".join(METHODS))
     parser.add_argument("--count", type=int, help=f"evaluation pairs (default {DEFAULT_COUNT}; {QUICK_COUNT} with STYLERIG_LITE_QUICK=1)")
@@ -938,8 +893,8 @@ SUMMARY_COLUMNS: Tuple[Tuple[str, str, str, str, str], ...] = (
     ("pose", "preservation", "outside_face_mae_255", "pose: change outside the face (0-255)", "{:.1f}"),
     ("expression", "target_error", "jaw_open_mae", "expression: jaw error (MAE)", "{:.3f}"),
     ("expression", "preservation", "yaw_deg", "expression: yaw change (°)", "{:.1f}"),
-    ("illumination", "target_error", "light_rmse", "light: error (RMSE)", "{:.3f}"),
-    ("illumination", "preservation", "yaw_deg", "light: yaw change (°)", "{:.1f}"),
+    ("light", "target_error", "light_rmse", "light: error (RMSE)", "{:.3f}"),
+    ("light", "preservation", "yaw_deg", "light: yaw change (°)", "{:.1f}"),
 )
 
 
@@ -1001,7 +956,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         unknown = [n for n in names if n not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
-        components = list(COMPONENTS) if args.component == "all" else [args.component]
+        components = list(COMPONENTS) if args.component == "all" else [check_component(args.component)]
         count = args.count or (QUICK_COUNT if quick else DEFAULT_COUNT)
         print(f"evaluate: sampling {count} pairs (seed {args.seed}) ...", file=sys.stderr)
         evalset = EvalSet.build(G, F, E, count, args.seed, truncation=args.truncation, batch=args.batch)

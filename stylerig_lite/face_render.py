@@ -15,6 +15,11 @@ from .camera import Camera
 from .morphable import DEFAULT_VISIBLE_PARTS, PART_NAMES, FaceModel, FaceParams
 from .render import RenderOutput, render_mesh
 
+__all__ = [
+    "default_camera",
+    "render_face",
+]
+
 
 def default_camera(image_size: int = 64) -> Camera:
     """The book's camera: 100 cm away, a 40 cm tall field of view."""

@@ -59,7 +59,9 @@ from .losses import (
     render_loss,
 )
 from .morphable import COMPONENTS, FaceModel, FaceParams, euler_to_matrix, expression_index, sample_params
-from .shading import NUM_SH, sh_basis
+from .shading import NUM_SH, dominant_light_direction, sh_basis
+
+light_direction = dominant_light_direction  # the name chapter 3 uses
 
 #: Adam learning rate per optimised block (the pose is split into rotation and translation).
 LEARNING_RATES: Dict[str, float] = {
@@ -295,14 +297,6 @@ def shading_on_sphere(light: torch.Tensor, resolution: int = 24, front_only: boo
     return torch.einsum("nk,bck->bnc", basis, light.view(-1, 3, NUM_SH))
 
 
-def light_direction(light: torch.Tensor) -> torch.Tensor:
-    """Dominant light direction ``[B, 3]`` (unit, world frame) from the grey-level band-1 SH coefficients."""
-    grey = light.view(-1, 3, NUM_SH).mean(dim=1)  # [B, 9]
-    # Band 1 is (Y1-1, Y10, Y11) = (y, z, x) up to a constant.
-    direction = torch.stack([grey[:, 3], grey[:, 1], grey[:, 2]], dim=1)
-    return torch.nn.functional.normalize(direction, dim=1)
-
-
 def parameter_errors(
     model: FaceModel, pred: FaceParams, true: FaceParams, camera: Optional[Camera] = None
 ) -> Dict[str, torch.Tensor]:
@@ -349,7 +343,7 @@ def parameter_errors(
             "jaw_open": (pred.expression[:, jaw] - true.expression[:, jaw]).abs(),
             "expression_mm": 10.0 * offset.pow(2).sum(-1).mean(dim=1).sqrt(),
             "light_direction_deg": torch.rad2deg(
-                torch.acos((light_direction(pred.light) * light_direction(true.light)).sum(1).clamp(-1.0, 1.0))
+                torch.acos((dominant_light_direction(pred.light) * dominant_light_direction(true.light)).sum(1).clamp(-1.0, 1.0))
             ),
             "shading_rel": (s_pred - s_true).abs().mean(dim=(1, 2)) / s_true.abs().mean(dim=(1, 2)),
             "shading_pattern": (p_pred - p_true).abs().mean(dim=(1, 2)),

@@ -52,9 +52,9 @@ from .camera import Camera, ImageSize, normalize_image_size
 from .checks import assert_finite, assert_shape
 from .face_render import default_camera, render_face
 from .morphable import FaceModel, FaceParams
+from .params import NUM_LANDMARKS
 from .render import RenderOutput
 
-NUM_LANDMARKS = 68
 
 #: The 68-point annotation scheme's groups (0-based, end exclusive).
 LANDMARK_GROUPS: Dict[str, range] = {

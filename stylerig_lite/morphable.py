@@ -37,7 +37,6 @@ import dataclasses
 import gzip
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -48,178 +47,50 @@ from torch import nn
 
 from .checks import assert_finite, assert_shape
 
-# ----------------------------------------------------------------------------
-# The parameter layout.
-
-NUM_IDENTITY = 100  # every ICT identity mode; α is in units of standard deviation.
-
-#: The 53 ICT-FaceKit expression blendshapes, in upstream order (ARKit names).
-EXPRESSION_NAMES: Tuple[str, ...] = (
-    "browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
-    "cheekPuff_L", "cheekPuff_R", "cheekSquint_L", "cheekSquint_R", "eyeBlink_L", "eyeBlink_R",
-    "eyeLookDown_L", "eyeLookDown_R", "eyeLookIn_L", "eyeLookIn_R", "eyeLookOut_L", "eyeLookOut_R",
-    "eyeLookUp_L", "eyeLookUp_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R",
-    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimple_L", "mouthDimple_R",
-    "mouthFrown_L", "mouthFrown_R", "mouthFunnel", "mouthLeft", "mouthLowerDown_L", "mouthLowerDown_R",
-    "mouthPress_L", "mouthPress_R", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper",
-    "mouthShrugLower", "mouthShrugUpper", "mouthSmile_L", "mouthSmile_R", "mouthStretch_L",
-    "mouthStretch_R", "mouthUpperUp_L", "mouthUpperUp_R", "noseSneer_L", "noseSneer_R",
+# The parameter layout lives in :mod:`stylerig_lite.params`; re-exported here, where chapter 1 meets it.
+from .params import (  # noqa: F401
+    ALBEDO_COMPONENTS, COMPONENT_SIZES, COMPONENTS, EXPRESSION_NAMES, NUM_ALBEDO, NUM_EXPRESSION, NUM_IDENTITY,
+    NUM_LIGHT, NUM_PARAMS, NUM_POSE, POSE_NAMES, SLICES, FaceParams, check_component, euler_to_matrix,
+    expression_index, matrix_to_euler,
 )
-NUM_EXPRESSION = len(EXPRESSION_NAMES)
 
-#: Our albedo model: (name, region, RGB direction). δ_m ~ N(0, 1) moves the
-#: colour of the region's vertices by δ_m · direction (display-referred RGB).
-ALBEDO_COMPONENTS: Tuple[Tuple[str, str, Tuple[float, float, float]], ...] = (
-    ("skin_lightness", "skin", (0.15, 0.13, 0.115)),
-    ("skin_redness", "skin", (0.05, -0.02, -0.02)),
-    ("skin_yellowness", "skin", (0.02, 0.02, -0.05)),
-    ("lip_colour", "lips", (0.08, -0.05, -0.03)),
-    ("cheek_flush", "cheeks", (0.06, -0.02, -0.02)),
-    ("brow_darkness", "brows", (-0.10, -0.10, -0.09)),
-    ("eye_socket_shadow", "eye_sockets", (-0.05, -0.05, -0.04)),
-    ("stubble", "beard", (-0.07, -0.07, -0.06)),
-    ("iris_lightness", "iris", (0.10, 0.10, 0.10)),
-    ("iris_blue", "iris", (-0.07, 0.01, 0.10)),
-)
-NUM_ALBEDO = len(ALBEDO_COMPONENTS)
-NUM_LIGHT = 27  # 9 second-order SH coefficients per colour channel, channel-major.
-POSE_NAMES: Tuple[str, ...] = ("yaw", "pitch", "roll", "tx", "ty", "tz")
-NUM_POSE = len(POSE_NAMES)
-
-#: Component name -> size, in vector order.
-COMPONENT_SIZES: Dict[str, int] = {
-    "identity": NUM_IDENTITY,
-    "expression": NUM_EXPRESSION,
-    "albedo": NUM_ALBEDO,
-    "light": NUM_LIGHT,
-    "pose": NUM_POSE,
-}
-COMPONENTS: Tuple[str, ...] = tuple(COMPONENT_SIZES)
-NUM_PARAMS = sum(COMPONENT_SIZES.values())  # 196
-
-
-def _component_slices() -> Dict[str, slice]:
-    out, start = {}, 0
-    for name, size in COMPONENT_SIZES.items():
-        out[name] = slice(start, start + size)
-        start += size
-    return out
-
-
-#: Component name -> slice into the parameter vector.
-SLICES: Dict[str, slice] = _component_slices()
-
-
-def check_component(name: str) -> str:
-    """Return ``name`` if it is a parameter component, else raise a helpful ``KeyError``."""
-    if name not in COMPONENT_SIZES:
-        raise KeyError(f"unknown parameter component {name!r}; expected one of {list(COMPONENTS)}")
-    return name
-
-
-def expression_index(name: str) -> int:
-    """Index of an ARKit expression name in β, with a helpful error for typos."""
-    try:
-        return EXPRESSION_NAMES.index(name)
-    except ValueError:
-        import difflib
-
-        close = difflib.get_close_matches(name, EXPRESSION_NAMES, n=3)
-        hint = f"; did you mean {close}?" if close else ""
-        raise KeyError(f"unknown expression {name!r}{hint} (the 53 ICT/ARKit names are in EXPRESSION_NAMES)") from None
-
-
-@dataclasses.dataclass
-class FaceParams:
-    """Typed view of a batch of parameter vectors ``[B, 196]``.
-
-    Every field is a tensor ``[B, size]``; angles are radians. Use
-    :meth:`to_vector` / :meth:`from_vector` to convert, :meth:`neutral` for the
-    mean face under ambient light, and :meth:`replace` to swap components
-    (the basis of every edit in the book).
-    """
-
-    identity: torch.Tensor  # [B, 100]
-    expression: torch.Tensor  # [B, 53]
-    albedo: torch.Tensor  # [B, 10]
-    light: torch.Tensor  # [B, 27]
-    pose: torch.Tensor  # [B, 6]
-
-    def __post_init__(self) -> None:
-        batch = None
-        for name, size in COMPONENT_SIZES.items():
-            value = getattr(self, name)
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"FaceParams.{name} must be a torch.Tensor, got {type(value).__name__}")
-            assert_shape(value, [batch, size], f"FaceParams.{name}")
-            batch = value.shape[0]
-
-    # -- construction -------------------------------------------------------
-    @classmethod
-    def from_vector(cls, vector: torch.Tensor) -> "FaceParams":
-        if isinstance(vector, torch.Tensor) and vector.ndim == 1:
-            vector = vector[None]
-        assert_shape(vector, [None, NUM_PARAMS], "parameter vector")
-        return cls(**{name: vector[:, s] for name, s in SLICES.items()})
-
-    @classmethod
-    def neutral(cls, batch: int = 1, *, device=None, dtype=torch.float32) -> "FaceParams":
-        """The mean face, mean colours, frontal pose, uniform white light."""
-        from .shading import ambient_gamma
-
-        zeros = {name: torch.zeros(batch, size, device=device, dtype=dtype) for name, size in COMPONENT_SIZES.items()}
-        zeros["light"] = ambient_gamma(1.0, batch_size=batch, dtype=dtype, device=device)
-        return cls(**zeros)
-
-    # -- conversion ---------------------------------------------------------
-    def to_vector(self) -> torch.Tensor:
-        return torch.cat([getattr(self, name) for name in COMPONENTS], dim=1)  # [B, 196]
-
-    @property
-    def batch_size(self) -> int:
-        return self.identity.shape[0]
-
-    def component(self, name: str) -> torch.Tensor:
-        return getattr(self, check_component(name))
-
-    def replace(self, **components: torch.Tensor) -> "FaceParams":
-        """A copy with some components replaced, e.g. ``p.replace(pose=q.pose)``."""
-        for name in components:
-            check_component(name)
-        return dataclasses.replace(self, **components)
-
-    def to(self, *args, **kwargs) -> "FaceParams":
-        return FaceParams(**{name: getattr(self, name).to(*args, **kwargs) for name in COMPONENTS})
-
-    def detach(self) -> "FaceParams":
-        return FaceParams(**{name: getattr(self, name).detach() for name in COMPONENTS})
-
-    def __getitem__(self, index) -> "FaceParams":
-        return FaceParams.from_vector(self.to_vector()[index].reshape(-1, NUM_PARAMS))
-
-    # -- named access -------------------------------------------------------
-    @property
-    def angles_deg(self) -> torch.Tensor:
-        """(yaw, pitch, roll) in degrees, ``[B, 3]``."""
-        return torch.rad2deg(self.pose[:, :3])
-
-    def expression_weight(self, name: str) -> torch.Tensor:
-        return self.expression[:, expression_index(name)]
-
-    def with_expression(self, **weights: float) -> "FaceParams":
-        """A copy with named expression weights set, e.g. ``p.with_expression(jawOpen=0.8)``."""
-        expression = self.expression.clone()
-        for name, value in weights.items():
-            expression[:, expression_index(name)] = value
-        return self.replace(expression=expression)
-
-    def with_angles_deg(self, yaw=None, pitch=None, roll=None) -> "FaceParams":
-        pose = self.pose.clone()
-        for i, value in enumerate((yaw, pitch, roll)):
-            if value is not None:
-                pose[:, i] = math.radians(value) if not isinstance(value, torch.Tensor) else torch.deg2rad(value)
-        return self.replace(pose=pose)
-
+__all__ = [
+    "ALBEDO_COMPONENTS",  # re-exported
+    "COMPONENT_SIZES",  # re-exported
+    "COMPONENTS",  # re-exported
+    "EXPRESSION_NAMES",  # re-exported
+    "NUM_ALBEDO",  # re-exported
+    "NUM_EXPRESSION",  # re-exported
+    "NUM_IDENTITY",  # re-exported
+    "NUM_LIGHT",  # re-exported
+    "NUM_PARAMS",  # re-exported
+    "NUM_POSE",  # re-exported
+    "POSE_NAMES",  # re-exported
+    "SLICES",  # re-exported
+    "FaceParams",  # re-exported
+    "check_component",  # re-exported
+    "euler_to_matrix",  # re-exported
+    "expression_index",  # re-exported
+    "matrix_to_euler",  # re-exported
+    "build_albedo_model",
+    "CACHE_VERSION",
+    "convert_ict",
+    "DEFAULT_VISIBLE_PARTS",
+    "FaceGeometry",
+    "FaceModel",
+    "ICT_PREFIX",
+    "inspect_source_hash",
+    "load_face_model",
+    "NUM_VERTICES",
+    "ParamDistribution",
+    "PART_NAMES",
+    "PARTS",
+    "read_obj",
+    "sample_params",
+    "triangulate",
+    "vertex_part_ids",
+    "VERTEX_RANGES",
+]
 
 # ----------------------------------------------------------------------------
 # Random parameters.
@@ -300,38 +171,6 @@ def sample_params(
     pose = torch.cat([torch.deg2rad(angles), translation], dim=1)
     params = FaceParams(identity, expression, albedo, light, pose)
     return params.to(device) if device is not None else params
-
-
-# ----------------------------------------------------------------------------
-# Rotations.
-
-
-def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices R = Rz(roll) · Rx(pitch) · Ry(yaw) from ``[B, 3]`` radians -> ``[B, 3, 3]``."""
-    assert_shape(angles, [None, 3], "angles (yaw, pitch, roll)")
-    yaw, pitch, roll = angles.unbind(dim=1)
-    one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
-    cy, sy = torch.cos(yaw), torch.sin(yaw)
-    cp, sp = torch.cos(pitch), torch.sin(pitch)
-    cr, sr = torch.cos(roll), torch.sin(roll)
-    # Ry(yaw): nose (+z) turns toward +x for positive yaw.
-    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], dim=1).view(-1, 3, 3)
-    # Rx(pitch): the right-handed rotation about +x; it turns the nose (+z) down (-y).
-    rx = torch.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], dim=1).view(-1, 3, 3)
-    # Rz(roll): +x toward +y, i.e. counter-clockwise as the camera (on +z) sees it.
-    rz = torch.stack([cr, -sr, zero, sr, cr, zero, zero, zero, one], dim=1).view(-1, 3, 3)
-    return rz @ rx @ ry
-
-
-def matrix_to_euler(matrix: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`euler_to_matrix` for |pitch| < 90°: ``[B, 3, 3]`` -> ``[B, 3]`` (yaw, pitch, roll)."""
-    assert_shape(matrix, [None, 3, 3], "rotation matrix")
-    # Multiplying out Rz·Rx·Ry: the last row is (-cos p sin y, sin p, cos p cos y)
-    # and the middle column starts with (-sin r cos p, cos r cos p).
-    pitch = torch.asin(matrix[:, 2, 1].clamp(-1.0, 1.0))
-    yaw = torch.atan2(-matrix[:, 2, 0], matrix[:, 2, 2])
-    roll = torch.atan2(-matrix[:, 0, 1], matrix[:, 1, 1])
-    return torch.stack([yaw, pitch, roll], dim=1)
 
 
 # ----------------------------------------------------------------------------

@@ -12,6 +12,24 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .params import RIG_COMPONENTS
+
+__all__ = [
+    "edit_grid",
+    "image_grid",
+    "loss_curve",
+    "main",
+    "overlay_landmarks",
+    "overview_figure",
+    "reconstruction_figure",
+    "rignet_diagram",
+    "slider_edits_figure",
+    "SLIDER_SWEEPS",
+    "to_numpy_image",
+    "to_unit",
+    "tradeoff_plot",
+]
+
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """Map GAN images in [-1, 1] to [0, 1]."""
@@ -336,7 +354,7 @@ def slider_edits_figure(seeds: Sequence[int] = (3, 21), state: Any = None, scale
         from . import pretrained
         from .morphable import load_face_model
 
-        rigs = {c: pretrained.rignet(c) for c in ("pose", "expression", "illumination")}
+        rigs = {c: pretrained.rignet(c) for c in RIG_COMPONENTS}
         state = EditorState(pretrained.generator(), rigs, pretrained.face_estimator(), load_face_model(progress=False))
     columns = len(SLIDER_SWEEPS[0][1])
     rows, labels, titles = [], [], []

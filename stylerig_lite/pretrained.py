@@ -15,13 +15,31 @@ Each loader also takes an explicit ``path`` (your own checkpoint; no hash check 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
+
+from .io_utils import atomic_torch_save, atomic_write_json, sha256_file
+from .params import RIG_COMPONENTS, rig_component
+
+__all__ = [
+    "check_rignet_generator",
+    "EMBEDDED",
+    "embedded_path",
+    "evaluation_estimator",
+    "export",
+    "face_estimator",
+    "generator",
+    "MANIFEST",
+    "read_manifest",
+    "rignet",
+    "sha256_of",
+    "WEIGHTS_DIR",
+    "WeightsError",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
@@ -31,8 +49,8 @@ EMBEDDED = {
     "generator": ("faceworld_stylegan2.pt", "stylegan2"),
     "face_estimator": ("face_estimator.pt", "reconstruction"),
     "evaluation_estimator": ("evaluation_estimator.pt", "reconstruction"),
-    # One RigNet per controlled component: rignet_pose, rignet_expression, rignet_illumination.
-    **{f"rignet_{component}": (f"rignet_{component}.pt", "rignet") for component in ("pose", "expression", "illumination")},
+    # One RigNet per controlled component: rignet_pose, rignet_expression, rignet_light.
+    **{f"rignet_{component}": (f"rignet_{component}.pt", "rignet") for component in RIG_COMPONENTS},
 }
 
 
@@ -46,12 +64,8 @@ def read_manifest() -> Dict[str, Any]:
     return json.loads(MANIFEST.read_text())
 
 
-def sha256_of(path: Union[str, os.PathLike]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: Hex sha256 of a file; kept for compatibility, the one implementation is :func:`~stylerig_lite.io_utils.sha256_file`.
+sha256_of = sha256_file
 
 
 def embedded_path(name: str) -> Path:
@@ -65,7 +79,7 @@ def embedded_path(name: str) -> Path:
             f"the embedded {name} ({path}) is missing or not in {MANIFEST.name}; reinstall the package "
             f"(pip install -e .) or pass path= to load your own checkpoint"
         )
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != entry["sha256"]:
         raise WeightsError(
             f"{path} is corrupt: sha256 {actual[:16]}... differs from the manifest's {entry['sha256'][:16]}...; "
@@ -75,10 +89,14 @@ def embedded_path(name: str) -> Path:
 
 
 def generator(path: Optional[Union[str, os.PathLike]] = None):
-    """The FaceWorld StyleGAN2 (``G_ema``), in eval mode with gradients off."""
+    """The FaceWorld StyleGAN2 (``G_ema``), in eval mode with gradients off.
+
+    A checkpoint holding its G_ema by reference (a slim resume checkpoint) finds it beside itself
+    or among the embedded weights.
+    """
     from .stylegan2 import load_generator
 
-    return load_generator(path if path is not None else embedded_path("generator"))
+    return load_generator(path if path is not None else embedded_path("generator"), search_dirs=[WEIGHTS_DIR])
 
 
 def face_estimator(path: Optional[Union[str, os.PathLike]] = None):
@@ -96,10 +114,10 @@ def evaluation_estimator(path: Optional[Union[str, os.PathLike]] = None):
 
 
 def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None):
-    """The RigNet for ``component`` ('pose', 'expression', 'illumination'), eval mode, frozen."""
-    from .rignet import RigNet, get_component
+    """The RigNet for ``component`` ('pose', 'expression', 'light'; 'illumination' is an alias), eval mode, frozen."""
+    from .rignet import RigNet
 
-    get_component(component)  # a clear KeyError for a misspelt component, before any file lookup
+    component = rig_component(component)  # a clear KeyError for a misspelt component, before any file lookup
     if path is None:
         path = embedded_path(f"rignet_{component}")
         check_rignet_generator(f"rignet_{component}")
@@ -137,7 +155,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
     For the generator only ``G_ema`` (and the config) is kept; for an estimator, the network
     without its optimizer state. The normalisation buffers of an estimator stay float32.
     """
-    from .reconstruction import ReconstructionNet, atomic_torch_save
+    from .reconstruction import ReconstructionNet
     from .stylegan2 import load_checkpoint, load_generator, save_generator_only
 
     if name not in EMBEDDED:
@@ -146,7 +164,8 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     if EMBEDDED[name][1] == "stylegan2":
         payload = load_checkpoint(checkpoint)
-        save_generator_only(out, load_generator(checkpoint), step=payload["step"], images_seen=payload["images_seen"])
+        save_generator_only(out, load_generator(checkpoint, search_dirs=[WEIGHTS_DIR]), step=payload["step"],
+                            images_seen=payload["images_seen"])
         extra = {"images_seen": int(payload["images_seen"])}
     elif EMBEDDED[name][1] == "rignet":
         from .rignet import RigNet
@@ -158,7 +177,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         trained_with = (torch.load(checkpoint, map_location="cpu", weights_only=True).get("train") or {}).get("config", {})
         generator_file = trained_with.get("generator") or embedded_path("generator")
         atomic_torch_save(data, out)
-        extra = {"generator_sha256": sha256_of(generator_file)}
+        extra = {"generator_sha256": sha256_file(generator_file)}
     else:
         net = ReconstructionNet.load(checkpoint)
         data = net.checkpoint()
@@ -169,7 +188,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
     manifest = read_manifest()
     manifest[name] = {
         "file": out.name,
-        "sha256": sha256_of(out),
+        "sha256": sha256_file(out),
         "bytes": out.stat().st_size,
         "command": command,
         "seed": int(seed),
@@ -177,7 +196,5 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         "notes": notes,
         **extra,
     }
-    tmp = MANIFEST.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, MANIFEST)
+    atomic_write_json(MANIFEST, manifest)
     return out

@@ -52,6 +52,17 @@ import torch
 from stylerig_lite.camera import Camera, ImageSize, check_finite, normalize_image_size
 from stylerig_lite.checks import assert_shape
 
+__all__ = [
+    "check_mesh",
+    "Fragments",
+    "fragments_from_face_index",
+    "interpolate",
+    "rasterize",
+    "rasterize_reference",
+    "scatter_pixels",
+    "visible_faces",
+]
+
 _LOW32 = 0xFFFFFFFF
 
 

@@ -27,7 +27,8 @@ that trained it (:func:`estimator_agreement` measures how far the two agree).
 Public API: :class:`ReconstructionConfig`, :class:`ReconstructionNet`
 (``net.estimate(images) -> (FaceParams, landmarks)``, ``net.save`` /
 ``ReconstructionNet.load``), :func:`reconstruction_loss`, :func:`augment`,
-:func:`evaluate_estimator`, :func:`estimator_agreement`.
+:func:`estimator_agreement` (scoring against held-out FaceWorld labels is
+:func:`stylerig_lite.evaluate.evaluate_estimator`).
 Training lives in :mod:`stylerig_lite.train_f`.
 """
 
@@ -46,11 +47,40 @@ from torch import nn
 
 from . import morphable
 from .checks import assert_finite, assert_shape
-from .distributed import BatchShard
-from .io_utils import atomic_torch_save  # noqa: F401  (re-exported: older imports use it from here)
+from .seeding import BatchShard
+from .io_utils import atomic_torch_save
 from .morphable import NUM_EXPRESSION, NUM_PARAMS, SLICES, FaceParams, ParamDistribution
+from .params import NUM_LANDMARKS
 
-NUM_LANDMARKS = 68
+__all__ = [
+    "ANGLE_SLICE",
+    "augment",
+    "AugmentConfig",
+    "check_images",
+    "CHECKPOINT_FORMAT",
+    "DEFAULT_LOSS_WEIGHTS",
+    "estimate_all",
+    "estimator_agreement",
+    "EstimatorLike",
+    "expression_metric",
+    "format_metrics",
+    "gaussian_blur",
+    "get_default_config",
+    "parameter_errors",
+    "parameter_statistics",
+    "reconstruction_loss",
+    "ReconstructionConfig",
+    "ReconstructionNet",
+    "ReconstructionOutput",
+    "ResidualBlock",
+    "shift_images",
+    "shift_images_reference",
+    "SubsampledPointwiseConv",
+    "tiny_config",
+    "TRANSLATION_SLICE",
+    "width_ladder",
+]
+
 CHECKPOINT_FORMAT = "stylerig_lite.reconstruction/1"
 #: The yaw, pitch, roll entries of the parameter vector (predicted in radians, not normalised).
 ANGLE_SLICE = slice(SLICES["pose"].start, SLICES["pose"].start + 3)
@@ -654,65 +684,6 @@ def parameter_errors(predicted: torch.Tensor, target: torch.Tensor) -> Dict[str,
     out["identity_rmse"] = float(diff[:, SLICES["identity"]].pow(2).mean().sqrt())
     out["albedo_rmse"] = float(diff[:, SLICES["albedo"]].pow(2).mean().sqrt())
     return out
-
-
-@torch.no_grad()
-def evaluate_estimator(
-    estimator: EstimatorLike,
-    world: Any,
-    count: int = 512,
-    seed: int = 10_000,
-    *,
-    batch_size: int = 64,
-    photometric: bool = True,
-    cache_dir: Union[str, os.PathLike, None, bool] = None,
-    dataset: Any = None,
-) -> Dict[str, float]:
-    """Score an estimator on a fixed held-out FaceWorld set (``count`` images of ``seed``).
-
-    Returns a flat dict: yaw/pitch/roll absolute error in degrees (median and
-    mean), translation (cm), expression mean absolute weight error, light RMSE
-    over the 27 SH coefficients, identity and albedo RMSE (units of std dev),
-    landmark error in pixels (mean over all points; median over images), and
-    the photometric error of re-rendering the estimate with the true scene
-    context against the image on its face mask (mean absolute, 0..255 levels).
-    ``*_mean_predictor`` entries give the same errors for a constant guess of
-    the distribution mean, as a chance level.
-
-    ``dataset``: a :class:`~stylerig_lite.train_f.FaceDataset` to use instead
-    of rendering (it must be the ``(count, seed)`` set of this world); else the
-    set comes from :func:`~stylerig_lite.train_f.load_or_render_dataset` with
-    ``cache_dir`` (``None`` = the default cache, ``False`` = render in memory).
-    """
-    from .train_f import load_or_render_dataset
-
-    if dataset is None:
-        dataset = load_or_render_dataset(world, count, seed, cache_dir=cache_dir, progress=False)
-    images = dataset.float_images()  # [N, 3, H, W]
-    params, landmarks = estimate_all(estimator, images, batch_size=batch_size)
-    metrics = parameter_errors(params, dataset.params)
-    distance = (landmarks - dataset.landmarks).norm(dim=-1)  # [N, 68] pixels
-    metrics["landmarks_px_mean"] = float(distance.mean())
-    metrics["landmarks_px_median"] = float(distance.mean(dim=1).median())
-
-    mean = dataset.params.mean(0, keepdim=True).expand_as(dataset.params)
-    chance = parameter_errors(mean, dataset.params)
-    for key in ("yaw_deg_mean", "expression_mae", "jaw_open_mae", "light_rmse", "identity_rmse", "albedo_rmse"):
-        metrics[f"{key}_mean_predictor"] = chance[key]
-
-    if photometric and dataset.face_mask is not None and dataset.scene:
-        total, pixels = 0.0, 0.0
-        device = world.model.neutral.device
-        for start in range(0, len(dataset), batch_size):
-            index = slice(start, start + batch_size)
-            scene = {k: v[index].to(device) for k, v in dataset.scene.items()}
-            rendered = world.render(FaceParams.from_vector(params[index].to(device)), scene).images.cpu()
-            mask = dataset.face_mask[index].float()[:, None]  # [b, 1, H, W]
-            total += float(((rendered - images[index]).abs() * mask).sum()) / 3
-            pixels += float(mask.sum())
-        metrics["photometric_face_mae_255"] = 255.0 * total / max(pixels, 1.0)
-    metrics["count"] = float(len(dataset))
-    return metrics
 
 
 @torch.no_grad()

@@ -21,11 +21,9 @@ coefficients. Coverage and occlusion are hard: the mask has no gradient and
 silhouette / occlusion edges do not move under gradient descent (see
 :mod:`stylerig_lite.rasterize`).
 
-The pytorch3d backend uses the same camera, mapped with pytorch3d's
-``cameras_from_opencv_projection`` (OpenCV ``R = diag(1, -1, -1)``,
-``t = (0, 0, distance)``, our intrinsics). Its pixel grid then coincides with
-ours: both put pixel centres at half-integer coordinates, u right, v down.
-Tests check the two backends agree (mask IoU, image difference, landmarks).
+The pytorch3d backend lives in :mod:`stylerig_lite.render_pytorch3d` (same camera,
+same pixel grid); tests check the two backends agree (mask IoU, image difference,
+landmarks). Floor: 3DMM. Defined in chapter 3 (``notebooks/03_differentiable_rendering.ipynb``).
 """
 
 from __future__ import annotations
@@ -45,15 +43,18 @@ from stylerig_lite.rasterize import (
     rasterize,
     visible_faces,
 )
+from stylerig_lite.render_pytorch3d import (  # noqa: F401  (the reference backend, re-exported)
+    PYTORCH3D_MISSING,
+    import_pytorch3d,
+    project_pytorch3d,
+    pytorch3d_available,
+    pytorch3d_cameras,
+    rasterize_pytorch3d,
+)
 from stylerig_lite.shading import NUM_GAMMA, sh_shading, vertex_normals
 
 BACKENDS = ("ours", "pytorch3d")
 
-PYTORCH3D_MISSING = (
-    "backend='pytorch3d' needs pytorch3d, which is not importable here. Install it with "
-    "`pip install stylerig-lite[pytorch3d]` (the Linux wheel easypytorch3d==0.7.9.post1, which needs "
-    "torch 2.11.0 or 2.12.1), or use backend='ours' (the default, no extra dependency)."
-)
 
 
 @dataclasses.dataclass
@@ -163,74 +164,6 @@ def _background(background, batch: int, height: int, width: int, dtype, device) 
     return bg
 
 
-# -------------------------------------------------------------------------------- pytorch3d
-def _import_pytorch3d():
-    try:
-        from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
-        from pytorch3d.structures import Meshes
-        from pytorch3d.utils import cameras_from_opencv_projection
-    except ImportError as error:  # also raised when the wheel does not match the installed torch
-        raise ImportError(f"{PYTORCH3D_MISSING} (import failed: {error})") from error
-    return MeshRasterizer, RasterizationSettings, Meshes, cameras_from_opencv_projection
-
-
-def pytorch3d_available() -> bool:
-    """True when the pytorch3d backend can be used."""
-    try:
-        _import_pytorch3d()
-    except ImportError:
-        return False
-    return True
-
-
-def pytorch3d_cameras(camera: Camera, batch: int, device=None):
-    """Our camera as a batch of pytorch3d ``PerspectiveCameras`` (float32)."""
-    *_, cameras_from_opencv_projection = _import_pytorch3d()
-    rotation, translation = camera.extrinsics(torch.float32, device)
-    matrix = camera.intrinsics(torch.float32, device)
-    size = torch.tensor([[camera.height, camera.width]], dtype=torch.float32, device=device)
-    return cameras_from_opencv_projection(
-        rotation.expand(batch, 3, 3), translation.expand(batch, 3), matrix.expand(batch, 3, 3), size.expand(batch, 2)
-    )
-
-
-def rasterize_pytorch3d(
-    vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, cull_backfaces: bool = False
-) -> Fragments:
-    """pytorch3d's ``MeshRasterizer`` (naive, 1 face per pixel, no blur) as our :class:`Fragments`."""
-    MeshRasterizer, RasterizationSettings, Meshes, _ = _import_pytorch3d()
-    batch, num_vertices, _ = vertices.shape
-    num_faces = faces.shape[0]
-    cameras = pytorch3d_cameras(camera, batch, vertices.device)
-    settings = RasterizationSettings(
-        image_size=(camera.height, camera.width),
-        blur_radius=0.0,
-        faces_per_pixel=1,
-        perspective_correct=True,
-        cull_backfaces=cull_backfaces,
-        bin_size=0,  # naive rasterization; coarse-to-fine binning is no faster on the CPU
-    )
-    meshes = Meshes(verts=vertices.float(), faces=faces.long()[None].expand(batch, num_faces, 3))
-    raw = MeshRasterizer(cameras=cameras, raster_settings=settings)(meshes)
-    packed = raw.pix_to_face[..., 0]  # [B, H, W], face id b * F + f in the packed mesh
-    offsets = (torch.arange(batch, device=packed.device) * num_faces).view(batch, 1, 1)
-    face_index = torch.where(packed >= 0, packed - offsets, torch.full_like(packed, -1))
-    flat = packed.view(-1)
-    pixel = (flat >= 0).nonzero().squeeze(1)
-    b_idx = torch.div(pixel, camera.height * camera.width, rounding_mode="floor")
-    vertex_ids = b_idx[:, None] * num_vertices + faces.long()[face_index.view(-1)[pixel]]
-    bary = raw.bary_coords[..., 0, :].reshape(-1, 3)[pixel].to(vertices.dtype)
-    depth = raw.zbuf[..., 0].reshape(-1)[pixel].to(vertices.dtype)
-    return Fragments(face_index=face_index, pixel=pixel, vertex_ids=vertex_ids, bary=bary, depth=depth)
-
-
-def project_pytorch3d(points: torch.Tensor, camera: Camera) -> torch.Tensor:
-    """Pixel coordinates ``[B, N, 2]`` of world points through the pytorch3d camera (for parity checks)."""
-    cameras = pytorch3d_cameras(camera, points.shape[0], points.device)
-    screen = cameras.transform_points_screen(points.float(), image_size=((camera.height, camera.width),))
-    return screen[..., :2].to(points.dtype)
-
-
 # ----------------------------------------------------------------------------------- render
 def render_mesh(
     vertices: torch.Tensor,
@@ -284,7 +217,7 @@ def render_mesh(
         landmark_indices = _check_index(landmark_indices, None, num_vertices, "landmark_indices", "vertices")
     bg = _background(background, batch, height, width, vertices.dtype, vertices.device)
     if backend == "pytorch3d":
-        _import_pytorch3d()  # fail early with the install hint
+        import_pytorch3d()  # fail early with the install hint
 
     uv, depth = camera.project(vertices)  # also rejects a camera inside / behind the head
     normals = vertex_normals(vertices, faces)  # [B, V, 3]
@@ -322,6 +255,7 @@ def render_mesh(
 
 __all__ = [
     "BACKENDS",
+    "PYTORCH3D_MISSING",
     "RenderOutput",
     "render_mesh",
     "rasterize",

@@ -66,10 +66,12 @@ from torch import nn
 
 from . import morphable
 from .checks import assert_finite, assert_shape
-from .morphable import NUM_PARAMS, SLICES, FaceParams
+from .morphable import NUM_PARAMS, FaceParams
+from .io_utils import atomic_torch_save
+from .params import RIG_SLICES, rig_component
+from .params import NUM_LANDMARKS
 
 CHECKPOINT_FORMAT = "stylerig_lite.rignet/1"
-NUM_LANDMARKS = 68
 
 # ----------------------------------------------------------------------------
 # The controlled components.
@@ -103,23 +105,20 @@ class RigComponent:
         return params[:, self.slice]
 
 
-_POSE = SLICES["pose"]
-
-#: Component name -> :class:`RigComponent`. Pose is the rotation only: the paper rigs
-#: rotation, and FaceWorld's translation is a framing jitter, not something to edit.
+#: Component name -> :class:`RigComponent` (the table of :data:`~stylerig_lite.params.RIG_SLICES`).
+#: Pose is the rotation only: the paper rigs rotation, and FaceWorld's translation is a
+#: framing jitter, not something to edit.
 COMPONENTS: Dict[str, RigComponent] = {
-    "pose": RigComponent("pose", slice(_POSE.start, _POSE.start + 3), "head rotation (yaw, pitch, roll) in radians"),
-    "expression": RigComponent("expression", SLICES["expression"], "the 53 ICT/ARKit blendshape weights"),
-    "illumination": RigComponent("illumination", SLICES["light"], "the 27 spherical-harmonics light coefficients"),
+    "pose": RigComponent("pose", RIG_SLICES["pose"], "head rotation (yaw, pitch, roll) in radians"),
+    "expression": RigComponent("expression", RIG_SLICES["expression"], "the 53 ICT/ARKit blendshape weights"),
+    "light": RigComponent("light", RIG_SLICES["light"], "the 27 spherical-harmonics light coefficients"),
 }
 
 
 def get_component(name: str) -> RigComponent:
-    """:data:`COMPONENTS` entry ``name``, or a ``KeyError`` that lists the valid names."""
-    if name not in COMPONENTS:
-        hint = " (RigNet calls the light 'illumination')" if name == "light" else ""
-        raise KeyError(f"unknown RigNet component {name!r}{hint}; expected one of {list(COMPONENTS)}")
-    return COMPONENTS[name]
+    """:data:`COMPONENTS` entry ``name`` (``"illumination"`` is an alias of ``"light"``), or a
+    ``KeyError`` that lists the valid names."""
+    return COMPONENTS[rig_component(name)]
 
 
 _STATISTICS: Dict[Tuple[str, int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -167,7 +166,8 @@ class RigNetConfig:
     edit_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
-        get_component(self.component)
+        # Canonical name: a checkpoint written when the light rig was called "illumination" loads as "light".
+        self.component = get_component(self.component).name
         for field in ("num_ws", "w_dim", "latent_dim"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
@@ -394,8 +394,6 @@ class RigNet(nn.Module):
 
     def save(self, path: Union[str, os.PathLike], *, extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write config + weights + normalisation atomically to ``path`` (``extra``: more top-level keys)."""
-        from .io_utils import atomic_torch_save
-
         data = self.checkpoint()
         if extra:
             data.update(extra)

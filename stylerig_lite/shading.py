@@ -52,23 +52,52 @@ Lighting lives in the world frame: it does not rotate with the head.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 
 from stylerig_lite.checks import assert_finite, assert_shape
+from stylerig_lite.params import SH_BAND0
+
+__all__ = [
+    "ambient_gamma",
+    "directional_gamma",
+    "DIRECTIONAL_PEAK",
+    "dominant_light_direction",
+    "face_normals",
+    "gamma_to_light",
+    "LAMBERT_BAND",
+    "LAMBERT_FACTORS",
+    "light_direction",
+    "light_to_gamma",
+    "NUM_GAMMA",
+    "NUM_SH",
+    "Number",
+    "sh_basis",
+    "sh_basis_raw",
+    "SH_C0",
+    "SH_C1",
+    "SH_C2",
+    "SH_C3",
+    "SH_C4",
+    "SH_CONSTANTS",
+    "sh_shading",
+    "vertex_normals",
+    "vertex_normals_reference",
+]
 
 NUM_SH = 9  # basis functions per colour channel
 NUM_GAMMA = 27  # 3 channels x 9, channel-major
 
 # Orthonormal real SH normalisation constants (Ramamoorthi & Hanrahan 2001, eq. 3).
-SH_C0 = 1.0 / (2.0 * math.sqrt(math.pi))  # 0.282095
+SH_C0 = SH_BAND0  # 1 / (2 sqrt(pi)) = 0.282095 (defined in params, which sits below shading)
 SH_C1 = math.sqrt(3.0 / (4.0 * math.pi))  # 0.488603
 SH_C2 = math.sqrt(15.0 / (4.0 * math.pi))  # 1.092548
 SH_C3 = math.sqrt(5.0 / (16.0 * math.pi))  # 0.315392
 SH_C4 = math.sqrt(15.0 / (16.0 * math.pi))  # 0.546274
 
-_SH_CONSTANTS = (SH_C0, SH_C1, SH_C1, SH_C1, SH_C2, SH_C2, SH_C3, SH_C2, SH_C4)
+#: The normalisation constant of each of the 9 basis functions, in basis order.
+SH_CONSTANTS = (SH_C0, SH_C1, SH_C1, SH_C1, SH_C2, SH_C2, SH_C3, SH_C2, SH_C4)
 
 # Clamped-cosine convolution factors A_l (R&H 2001, eq. 8) per basis function.
 LAMBERT_BAND = (math.pi, 2.0 * math.pi / 3.0, math.pi / 4.0)
@@ -128,7 +157,7 @@ def sh_shading(normals: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     batch = normals.shape[0]
     # Basis as [B, 9, V] (contiguous rows), then one batched [3, 9] @ [9, V] product per image.
     x, y, z = normals.unbind(-1)
-    factors = [c * f / math.pi for c, f in zip(_SH_CONSTANTS, LAMBERT_FACTORS)]
+    factors = [c * f / math.pi for c, f in zip(SH_CONSTANTS, LAMBERT_FACTORS)]
     basis = torch.stack(
         [
             torch.full_like(x, factors[0]),
@@ -324,3 +353,50 @@ def vertex_normals_reference(vertices: torch.Tensor, faces: torch.Tensor) -> tor
                 out[b, i] += n
     norm = out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return out / norm
+
+
+# ----------------------------------------------------------------------------
+# Light as angles: the editor's sliders and the figures' captions.
+
+
+def light_direction(azimuth_deg: float, elevation_deg: float) -> torch.Tensor:
+    """Unit world direction toward the light ``[3]``: (0, 0) is the camera, +azimuth image right, +elevation up."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    return torch.tensor([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)])
+
+
+def light_to_gamma(azimuth_deg: float, elevation_deg: float, intensity: float, ambient: float) -> torch.Tensor:
+    """SH coefficients ``[1, 27]`` of a white directional light plus ambient (:func:`directional_gamma`)."""
+    return directional_gamma(light_direction(azimuth_deg, elevation_deg), intensity, ambient)
+
+
+def gamma_to_light(gamma: torch.Tensor) -> Dict[str, float]:
+    """The editor's light sliders (azimuth, elevation, intensity, ambient) closest to SH light ``gamma [1, 27]``.
+
+    Exact for the output of :func:`light_to_gamma` (white light); for other lights it keeps the
+    luminance-averaged dominant direction (band 1) and the band-0 level, which is what the sliders
+    can express. directional_gamma sets band 1 to ``pi * I * C1 * d`` and band 0 to
+    ``pi * I * C0 + ambient / C0``; we invert both.
+    """
+    assert_shape(gamma, [1, 27], "gamma")
+    g = gamma.detach().double().view(3, 9).mean(0)  # luminance-averaged coefficients [9]
+    band1 = torch.stack([g[3], g[1], g[2]])  # (x, y, z) order of the real SH Y_1m
+    strength = float(band1.norm())
+    intensity = strength / (math.pi * SH_C1)
+    if strength > 1e-9:
+        x, y, z = (band1 / strength).tolist()
+        azimuth, elevation = math.degrees(math.atan2(x, z)), math.degrees(math.asin(max(-1.0, min(1.0, y))))
+    else:
+        azimuth = elevation = 0.0
+    ambient = (float(g[0]) - math.pi * intensity * SH_C0) * SH_C0
+    return {"light_azimuth": azimuth, "light_elevation": elevation, "light_intensity": intensity,
+            "light_ambient": ambient}
+
+
+def dominant_light_direction(light: torch.Tensor) -> torch.Tensor:
+    """Dominant light direction ``[B, 3]`` (unit, world frame) from the grey-level band-1 SH coefficients."""
+    assert_shape(light, [None, NUM_GAMMA], "light")
+    grey = light.view(-1, 3, NUM_SH).mean(dim=1)  # [B, 9]
+    # Band 1 is (Y1-1, Y10, Y11) = (y, z, x) up to a constant.
+    direction = torch.stack([grey[:, 3], grey[:, 1], grey[:, 2]], dim=1)
+    return torch.nn.functional.normalize(direction, dim=1)

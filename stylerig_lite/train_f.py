@@ -1,25 +1,13 @@
-"""Training F on FaceWorld: a cached, sharded dataset and a resumable training loop.
+"""Training F on FaceWorld: a resumable training loop over a cached, sharded dataset.
 
 Rendering FaceWorld costs tens of milliseconds per image on a laptop CPU,
 while one training step of F on a batch of 64 costs about the same as
 rendering a few images. So the images are rendered *once* into a cache of
 ``.npz`` shards (uint8 images, float parameters and landmarks, the face mask
 and the scene context), and F trains for many epochs over them, with fresh
-random augmentation every time an image is drawn.
-
-Cache layout (``$STYLERIG_LITE_CACHE/faceworld`` by default)::
-
-    faceworld/<fingerprint>/seed<S>_chunk32_shard256/meta.json
-    faceworld/<fingerprint>/seed<S>_chunk32_shard256/shard_00000.npz     images 0..255 of seed S
-    faceworld/<fingerprint>/seed<S>_chunk32_shard256/shard_00001.npz     images 256..511
-    ...
-
-A set is identified by ``(seed, count, fingerprint)``: image ``i`` of seed
-``S`` is always the same image, so a 20k set reuses the shards of a 10k set,
-and an interrupted render resumes at the first missing shard. The
-fingerprint hashes the world config *and a small probe render*, so any change
-to the renderer, the face model or FaceWorld that changes pixels or labels
-gives a new cache folder instead of silently stale labels.
+random augmentation every time an image is drawn. The cache (layout, set
+identity, fingerprint) and the ``render_shards`` folders that ``--data-dir``
+reads are :mod:`stylerig_lite.datasets`; their names are re-exported here.
 
 Training (``stylerig-lite train-f``) writes one checkpoint path, overwritten
 atomically, that carries the network config, the training config, the step,
@@ -48,32 +36,27 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import functools
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from . import distributed
 from .devices import add_device_argument, configure_cuda, resolve_device
-from .io_utils import config_from_preset
-from .morphable import NUM_PARAMS, FaceParams
+from .config import config_from_preset
+from .evaluate import evaluate_estimator  # F's held-out score (re-exported)
+from .morphable import FaceParams
 from .reconstruction import (
     DEFAULT_LOSS_WEIGHTS,
     AugmentConfig,
     ReconstructionConfig,
     ReconstructionNet,
-    atomic_torch_save,
     augment,
-    evaluate_estimator,
     format_metrics,
     parameter_errors,
     estimate_all,
@@ -81,276 +64,47 @@ from .reconstruction import (
     reconstruction_loss,
     width_ladder,
 )
-from .stylegan2 import _to_cpu
+from .io_utils import to_cpu
+from .seeding import batch_indices, derive_seed  # batch_indices re-exported
+# The FaceWorld data (F's shard cache, render_shards folders) lives in datasets; re-exported for old imports.
+from .datasets import (  # noqa: F401  re-exported
+    CHUNK_SIZE,
+    DATASET_VERSION,
+    SHARD_CHUNKS,
+    FaceDataset,
+    default_dataset_dir,
+    load_or_render_dataset,
+    load_world_shards,
+    render_chunk,
+    world_fingerprint,
+)
 
-DATASET_VERSION = 1
-# Image i of a set is image i % CHUNK_SIZE of world.sample(CHUNK_SIZE) with a seed derived from
-# (seed, i // CHUNK_SIZE): the chunk size is part of the set's definition (and of the cache folder name).
-CHUNK_SIZE = 32
-SHARD_CHUNKS = 8  # chunks per shard file -> 256 images per shard
-
-
-def derive_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of integers (e.g. (seed, chunk) or (seed, step))."""
-    state = np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF
-
-
-# ----------------------------------------------------------------------------
-# The dataset.
-
-
-@dataclasses.dataclass
-class FaceDataset:
-    """FaceWorld images with their labels, held in memory (images as uint8)."""
-
-    images: torch.Tensor  # [N, 3, H, W] uint8
-    params: torch.Tensor  # [N, 196] float32
-    landmarks: torch.Tensor  # [N, 68, 2] float32 pixels
-    face_mask: Optional[torch.Tensor]  # [N, H, W] bool (None for world.render_shards folders)
-    scene: Dict[str, torch.Tensor]  # FaceWorld scene context, each [N, ...] (empty for world.render_shards folders)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def to(self, device: Any) -> "FaceDataset":
-        """The same dataset with every tensor on ``device`` (itself when they already are)."""
-        device = torch.device(device)
-        if self.images.device == device:
-            return self
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return FaceDataset(move(self.images), move(self.params), move(self.landmarks), move(self.face_mask),
-                           {k: move(v) for k, v in self.scene.items()})
-
-    def float_images(self, index: Any = slice(None)) -> torch.Tensor:
-        return self.images[index].float() / 255.0
-
-    def subset(self, index: Any) -> "FaceDataset":
-        return FaceDataset(
-            self.images[index], self.params[index], self.landmarks[index],
-            self.face_mask[index] if self.face_mask is not None else None, {k: v[index] for k, v in self.scene.items()},
-        )
-
-    @staticmethod
-    def concatenate(parts: List["FaceDataset"]) -> "FaceDataset":
-        return FaceDataset(
-            torch.cat([p.images for p in parts]),
-            torch.cat([p.params for p in parts]),
-            torch.cat([p.landmarks for p in parts]),
-            torch.cat([p.face_mask for p in parts]) if all(p.face_mask is not None for p in parts) else None,
-            {k: torch.cat([p.scene[k] for p in parts]) for k in parts[0].scene},
-        )
-
-    @classmethod
-    def from_world_batch(cls, batch: Any) -> "FaceDataset":
-        images = (batch.images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-        return cls(
-            images,
-            batch.params.to_vector().detach().cpu().float(),
-            batch.landmarks.detach().cpu().float(),
-            batch.face_mask.detach().cpu()[:, 0] > 0.5,
-            {k: v.detach().cpu().float() for k, v in batch.scene.items()},
-        )
-
-    # -- npz shards -----------------------------------------------------------
-    def to_arrays(self) -> Dict[str, np.ndarray]:
-        arrays = {
-            "images": self.images.numpy(),
-            "params": self.params.numpy(),
-            "landmarks": self.landmarks.numpy(),
-            "face_mask_bits": np.packbits(self.face_mask.numpy(), axis=-1),
-            "face_mask_width": np.asarray(self.face_mask.shape[-1]),
-        }
-        arrays.update({f"scene__{k}": v.numpy() for k, v in self.scene.items()})
-        return arrays
-
-    @classmethod
-    def from_arrays(cls, arrays: Dict[str, np.ndarray]) -> "FaceDataset":
-        width = int(arrays["face_mask_width"])
-        mask = np.unpackbits(arrays["face_mask_bits"], axis=-1, count=width).astype(bool)
-        scene = {k[len("scene__") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("scene__")}
-        return cls(
-            torch.from_numpy(np.array(arrays["images"])),
-            torch.from_numpy(np.array(arrays["params"])),
-            torch.from_numpy(np.array(arrays["landmarks"])),
-            torch.from_numpy(mask),
-            scene,
-        )
-
-
-def render_chunk(world: Any, seed: int, chunk: int) -> FaceDataset:
-    """Images ``chunk * CHUNK_SIZE`` to ``(chunk + 1) * CHUNK_SIZE - 1`` of the FaceWorld set with ``seed``."""
-    generator = torch.Generator().manual_seed(derive_seed(DATASET_VERSION, seed, chunk))
-    return FaceDataset.from_world_batch(world.sample(CHUNK_SIZE, generator=generator))
-
-
-@functools.lru_cache(maxsize=8)
-def _fingerprint_cached(world_id: int, config_json: str, probe: str) -> str:
-    del world_id
-    return hashlib.sha256(f"{DATASET_VERSION}|{config_json}|{probe}".encode()).hexdigest()[:16]
-
-
-def world_fingerprint(world: Any) -> str:
-    """Hash of the world's config and of a 4-image probe render (pixels and labels).
-
-    The probe makes the cache key follow *behaviour*: editing the renderer,
-    the face model or FaceWorld in a way that changes any image or label
-    changes the key. (A float difference that flips one uint8 on another
-    machine only costs a re-render.)
-    """
-    cached = getattr(world, "_stylerig_f_fingerprint", None)
-    if cached is not None:
-        return cached
-    config_json = json.dumps(dataclasses.asdict(world.config), sort_keys=True, default=str)
-    with torch.no_grad():
-        probe = world.sample(4, generator=torch.Generator().manual_seed(derive_seed(DATASET_VERSION, -1)))
-    digest = hashlib.sha256()
-    digest.update(FaceDataset.from_world_batch(probe).images.numpy().tobytes())
-    digest.update(np.round(probe.landmarks.cpu().numpy().astype(np.float64), 2).tobytes())
-    digest.update(np.round(probe.params.to_vector().cpu().numpy().astype(np.float64), 4).tobytes())
-    fingerprint = _fingerprint_cached(id(world), config_json, digest.hexdigest())
-    try:
-        world._stylerig_f_fingerprint = fingerprint
-    except AttributeError:
-        pass
-    return fingerprint
-
-
-def default_dataset_dir() -> Path:
-    from .assets import default_cache_dir
-
-    return default_cache_dir() / "faceworld"
-
-
-def _atomic_write_bytes(path: Path, writer: Callable[[Path], None], suffix: str) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{suffix}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _load_shard(path: Path, expected: int) -> Optional[FaceDataset]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            shard = FaceDataset.from_arrays({k: data[k] for k in data.files})
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None  # corrupt or foreign: re-rendered by the caller
-    return shard if len(shard) == expected else None
-
-
-def load_or_render_dataset(
-    world: Any,
-    count: int,
-    seed: int,
-    *,
-    cache_dir: Union[str, os.PathLike, None, bool] = None,
-    progress: bool = True,
-) -> FaceDataset:
-    """The first ``count`` images of FaceWorld set ``seed``, from the shard cache or rendered (and cached).
-
-    ``cache_dir``: folder of the cache (``None`` = ``$STYLERIG_LITE_CACHE/faceworld``);
-    ``False`` renders in memory without touching the disk. Shards are written
-    atomically, one at a time, so an interrupted render keeps what it finished.
-    """
-    if count <= 0:
-        raise ValueError(f"count must be positive, got {count}")
-    shard_size = CHUNK_SIZE * SHARD_CHUNKS
-    shards = math.ceil(count / shard_size)
-    if cache_dir is False:
-        chunks = math.ceil(count / CHUNK_SIZE)
-        parts = [render_chunk(world, seed, c) for c in _progress(range(chunks), progress, "rendering FaceWorld", CHUNK_SIZE)]
-        return FaceDataset.concatenate(parts).subset(slice(0, count))
-
-    root = Path(cache_dir) if cache_dir not in (None, True) else default_dataset_dir()
-    folder = root / world_fingerprint(world) / f"seed{int(seed)}_chunk{CHUNK_SIZE}_shard{shard_size}"
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = folder / "meta.json"
-    if not meta.exists():
-        info = {
-            "dataset_version": DATASET_VERSION, "seed": int(seed), "shard_size": shard_size, "chunk_size": CHUNK_SIZE,
-            "world_config": dataclasses.asdict(world.config),
-        }
-        _atomic_write_bytes(meta, lambda p: p.write_text(json.dumps(info, indent=1, default=str)), ".json")
-
-    parts: List[Optional[FaceDataset]] = [_load_shard(folder / f"shard_{k:05d}.npz", shard_size) for k in range(shards)]
-    missing = [k for k, part in enumerate(parts) if part is None]
-    if missing:
-        bar = _progress_bar(len(missing) * shard_size, progress, f"rendering FaceWorld seed {seed} -> {folder}")
-        for k in missing:
-            chunks = []
-            for c in range(k * SHARD_CHUNKS, (k + 1) * SHARD_CHUNKS):
-                chunks.append(render_chunk(world, seed, c))
-                if bar is not None:
-                    bar.update(CHUNK_SIZE)
-            shard = FaceDataset.concatenate(chunks)
-            _atomic_write_bytes(folder / f"shard_{k:05d}.npz", lambda p: np.savez(p, **shard.to_arrays()), ".npz")
-            parts[k] = shard
-        if bar is not None:
-            bar.close()
-    return FaceDataset.concatenate([p for p in parts if p is not None]).subset(slice(0, count))
-
-
-def _progress_bar(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-
-
-def _progress(iterable, enabled: bool, desc: str, per_item: int):
-    bar = _progress_bar(len(iterable) * per_item, enabled, desc)
-    for item in iterable:
-        yield item
-        if bar is not None:
-            bar.update(per_item)
-    if bar is not None:
-        bar.close()
-
-
-def load_world_shards(root: Union[str, os.PathLike], count: int) -> FaceDataset:
-    """The first ``count`` images of a folder written by :func:`stylerig_lite.world.render_shards`.
-
-    Such folders (rendered once for the GAN) hold images, parameters and
-    landmarks but no face masks or scene context, so they serve F's
-    regression losses only. Shards are read in order, so a folder that is
-    still being rendered can be used for the shards it already has.
-    """
-    import warnings
-
-    root = Path(root)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{root} is not a FaceWorld shard folder (no manifest.json); make one with stylerig_lite.world.render_shards")
-    manifest = json.loads(manifest_path.read_text())
-    try:
-        from .world import WorldConfig, config_hash
-
-        if manifest.get("world_hash") != config_hash(WorldConfig()):
-            warnings.warn(
-                f"{root} was rendered by another FaceWorld version (world_hash {manifest.get('world_hash')} != "
-                f"{config_hash(WorldConfig())}); its labels may not match the current renderer"
-            )
-    except ImportError:
-        pass
-    parts, have = [], 0
-    for k in range(math.ceil(manifest["count"] / manifest["shard_size"])):
-        path = root / f"shard_{k:05d}.npz"
-        if have >= count or not path.exists():
-            break
-        with np.load(path, allow_pickle=False) as data:
-            images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # [n, 3, H, W] uint8
-            parts.append(FaceDataset(images, torch.from_numpy(data["params"]).float(), torch.from_numpy(data["landmarks"]).float(), None, {}))
-        have += len(parts[-1])
-    if have < count:
-        raise ValueError(
-            f"{root} holds {have} images so far (of {manifest['count']}); asked for {count}. Ask for fewer with "
-            "--images, or wait for world.render_shards to finish"
-        )
-    return FaceDataset.concatenate(parts).subset(slice(0, count))
+__all__ = [
+    "CHUNK_SIZE",  # re-exported
+    "DATASET_VERSION",  # re-exported
+    "SHARD_CHUNKS",  # re-exported
+    "FaceDataset",  # re-exported
+    "default_dataset_dir",  # re-exported
+    "load_or_render_dataset",  # re-exported
+    "load_world_shards",  # re-exported
+    "render_chunk",  # re-exported
+    "world_fingerprint",  # re-exported
+    "batch_indices",  # re-exported
+    "evaluate_estimator",  # re-exported
+    "add_arguments",
+    "defer_stats",
+    "learning_rate",
+    "load_train_state",
+    "get_config",
+    "make_config",
+    "PRESETS",
+    "quick_metrics",
+    "run_from_args",
+    "save_checkpoint",
+    "train",
+    "TrainConfig",
+    "TrainState",
+]
 
 
 # ----------------------------------------------------------------------------
@@ -368,7 +122,7 @@ class TrainConfig:
     norm: str = "batch"
     images: int = 16384  # training images (rendered once, cached)
     data_seed: int = 0  # which FaceWorld set to train on (the evaluation estimator shares it)
-    data_dir: Optional[str] = None  # instead: read images from a folder made by world.render_shards (shared with the GAN)
+    data_dir: Optional[str] = None  # instead: read images from a folder made by datasets.render_shards (shared with the GAN)
     steps: int = 12000
     batch: int = 64
     lr: float = 2e-3
@@ -405,8 +159,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+    """:data:`PRESETS` entry ``preset`` with ``overrides`` on top (``None`` values are ignored)."""
     return config_from_preset(TrainConfig, PRESETS, preset, overrides)
+
+
+make_config = get_config  # the name chapter 4 and older scripts use
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -415,22 +173,6 @@ def learning_rate(config: TrainConfig, step: int) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     t = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
     return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, epoch: int, count: int) -> torch.Tensor:
-    return torch.randperm(count, generator=torch.Generator().manual_seed(derive_seed(seed, 2, epoch)))
-
-
-def batch_indices(seed: int, step: int, batch: int, count: int) -> torch.Tensor:
-    """Dataset indices of ``step``'s batch: epochs of seeded permutations, a function of the step alone."""
-    out, position = [], step * batch
-    while sum(len(o) for o in out) < batch:
-        epoch, offset = divmod(position, count)
-        take = min(batch - sum(len(o) for o in out), count - offset)
-        out.append(_epoch_permutation(seed, epoch, count)[offset : offset + take])
-        position += take
-    return torch.cat(out)
 
 
 # ----------------------------------------------------------------------------
@@ -466,7 +208,7 @@ def save_checkpoint(state: TrainState, config: TrainConfig, path: Union[str, os.
         "config": dataclasses.asdict(config),
         "step": state.step,
         "elapsed_s": state.elapsed_s,
-        "optimizer": _to_cpu(state.optimizer.state_dict()),  # CPU tensors (a CPU run's state is kept as it is)
+        "optimizer": to_cpu(state.optimizer.state_dict()),  # CPU tensors (a CPU run's state is kept as it is)
         "torch_rng": torch.get_rng_state(),
         "history": state.history,
         "evals": state.evals,
@@ -586,7 +328,7 @@ def _train(
     if config.photometric_weight > 0 and (dataset.face_mask is None or not dataset.scene):
         raise ValueError(
             "photometric_weight > 0 needs the face masks and scene context of the training images, which only the "
-            "train_f cache stores (not folders made by world.render_shards): drop --data-dir or the photometric term"
+            "train_f cache stores (not folders made by datasets.render_shards): drop --data-dir or the photometric term"
         )
 
     out = Path(config.out)
@@ -758,7 +500,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="batch size")
     parser.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine decay)")
     parser.add_argument("--data-seed", type=int, help="FaceWorld training set seed (keep it shared between F and the evaluation estimator)")
-    parser.add_argument("--data-dir", help="train on a folder rendered by stylerig_lite.world.render_shards instead of the cache")
+    parser.add_argument("--data-dir", help="train on a folder rendered by stylerig_lite.datasets.render_shards instead of the cache")
     parser.add_argument("--blocks-per-stage", type=int)
     parser.add_argument("--norm", choices=("batch", "group"))
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="train on clean renders only")
@@ -793,7 +535,7 @@ def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int
         )
     }
     try:
-        config = make_config(args.preset, **overrides)
+        config = get_config(args.preset, **overrides)
         state = train(config, fresh=args.fresh, progress=not args.quiet, device=device)
     except (ValueError, FileNotFoundError) as error:  # bad options or data: say what, without a traceback
         print(f"stylerig-lite train-f: error: {error}", file=sys.stderr)

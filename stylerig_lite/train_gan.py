@@ -87,8 +87,9 @@ from . import distributed
 from .checks import assert_finite, assert_shape
 from .devices import add_device_argument, configure_cuda, resolve_device
 from .distributed import BatchShard
-from .stylegan2 import (EMA_REFERENCE_KEY, Discriminator, Generator, StyleGAN2Config, _default_file_mode, get_config,
-                        load_checkpoint, resolve_ema_reference, save_checkpoint, save_generator_only)
+from .io_utils import default_file_mode, sha256_file
+from .stylegan2 import (EMA_REFERENCE_KEY, Discriminator, Generator, StyleGAN2Config, get_config, load_checkpoint,
+                        resolve_ema_reference, save_checkpoint, save_generator_only)
 
 __all__ = [
     "TrainConfig",
@@ -99,7 +100,9 @@ __all__ = [
     "save_image_grid",
     "snapshot_name",
     "train_gan",
+    "add_arguments",
     "build_arg_parser",
+    "run_from_args",
     "main",
 ]
 
@@ -268,7 +271,7 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, grid_size: tu
     os.close(fd)
     try:
         Image.fromarray(img[:, :, 0] if C == 1 else img).save(tmp, format="PNG")
-        os.chmod(tmp, _default_file_mode())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -649,7 +652,9 @@ class GANTrainer:
         trainer.G.load_state_dict(payload["G"])
         trainer.D.load_state_dict(payload["D"])
         if payload.get("G_ema") is None:  # a slim checkpoint holding its G_ema by reference
-            payload["G_ema"] = resolve_ema_reference(payload, path, ema_file)
+            from .pretrained import WEIGHTS_DIR  # the embedded generator may be the referenced file
+
+            payload["G_ema"] = resolve_ema_reference(payload, path, ema_file, search_dirs=[WEIGHTS_DIR])
         trainer.G_ema.load_state_dict(payload["G_ema"])
         if payload.get("opt_G") is not None and payload.get("opt_D") is not None:
             trainer.opt_G.load_state_dict(payload["opt_G"])
@@ -791,14 +796,12 @@ def slim_resume_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     D.load_state_dict(payload["D"])
     extra = dict(payload.get("extra") or {})
     if ema_file is not None:
-        from .pretrained import sha256_of
-
         referenced = load_checkpoint(ema_file)["G_ema"]
         if referenced is None or referenced.keys() != payload["G_ema"].keys() or not all(
                 torch.equal(referenced[k], payload["G_ema"][k].half().float()) for k in referenced):
             raise ValueError(f"{ema_file} does not hold the G_ema of {src} (in float16); export it from this "
                              "checkpoint first (pretrained.export('generator', ...))")
-        extra[EMA_REFERENCE_KEY] = {"name": Path(ema_file).name, "sha256": sha256_of(ema_file),
+        extra[EMA_REFERENCE_KEY] = {"name": Path(ema_file).name, "sha256": sha256_file(ema_file),
                                     "images_seen": int(payload["images_seen"])}
         G_ema = None
     return save_checkpoint(dst, G, D, G_ema, step=payload["step"], images_seen=payload["images_seen"],
@@ -876,7 +879,7 @@ def make_shards_source(root: str | os.PathLike, resolution: int, device: Any = N
     at 64 px: 400 MB) and each batch is gathered and converted there; the indices are still drawn
     on the CPU from the trainer's generator, so the batches are the same as on a CPU.
     """
-    from .world import FaceWorldShards
+    from .datasets import FaceWorldShards
 
     data = FaceWorldShards(root)
     images = data.images  # [N, H, W, 3] uint8, kept compact; converted per batch
@@ -901,13 +904,18 @@ def make_shards_source(root: str | os.PathLike, resolution: int, device: Any = N
     return sample_real
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train-gan`` command's options (the shape of every command: ``add_arguments`` + ``run_from_args``)."""
+    build_arg_parser(parser)
+
+
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="stylerig-lite train-gan",
                                           description="Train (or resume) the StyleGAN2 on a data source.")
     p.add_argument("--out", required=True, help="output directory (checkpoint.pt, sample grids, log.jsonl)")
     p.add_argument("--data", default="blobs",
                    help=f"data source: {sorted(DATA_SOURCES)} or the folder of a rendered FaceWorld dataset "
-                        "(stylerig_lite.world.render_shards)")
+                        "(stylerig_lite.datasets.render_shards)")
     p.add_argument("--preset", default="cpu64", help="model preset: tiny, cpu64, ffhq1024")
     p.add_argument("--images", type=int, default=100_000, help="train until this many images have been seen")
     p.add_argument("--batch", type=int, default=32)

@@ -1,6 +1,6 @@
 """Training RigNet: the resumable loop behind ``stylerig-lite train-rignet``.
 
-One RigNet per component (pose, expression, illumination), trained through
+One RigNet per component (pose, expression, light), trained through
 the frozen generator G and the frozen face estimator F with the siamese
 StyleRig objective of :func:`stylerig_lite.rignet.rig_losses`::
 
@@ -79,7 +79,7 @@ from torch import nn
 
 from . import distributed
 from .devices import add_device_argument, configure_cuda, resolve_device
-from .io_utils import config_from_preset
+from .config import config_from_preset
 from .rignet import (
     COMPONENTS,
     LossWeights,
@@ -91,8 +91,27 @@ from .rignet import (
     get_component,
     rig_losses,
 )
-from .stylegan2 import _to_cpu
-from .train_f import batch_indices, derive_seed
+from .io_utils import to_cpu
+from .seeding import batch_indices, derive_seed
+
+__all__ = [
+    "ABLATIONS",
+    "add_arguments",
+    "defer_stats",
+    "load_train_state",
+    "log_path",
+    "get_config",
+    "make_config",
+    "make_optimizer",
+    "PairSource",
+    "PRESETS",
+    "run_from_args",
+    "save_checkpoint",
+    "SiameseObjective",
+    "train",
+    "TrainConfig",
+    "TrainState",
+]
 
 ABLATIONS = ("rec", "edit", "consist")
 
@@ -131,7 +150,7 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("out", "steps", "log_every", "checkpoint_seconds", "minutes", "threads")
 
     def __post_init__(self) -> None:
-        get_component(self.component)
+        self.component = get_component(self.component).name  # canonical ("illumination" -> "light")
         self.ablate = sorted(set(self.ablate))
         for name in self.ablate:
             if name not in ABLATIONS:
@@ -161,8 +180,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def make_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
+def get_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
+    """:data:`PRESETS` entry ``preset`` with ``overrides`` on top (``None`` values are ignored)."""
     return config_from_preset(TrainConfig, PRESETS, preset, overrides)
+
+
+make_config = get_config  # the name chapter 4 and older scripts use
 
 
 def log_path(out: Union[str, os.PathLike]) -> Path:
@@ -272,7 +295,7 @@ def save_checkpoint(state: TrainState, config: TrainConfig, path: Union[str, os.
         "config": dataclasses.asdict(config),
         "step": state.step,
         "elapsed_s": state.elapsed_s,
-        "optimizer": _to_cpu(state.optimizer.state_dict()),  # CPU tensors (a CPU run's state is kept as it is)
+        "optimizer": to_cpu(state.optimizer.state_dict()),  # CPU tensors (a CPU run's state is kept as it is)
         "history": state.history,
         "running": state.running,
         "running_count": state.running_count,
@@ -501,7 +524,8 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--component", required=True, choices=list(COMPONENTS), help="what this RigNet controls")
+    parser.add_argument("--component", required=True, choices=[*COMPONENTS, "illumination"],
+                        help="what this RigNet controls ('illumination' is an alias of 'light')")
     parser.add_argument("--out", required=True, help="checkpoint path (overwritten atomically; an existing one is resumed)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="starting values (tiny: a seconds-long smoke run)")
     parser.add_argument("--corpus", help="folder of (w, image) pairs (stylerig_lite.corpus); default: sample w = G.mapping(z) on the fly")
@@ -546,7 +570,7 @@ def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int
         )
     }
     try:
-        config = make_config(args.preset, **overrides)
+        config = get_config(args.preset, **overrides)
         state = train(config, fresh=args.fresh, progress=not args.quiet, device=device)
     except (ValueError, FileNotFoundError, KeyError, WeightsError) as error:  # bad options or inputs: say what, no traceback
         hint = " (on the command line: --generator PATH / --estimator PATH)" if isinstance(error, WeightsError) else ""

@@ -22,13 +22,14 @@ plus
 Everything is drawn by our differentiable renderer with the same camera and
 spherical-harmonics light as the face. The distribution of every quantity is
 in :class:`WorldConfig` and :class:`~stylerig_lite.morphable.ParamDistribution`
-and is documented in the book (chapter 2, "FaceWorld").
+and is documented in the book (chapter 2, "FaceWorld"). Rendered sets on disk
+(shard folders, F's cache) are :mod:`stylerig_lite.datasets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,9 +37,22 @@ import torch
 from . import morphable
 from .camera import Camera
 from .checks import assert_shape
+from .io_utils import sha256_file
 from .morphable import FaceModel, FaceParams, ParamDistribution
 from .render import render_mesh
 from .shading import vertex_normals
+
+__all__ = [
+    "CLOTHES_PART",
+    "config_hash",
+    "FaceWorld",
+    "HAIR_PALETTE",
+    "HAIR_PART",
+    "NECK_CUT_CM",
+    "WORLD_PART_NAMES",
+    "WorldBatch",
+    "WorldConfig",
+]
 
 HAIR_PART = len(morphable.PART_NAMES)  # part ids after the ICT parts
 CLOTHES_PART = HAIR_PART + 1
@@ -302,117 +316,15 @@ def _torso_mesh(rings: int = 14, around: int = 28) -> Tuple[torch.Tensor, torch.
 
 
 # ----------------------------------------------------------------------------
-# Pre-rendered datasets: FaceWorld renders cost tens of milliseconds each on a
-# CPU, so training jobs (F, the GAN) read shards rendered once.
+# The distribution's identity. Pre-rendered datasets (shards that training jobs
+# read) live in :mod:`stylerig_lite.datasets`, which records this hash.
 
 
 def config_hash(config: WorldConfig) -> str:
-    """A short hash of everything that defines the distribution (world config + face model source)."""
+    """A short hash of everything that defines the distribution (world config, face model source, this file)."""
     import hashlib
     import json
 
     blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str) + morphable.inspect_source_hash()
-    blob += hashlib.sha256(open(__file__, "rb").read()).hexdigest()
+    blob += sha256_file(__file__)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def render_shards(
-    out_dir,
-    count: int,
-    *,
-    seed: int = 0,
-    shard_size: int = 512,
-    world: Optional[FaceWorld] = None,
-    batch: int = 64,
-    progress: bool = True,
-    shards: Optional[Sequence[int]] = None,
-) -> "Path":
-    """Render ``count`` FaceWorld images into ``out_dir/shard_XXXXX.npz`` (resumable).
-
-    Shard ``i`` is drawn from its own generator seeded with ``seed * 1_000_003 + i``,
-    so an interrupted run resumes by skipping the shards that exist, and the
-    result does not depend on how often it was interrupted. Each shard holds
-    ``images`` (uint8 ``[N, H, W, 3]``), ``params`` (float32 ``[N, 196]``) and
-    ``landmarks`` (float32 ``[N, 68, 2]``) and is written atomically.
-    ``shards``: render only these shard indices (parallel workers each take their share, after one
-    call with ``shards=[]`` has written the manifest); the images do not depend on the split.
-    """
-    import json
-    import os
-    from pathlib import Path
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    world = world or FaceWorld()
-    manifest = {
-        "count": int(count),
-        "seed": int(seed),
-        "shard_size": int(shard_size),
-        "image_size": world.config.image_size,
-        "world_hash": config_hash(world.config),
-    }
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        existing = json.loads(manifest_path.read_text())
-        if existing != manifest:
-            raise ValueError(
-                f"{out} already holds a different FaceWorld dataset ({existing}); asked for {manifest}. "
-                "Use another folder or delete this one."
-            )
-    else:
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, manifest_path)
-    total_shards = (count + shard_size - 1) // shard_size
-    iterator = range(total_shards) if shards is None else sorted({int(i) for i in shards if 0 <= int(i) < total_shards})
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc=f"rendering FaceWorld into {out.name}", unit="shard")
-    for i in iterator:
-        path = out / f"shard_{i:05d}.npz"
-        if path.exists():
-            continue
-        n = min(shard_size, count - i * shard_size)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        images, params, landmarks = [], [], []
-        for start in range(0, n, batch):
-            b = world.sample(min(batch, n - start), generator=generator)
-            images.append((b.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-            params.append(b.params.to_vector().float().cpu().numpy())
-            landmarks.append(b.landmarks.float().cpu().numpy())
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, images=np.concatenate(images), params=np.concatenate(params), landmarks=np.concatenate(landmarks))
-        os.replace(tmp, path)
-    return out
-
-
-class FaceWorldShards(torch.utils.data.Dataset):
-    """A rendered FaceWorld dataset as a PyTorch dataset: ``(image [3,H,W] float in [0,1], params [196], landmarks [68,2])``."""
-
-    def __init__(self, root):
-        import json
-        from pathlib import Path
-
-        self.root = Path(root)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{self.root} is not a FaceWorld dataset (no manifest.json); create it with render_shards()")
-        self.manifest = json.loads(manifest_path.read_text())
-        shards = sorted(self.root.glob("shard_*[0-9].npz"))
-        expected = (self.manifest["count"] + self.manifest["shard_size"] - 1) // self.manifest["shard_size"]
-        if len(shards) != expected:
-            raise FileNotFoundError(
-                f"{self.root} has {len(shards)} of {expected} shards; rerun render_shards() with the same arguments to finish it"
-            )
-        arrays = [np.load(p) for p in shards]
-        self.images = torch.from_numpy(np.concatenate([a["images"] for a in arrays]))  # [N, H, W, 3] uint8
-        self.params = torch.from_numpy(np.concatenate([a["params"] for a in arrays]))  # [N, 196]
-        self.landmarks = torch.from_numpy(np.concatenate([a["landmarks"] for a in arrays]))  # [N, 68, 2]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index):
-        image = self.images[index].permute(2, 0, 1).float() / 255.0
-        return image, self.params[index], self.landmarks[index]

@@ -76,7 +76,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def face_shards(tmp_path_factory) -> Path:
-    """A folder in world.render_shards' format (32 random images and labels) for train-f --data-dir."""
+    """A folder in datasets.render_shards' format (32 random images and labels) for train-f --data-dir."""
     import json
 
     import numpy as np

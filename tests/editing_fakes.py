@@ -98,7 +98,7 @@ def light_rig(w: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
 
 
 def toy_rigs():
-    return {"pose": yaw_rig, "expression": jaw_rig, "illumination": light_rig}
+    return {"pose": yaw_rig, "expression": jaw_rig, "light": light_rig}
 
 
 def radians(deg: float) -> float:

@@ -9,7 +9,8 @@ import torch
 
 from stylerig_lite import distributed
 from stylerig_lite.devices import resolve_device
-from stylerig_lite.stylegan2 import _to_cpu, load_checkpoint
+from stylerig_lite.io_utils import to_cpu
+from stylerig_lite.stylegan2 import load_checkpoint
 from stylerig_lite.train_gan import GANTrainer, PendingStats, TrainConfig, make_blob_source
 from stylerig_lite.train_gan import main as train_gan_main
 
@@ -98,9 +99,9 @@ def test_device_cpu_is_the_default_path_bit_for_bit(tmp_path, monkeypatch, capsy
 
 def test_to_cpu_keeps_cpu_state_dicts_as_they_are():
     sd = torch.nn.Linear(2, 3).state_dict()
-    assert _to_cpu(sd) is sd and hasattr(sd, "_metadata")
+    assert to_cpu(sd) is sd and hasattr(sd, "_metadata")
     nested = {"a": [torch.zeros(2), (torch.ones(1), 3)], "b": collections.OrderedDict(x=torch.zeros(1))}
-    assert _to_cpu(nested) is nested
+    assert to_cpu(nested) is nested
 
 
 def test_gan_step_creates_nothing_off_the_device():

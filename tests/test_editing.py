@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from editing_fakes import JAW, ToyEstimator, ToyGenerator, toy_rigs, yaw_rig
-from stylerig_lite import editing
+from stylerig_lite import editing, render_points
 from stylerig_lite.editing import EditorState, LatestOnly
 from stylerig_lite.morphable import EXPRESSION_NAMES, FaceParams
 
@@ -103,7 +103,7 @@ def test_unknown_names_list_the_valid_ones(state: EditorState) -> None:
     with pytest.raises(KeyError, match="illumination"):
         state.transfer("lighting", 5)
     with pytest.raises(KeyError, match="unknown rig component"):
-        EditorState(ToyGenerator(), {"light": yaw_rig}, ToyEstimator())
+        EditorState(ToyGenerator(), {"lighting": yaw_rig}, ToyEstimator())
 
 
 # ---------------------------------------------------------------------------- reset and transfer
@@ -120,7 +120,8 @@ def test_reset_restores_the_source(state: EditorState) -> None:
     assert state.changed_components() == ()
 
 
-@pytest.mark.parametrize("component, key", [("pose", "pose"), ("expression", "expression"), ("illumination", "light")])
+@pytest.mark.parametrize("component, key", [("pose", "pose"), ("expression", "expression"), ("light", "light"),
+                                            ("illumination", "light")])  # the paper's name is an alias
 def test_transfer_copies_only_the_chosen_component(state: EditorState, component: str, key: str) -> None:
     before = state.target_params()
     other = state.transfer(component, other_seed=11)
@@ -366,8 +367,8 @@ def test_frame_matrix_is_the_pose_projection_and_the_sh_shading() -> None:
     pose = [0.4, -0.3, 0.2, 1.0, -2.0, 3.0]
     gamma = torch.randn(1, 27, generator=g)
     focal, distance = 3.5, 100.0
-    rows = torch.from_numpy(editing._frame_matrix(pose, gamma[0].tolist(), focal, distance)
-                            @ editing._point_features(points, normals))  # [8, P]
+    rows = torch.from_numpy(render_points.frame_matrix(pose, gamma[0].tolist(), focal, distance)
+                            @ render_points.point_features(points, normals))  # [8, P]
     rotation = euler_to_matrix(torch.tensor([pose[:3]]))[0]
     world = points @ rotation.T + torch.tensor(pose[3:])
     rotated = normals @ rotation.T
@@ -422,7 +423,7 @@ def test_editor_binds_rignets_to_the_latent_and_rebinds_when_it_changes() -> Non
     assert state._bound[("pose", "expression")][3].rignets == (rigs["pose"], rigs["expression"])
     state.set_slider("light_azimuth", 40.0)
     state.set_slider("yaw", 5.0)
-    check(("pose", "expression", "illumination"))
+    check(("pose", "expression", "light"))
     # A new face: the latent changes, so every binding must be rebuilt for it.
     state.set_seed(7)
     assert not torch.equal(state.w, first.w_hat) and state.changed_components() == ()

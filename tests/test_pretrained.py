@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-from stylerig_lite import pretrained, reconstruction, train_f
+from stylerig_lite import evaluate, pretrained, reconstruction, train_f
 from stylerig_lite.world import FaceWorld
 
 torch.set_num_threads(1)
@@ -33,7 +33,7 @@ def held_out(ict_mirror):
 def scores(held_out):
     world, data = held_out
     return {
-        name: reconstruction.evaluate_estimator(net, world, COUNT, HELD_OUT_SEED, dataset=data)
+        name: evaluate.evaluate_estimator(net, world, COUNT, HELD_OUT_SEED, dataset=data)
         for name, net in (("F", pretrained.face_estimator()), ("E", pretrained.evaluation_estimator()))
     }
 
@@ -126,7 +126,7 @@ def rig_evalset(ict_mirror):
 
 def test_embedded_rignets_are_tied_to_the_embedded_generator():
     manifest = pretrained.read_manifest()
-    for component in ("pose", "expression", "illumination"):
+    for component in ("pose", "expression", "light"):
         entry = manifest[f"rignet_{component}"]
         assert entry["generator_sha256"] == manifest["generator"]["sha256"], component
         assert pretrained.sha256_of(pretrained.WEIGHTS_DIR / entry["file"]) == entry["sha256"]
@@ -156,7 +156,7 @@ def test_embedded_pose_rignet_turns_heads(rig_evalset):
 
 @pytest.mark.parametrize("component, key, measured, none_measured", [
     ("expression", "jaw_open_mae", 0.120, 0.181),
-    ("illumination", "light_rmse", 0.185, 0.282),
+    ("light", "light_rmse", 0.185, 0.282),
 ])
 def test_embedded_rignets_move_toward_the_target_and_keep_the_pose(rig_evalset, component, key, measured, none_measured):
     """Measured on these 64 pairs (the values in the parameters); the head turns by 2.4-3.0 deg on average."""

@@ -1,4 +1,4 @@
-"""F, its augmentation, the FaceWorld dataset cache and the training loop (tiny sizes, CPU)."""
+"""F, its augmentation and the training loop (tiny sizes, CPU); the dataset cache: test_datasets.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stylerig_lite import reconstruction as rec
-from stylerig_lite import train_f
+from stylerig_lite import datasets, evaluate, train_f
 from stylerig_lite.camera import Camera
 from stylerig_lite.morphable import NUM_PARAMS, SLICES, FaceParams
 
@@ -26,10 +26,10 @@ def random_images(batch: int = 2, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def small_chunks():
     """Tiny chunks and shards (2 images, 2 chunks a shard) so cache tests render a handful of images."""
-    saved = train_f.CHUNK_SIZE, train_f.SHARD_CHUNKS
-    train_f.CHUNK_SIZE, train_f.SHARD_CHUNKS = 2, 2
+    saved = datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS
+    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = 2, 2
     yield
-    train_f.CHUNK_SIZE, train_f.SHARD_CHUNKS = saved
+    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = saved
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,9 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dataset(world, small_chunks, cache_dir) -> train_f.FaceDataset:
+def dataset(world, small_chunks, cache_dir) -> datasets.FaceDataset:
     """16 FaceWorld images (seed 0) shared by the training tests."""
-    return train_f.load_or_render_dataset(world, 16, 0, cache_dir=cache_dir, progress=False)
+    return datasets.load_or_render_dataset(world, 16, 0, cache_dir=cache_dir, progress=False)
 
 
 # -- the network ----------------------------------------------------------------
@@ -226,30 +226,6 @@ def test_load_errors_are_clear(tmp_path):
         rec.ReconstructionNet.load(tmp_path / "other.pt")
 
 
-# -- the dataset cache ------------------------------------------------------------
-
-
-def test_dataset_cache_is_deterministic_and_prefix_stable(world, small_chunks, cache_dir, tmp_path, dataset):
-    # `dataset` rendered seed 0 into cache_dir; a fresh cache folder renders the same arrays.
-    again = train_f.load_or_render_dataset(world, 6, 0, cache_dir=tmp_path, progress=False)
-    first6 = dataset.subset(slice(0, 6))
-    for name in ("images", "params", "landmarks", "face_mask"):
-        assert torch.equal(getattr(again, name), getattr(first6, name)), name
-    assert all(torch.equal(again.scene[k], first6.scene[k]) for k in first6.scene)
-    assert again.images.dtype == torch.uint8 and again.face_mask.dtype == torch.bool
-    # Reading back from the cache gives the same arrays; no temporary files remain.
-    cached = train_f.load_or_render_dataset(world, 16, 0, cache_dir=cache_dir, progress=False)
-    assert torch.equal(cached.images, dataset.images) and torch.equal(cached.params, dataset.params)
-    assert not list(cache_dir.rglob(".*tmp*"))
-    assert len(list(tmp_path.rglob("shard_*.npz"))) == 2  # 6 images -> two 4-image shards
-    # Another seed is another set.
-    other = train_f.load_or_render_dataset(world, 2, 1, cache_dir=False, progress=False)
-    assert not torch.equal(other.params, dataset.params[:2])
-    # The labels describe the images: the mask is the face, the landmarks lie on it.
-    assert dataset.face_mask.float().mean() > 0.05
-    assert (dataset.landmarks > 0).all() and (dataset.landmarks < 64).all()
-
-
 # -- training -----------------------------------------------------------------------
 
 
@@ -301,7 +277,7 @@ def test_photometric_term_trains_through_the_renderer(tmp_path, world, dataset):
     state = train_f.train(config, world=world, dataset=dataset, progress=False, log=lambda s: None)
     photometric = [entry["photometric"] for entry in state.history]
     assert photometric and all(math.isfinite(v) and v > 0 for v in photometric)
-    # Without face masks (a world.render_shards folder) the term is refused with a reason.
+    # Without face masks (a datasets.render_shards folder) the term is refused with a reason.
     no_masks = dataclasses.replace(dataset, face_mask=None, scene={})
     with pytest.raises(ValueError, match="face masks"):
         train_f.train(dataclasses.replace(config, out=str(tmp_path / "g.pt")), world=world, dataset=no_masks, progress=False)
@@ -326,7 +302,7 @@ def test_learning_rate_schedule():
 
 def test_evaluate_estimator_and_agreement(world, dataset):
     net = tiny_net().eval()
-    metrics = rec.evaluate_estimator(net, world, 8, 0, dataset=dataset.subset(slice(0, 8)), batch_size=4)
+    metrics = evaluate.evaluate_estimator(net, world, 8, 0, dataset=dataset.subset(slice(0, 8)), batch_size=4)
     for key in ("yaw_deg_median", "pitch_deg_mean", "roll_deg_mean", "expression_mae", "light_rmse", "identity_rmse",
                 "albedo_rmse", "landmarks_px_mean", "photometric_face_mae_255", "yaw_deg_mean_mean_predictor"):
         assert math.isfinite(metrics[key]), key
@@ -351,25 +327,3 @@ def test_cli_train_f_tiny(tmp_path, world, dataset, small_chunks, cache_dir, mon
     assert cli.main(argv[:8] + ["6"] + argv[9:]) == 0  # same command, more steps: resumes
     assert "resuming" in capsys.readouterr().out
     assert torch.load(out, weights_only=True)["train"]["step"] == 6
-
-
-def test_training_can_read_a_world_render_shards_folder(tmp_path):
-    """Folders written by world.render_shards ([N, H, W, 3] uint8 shards + manifest) load as a FaceDataset."""
-    import json
-
-    import numpy as np
-
-    g = np.random.default_rng(0)
-    shards = [g.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8) for _ in range(2)]
-    params = [g.standard_normal((4, NUM_PARAMS)).astype(np.float32) for _ in range(2)]
-    landmarks = [(64 * g.random((4, 68, 2))).astype(np.float32) for _ in range(2)]
-    (tmp_path / "manifest.json").write_text(json.dumps({"count": 10, "seed": 0, "shard_size": 4, "image_size": 64, "world_hash": "x"}))
-    for k in range(2):  # the third shard is "still rendering"
-        np.savez(tmp_path / f"shard_{k:05d}.npz", images=shards[k], params=params[k], landmarks=landmarks[k])
-    with pytest.warns(UserWarning, match="another FaceWorld version"):
-        data = train_f.load_world_shards(tmp_path, 6)
-    assert data.images.shape == (6, 3, 64, 64) and data.images.dtype == torch.uint8
-    assert torch.equal(data.images[5], torch.from_numpy(shards[1][1]).permute(2, 0, 1))
-    assert torch.equal(data.params[4], torch.from_numpy(params[1][0])) and data.face_mask is None
-    with pytest.raises(ValueError, match="holds 8 images so far"):
-        train_f.load_world_shards(tmp_path, 9)

@@ -114,13 +114,15 @@ def test_shapes_and_identity_at_init(num_ws, w_dim, component):
 def test_component_table():
     assert COMPONENTS["pose"].size == 3  # rotation only
     assert COMPONENTS["expression"].size == 53
-    assert COMPONENTS["illumination"].size == 27
+    assert COMPONENTS["light"].size == 27
+    assert get_component("illumination") is COMPONENTS["light"]  # the paper's name is an alias
     full = morphable.sample_params(2, seed=1)
     assert torch.equal(COMPONENTS["pose"].take(full.to_vector()), full.pose[:, :3])
     assert torch.equal(COMPONENTS["expression"].take(full.to_vector()), full.expression)
-    assert torch.equal(COMPONENTS["illumination"].take(full.to_vector()), full.light)
+    assert torch.equal(COMPONENTS["light"].take(full.to_vector()), full.light)
     # The decoder sees standardised parameters: order one for FaceWorld's distribution.
-    net = RigNet(RigNetConfig(component="illumination"))
+    net = RigNet(RigNetConfig(component="light"))
+    assert RigNetConfig(component="illumination").component == "light"
     z = net.normalize_params(full.light)
     assert z.abs().max() < 6
 
@@ -148,10 +150,10 @@ def test_rig_reads_only_its_component():
 
 
 def test_clear_errors():
-    with pytest.raises(KeyError, match=r"'pose', 'expression', 'illumination'"):
+    with pytest.raises(KeyError, match=r"'pose', 'expression', 'light'"):
         get_component("smile")
     with pytest.raises(KeyError, match="illumination"):
-        RigNetConfig(component="light")
+        RigNetConfig(component="lighting")
     with pytest.raises(KeyError, match="expected one of"):
         pretrained.rignet("yaw")
     net = RigNet(RigNetConfig(component="pose", num_ws=10, w_dim=256))
@@ -181,7 +183,7 @@ def test_clear_errors():
 
 
 def test_save_load_round_trip(tmp_path):
-    net = perturbed(RigNet(RigNetConfig(component="illumination", num_ws=6, w_dim=32, latent_dim=8)))
+    net = perturbed(RigNet(RigNetConfig(component="light", num_ws=6, w_dim=32, latent_dim=8)))
     path = net.save(tmp_path / "sub" / "rig.pt")
     assert not list(path.parent.glob(".*tmp*"))  # atomic: no temporary left behind
     loaded = RigNet.load(path)
@@ -340,7 +342,7 @@ def test_bound_rignet_equals_rig_and_follows_its_inputs():
 
 def test_chained_bound_rignets_equal_rigs_applied_in_turn():
     nets = [randomised(RigNet(RigNetConfig(component=c, num_ws=6, w_dim=32, latent_dim=8)), seed=i)
-            for i, c in enumerate(["pose", "expression", "illumination"])]
+            for i, c in enumerate(["pose", "expression", "light"])]
     for net in nets:
         net.requires_grad_(False)
     w = random_w(6, 32, batch=2)
@@ -373,7 +375,7 @@ def test_splice():
     base, source = torch.zeros(2, 196), torch.ones(2, 196)
     out = splice(base, source, "pose")
     assert out[:, 190:193].eq(1).all() and out.sum() == 6
-    out = splice(base, source, "illumination")
+    out = splice(base, source, "light")
     assert out[:, 163:190].eq(1).all() and out.sum() == 2 * 27
 
 

@@ -155,3 +155,11 @@ def test_vertex_normals_bad_inputs():
         vertex_normals(torch.zeros(4, 3), torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         vertex_normals(torch.zeros(1, 4, 3), torch.zeros(1, 3))
+
+
+def test_the_neutral_face_is_lit_by_uniform_white_light():
+    """params.FaceParams.neutral writes the ambient light itself (params sits below shading)."""
+    from stylerig_lite.params import FaceParams
+
+    assert torch.equal(FaceParams.neutral(3).light, ambient_gamma(1.0, batch_size=3))
+    assert torch.allclose(FaceParams.neutral(1, dtype=torch.float64).light, ambient_gamma(1.0, dtype=torch.float64))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from stylerig_lite import io_utils
 from stylerig_lite import stylegan2 as sg
 from stylerig_lite.stylegan2 import (Discriminator, Generator, OfficialPickleError, StyleGAN2Config,
                                      conv2d_resample, get_config, load_checkpoint, load_generator,
@@ -435,6 +436,10 @@ def test_slim_resume_checkpoint_with_ema_by_reference(tmp_path):
     resumed = GANTrainer.resume(slim, source, ema_file=exported)
     for (key, a), b in zip(first.G_ema.state_dict().items(), resumed.G_ema.state_dict().values()):
         torch.testing.assert_close(b, a.half().float(), msg=key)
+    with pytest.raises(FileNotFoundError, match="by reference to g_ema.pt"):
+        load_generator(slim)  # looked for beside the checkpoint only ...
+    from_dirs = load_generator(slim, search_dirs=[tmp_path / "elsewhere", exported.parent])  # ... or where told
+    assert torch.equal(from_dirs.mapping.fc0.weight, resumed.G_ema.mapping.fc0.weight)
     shutil.copy(exported, slim.parent / exported.name)  # found beside the checkpoint
     assert torch.equal(load_generator(slim).mapping.fc0.weight, resumed.G_ema.mapping.fc0.weight)
     exported.write_bytes(exported.read_bytes()[:-3] + b"abc")  # another file of that name: refused by sha256
@@ -680,7 +685,21 @@ def test_train_gan_resumes_from_out_dir(tmp_path, capsys):
     first_snap = load_generator(tmp_path / "network-snapshot-000000004.pt").state_dict()
     assert any(not torch.equal(first_snap[k], v) for k, v in last.state_dict().items())
     # Files get the usual umask-based mode, not mkstemp's private 0600 (the checkpoint is shared).
-    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == sg._default_file_mode()
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == io_utils.default_file_mode()
+
+
+def test_stylegan2_package_imports_nothing_above_it():
+    """The package stands on checks / io_utils / seeding alone: importing it pulls in no pretrained,
+    train_gan or distributed (the old stylegan2 -> pretrained -> stylegan2 cycle is gone)."""
+    import subprocess
+
+    code = ("import json, sys, stylerig_lite.stylegan2; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('stylerig_lite'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(json.loads(out))
+    assert {"stylerig_lite.stylegan2.ops", "stylerig_lite.stylegan2.networks", "stylerig_lite.stylegan2.checkpoint",
+            "stylerig_lite.stylegan2.legacy"} <= loaded
+    assert not loaded & {"stylerig_lite.pretrained", "stylerig_lite.train_gan", "stylerig_lite.distributed"}, loaded
 
 
 def test_bench_gan_times_a_training_step_beside_a_reference(capsys):
@@ -688,7 +707,7 @@ def test_bench_gan_times_a_training_step_beside_a_reference(capsys):
 
     from stylerig_lite import bench
 
-    tree = str(Path(sg.__file__).resolve().parent.parent)
+    tree = str(Path(sg.__file__).resolve().parents[2])  # stylerig_lite/stylegan2/__init__.py -> the source tree
     assert bench.main(["gan", "--json", "--batch", "2", "--steps", "1", "--warmup", "1", "--repeats", "1",
                        "--reference", tree]) == 0
     result = json.loads(capsys.readouterr().out)

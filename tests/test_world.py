@@ -1,15 +1,14 @@
-"""FaceWorld: determinism, label consistency, scene context, pre-rendered shards."""
+"""FaceWorld: determinism, label consistency, scene context (pre-rendered shards: test_datasets.py)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from stylerig_lite import morphable
-from stylerig_lite.world import WORLD_PART_NAMES, FaceWorld, FaceWorldShards, WorldConfig, render_shards
+from stylerig_lite.world import WORLD_PART_NAMES, FaceWorld, WorldConfig
 
 
 @pytest.fixture(scope="module")
@@ -75,37 +74,6 @@ def test_render_is_differentiable_in_the_parameters(world):
     grad = vector.grad
     for name in ("expression", "albedo", "light", "pose"):
         assert grad[:, morphable.SLICES[name]].abs().sum() > 0, name
-
-
-def test_shards_round_trip_resume_and_refuse_a_different_dataset(tmp_path, world):
-    out = tmp_path / "data"
-    render_shards(out, 10, seed=4, shard_size=4, world=world, batch=4, progress=False)
-    files = sorted(out.glob("shard_*.npz"))
-    assert [f.name for f in files] == ["shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
-    data = FaceWorldShards(out)
-    assert len(data) == 10
-    image, params, landmarks = data[5]
-    assert image.shape == (3, 64, 64) and params.shape == (196,) and landmarks.shape == (68, 2)
-    # Shard 1 equals a direct render with its generator: the labels match the pixels.
-    direct = world.sample(4, generator=torch.Generator().manual_seed(4 * 1_000_003 + 1))
-    np.testing.assert_array_equal(data.images[4:8].numpy(), (direct.images * 255).round().byte().permute(0, 2, 3, 1).numpy())
-    # Resume: delete a shard, rerun, identical content; other shards are not rewritten.
-    before = files[0].stat().st_mtime_ns
-    saved = np.load(files[1])["images"]
-    files[1].unlink()
-    with pytest.raises(FileNotFoundError, match="2 of 3 shards"):
-        FaceWorldShards(out)
-    render_shards(out, 10, seed=4, shard_size=4, world=world, batch=4, progress=False)
-    np.testing.assert_array_equal(np.load(files[1])["images"], saved)
-    assert files[0].stat().st_mtime_ns == before
-    with pytest.raises(ValueError, match="different FaceWorld dataset"):
-        render_shards(out, 12, seed=4, shard_size=4, world=world, progress=False)
-    assert json.loads((out / "manifest.json").read_text())["count"] == 10
-
-
-def test_missing_dataset_gives_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="render_shards"):
-        FaceWorldShards(tmp_path)
 
 
 def test_config_changes_the_distribution():

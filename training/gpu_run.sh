@@ -79,11 +79,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 # a. The training set (resumable; workers split the 64 shards; the manifest is written first).
 t0=$SECONDS
-"$PY" -c "from stylerig_lite.world import render_shards; render_shards('$DATA', 32768, seed=1, shard_size=512, progress=False, shards=[])"
+"$PY" -c "from stylerig_lite.datasets import render_shards; render_shards('$DATA', 32768, seed=1, shard_size=512, progress=False, shards=[])"
 pids=()
 for ((k = 0; k < WORKERS; k++)); do
     "$PY" -c "import torch; torch.set_num_threads(1)
-from stylerig_lite.world import render_shards
+from stylerig_lite.datasets import render_shards
 render_shards('$DATA', 32768, seed=1, shard_size=512, progress=False, shards=range($k, 64, $WORKERS))" &
     pids+=($!)
 done
