@@ -67,6 +67,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Callable, Optional, Union
 
+from .io_utils import atomic_write_text, sha256_file
+
 __all__ = [
     "ENV_CACHE",
     "ENV_MIRROR",
@@ -229,7 +231,7 @@ class Registry(Mapping[str, Asset]):
 
     def save(self, path: PathLike) -> None:
         text = json.dumps(self.to_json_dict(), indent=2, sort_keys=False) + "\n"
-        _atomic_write_text(Path(path), text)
+        atomic_write_text(Path(path), text)
 
 
 _default_registry: Optional[Registry] = None
@@ -417,17 +419,6 @@ def cache_path(key: str, *, registry: RegistryArg = None, cache_dir: Optional[Pa
 # Verification and atomic writes
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(Path(tmp))
-        raise
-
-
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
@@ -443,7 +434,7 @@ def _write_stamp(path: Path, asset: Asset) -> None:
     st = path.stat()
     stamp = {"sha256": asset.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     try:
-        _atomic_write_text(_stamp_path(path), json.dumps(stamp) + "\n")
+        atomic_write_text(_stamp_path(path), json.dumps(stamp) + "\n")
     except OSError as e:  # a missing stamp only costs a rehash next time
         log.warning("could not write verification stamp for %s: %s", path, e)
 
@@ -458,18 +449,6 @@ def _stamp_is_valid(path: Path, asset: Asset) -> bool:
             and st.st_size == asset.size and stamp.get("mtime_ns") == st.st_mtime_ns)
 
 
-def _hash_file(path: Path, progress: Optional[Callable[[int], None]] = None) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    return h.hexdigest(), n
-
-
 def _check_cache(asset: Asset, target: Path, notes: list[str]) -> bool:
     """True if ``target`` holds the right bytes. A wrong file (and its stamp) is removed."""
     if not target.is_file():
@@ -478,7 +457,7 @@ def _check_cache(asset: Asset, target: Path, notes: list[str]) -> bool:
         return True
     size = target.stat().st_size
     if size == asset.size:
-        digest, _ = _hash_file(target)
+        digest = sha256_file(target)
         if digest == asset.sha256:
             _write_stamp(target, asset)
             return True

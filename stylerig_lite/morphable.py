@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .checks import assert_finite, assert_shape
+from .io_utils import sha256_file
 
 # The parameter layout lives in :mod:`stylerig_lite.params`; re-exported here, where chapter 1 meets it.
 from .params import (  # noqa: F401
@@ -585,7 +586,7 @@ def _cache_path() -> Path:
 
 def inspect_source_hash() -> str:
     """Hash of this module's source, so that editing the albedo model invalidates the cache."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return sha256_file(__file__)
 
 
 _MODEL_CACHE: Dict[str, Dict[str, np.ndarray]] = {}

@@ -173,3 +173,53 @@ def test_the_floor_reader_reads_the_docstring():
     floors = _floors_from_docstring()
     assert floors["checks"] == 0 and floors["io_utils"] == 0
     assert floors["cli"] == max(floors.values())
+
+
+NOTEBOOKS = {"1": "01_3dmm_basics", "2": "02_corpus_generation", "3": "03_differentiable_rendering",
+             "4": "04_rignet_training", "5": "05_interactive_editing", "A": "A_faceworld"}
+
+
+def _chapters_from_docstring() -> Dict[str, List[str]]:
+    """Chapter -> modules, from the ``(ch. 1, 3)`` / ``(appendix A)`` notes of the package docstring."""
+    import re
+
+    chapters: Dict[str, List[str]] = {}
+    for line in (stylerig_lite.__doc__ or "").splitlines():
+        match = re.match(r"\s+- ``(\w+)``\s+.*\((.*)\)\s*$", line)
+        if not match:
+            continue
+        module, refs = match.groups()
+        for part in (p.strip() for p in refs.split(",")):
+            part = part[4:] if part.startswith("ch. ") else part
+            numbers = re.fullmatch(r"(\d)(?:-(\d))?", part)
+            if numbers:
+                low = int(numbers.group(1))
+                for chapter in range(low, int(numbers.group(2) or low) + 1):
+                    chapters.setdefault(str(chapter), []).append(module)
+            elif part == "appendix A":
+                chapters.setdefault("A", []).append(module)
+    return chapters
+
+
+def test_modules_and_chapters_point_at_each_other():
+    """d2l's back-pointers both ways: the docstring names a module's chapters, the chapter names its modules."""
+    import json
+
+    chapters = _chapters_from_docstring()
+    assert set(chapters) == set(NOTEBOOKS)
+    root = PACKAGE.parent / "notebooks"
+    for chapter, modules in chapters.items():
+        cell = json.loads((root / f"{NOTEBOOKS[chapter]}.ipynb").read_text(encoding="utf-8"))["cells"][0]
+        intro = "".join(cell["source"])
+        assert "Where the code lives" in intro, chapter
+        missing = [m for m in modules if f"`{m}`" not in intro]
+        assert not missing, f"chapter {chapter}'s introduction does not name {missing}"
+
+
+def test_the_readme_map_names_every_module_on_its_floor():
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    names = {0: "base", 1: "3DMM", 2: "networks", 3: "data", 4: "evaluation", 5: "training", 6: "app", 7: "tools"}
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    for module, floor in _floors_from_docstring().items():
+        assert f"`{module}" in rows.get(names[floor], ""), f"README's 'Where things live' lacks {module} on {names[floor]}"
