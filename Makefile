@@ -30,7 +30,7 @@ VPY := $(VENV)/bin/python
 # ENV_HASH keys the environment (CI keeps one venv per lock, outside the clone). The stamp
 # also carries this clone's path: a venv shared by several clones must have its editable
 # install pointed at the clone being tested, so switching clones re-runs the (cheap) install.
-HASHES := $(shell cat requirements/ci.txt pyproject.toml | $(PYTHON) -c 'import hashlib, sys; \
+HASHES := $(shell cat requirements/ci.txt requirements/nodeps.txt pyproject.toml | $(PYTHON) -c 'import hashlib, sys; \
   env = hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16]; \
   print(env, hashlib.sha256((env + sys.argv[1]).encode()).hexdigest()[:16])' "$(CURDIR)")
 ENV_HASH := $(word 1,$(HASHES))
@@ -83,6 +83,7 @@ $(STAMP):
 	$(VPY) -m pip install -r requirements/ci.txt
 	$(VPY) -m pip install --no-deps -e .
 	$(VPY) -m pip check
+	$(VPY) -m pip install --no-deps -r requirements/nodeps.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -32,6 +32,7 @@ Floor 1, 3DMM: the face model, the camera and the renderers.
 
 Floor 2, networks: the models, each one readable file (``stylegan2`` a package of four).
   - ``stylegan2``        StyleGAN2: ops, networks, checkpoint, legacy import (ch. 2)
+  - ``mobilestylegan``   the photoreal MobileStyleGAN (FFHQ), ported from OpenVINO IR (ch. 2)
   - ``reconstruction``   F, the face reconstruction network (ch. 3)
   - ``rignet``           RigNet (ch. 4)
   - ``baselines``        the linear latent-direction baseline, a peer of RigNet (ch. 2, 4)
@@ -42,6 +43,8 @@ Floor 3, data: what the networks are trained and judged on.
   - ``corpus``           the (w, I_w) corpus of the frozen generator (ch. 2, 4)
 
 Floor 4, evaluation: control, preservation and quality, measured.
+  - ``judge``            the independent judge: MediaPipe landmarks read by geometry, calibrated (ch. 4)
+  - ``identity``         identity distance with dlib's face descriptor (ch. 4)
   - ``evaluate``         the evaluation pairs, the method table, the scores (ch. 2, 3, 4)
 
 Floor 5, training: the loops behind the commands, resumable and distributed.

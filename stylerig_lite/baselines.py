@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 
 from .checks import assert_finite, assert_shape
-from .io_utils import atomic_torch_save
+from .io_utils import CheckpointError, atomic_torch_save, load_checkpoint_file
 from .params import NUM_PARAMS, rig_component, rig_slice
 
 __all__ = ["DEFAULT_RIDGE", "LinearBaseline"]
@@ -148,9 +148,9 @@ class LinearBaseline:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "LinearBaseline":
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_checkpoint_file(path, "LinearBaseline file", "fit one with LinearBaseline.fit and save it with .save")
         if not isinstance(data, dict) or data.get("format") != "stylerig_lite.linear_baseline/1":
-            raise ValueError(f"{path} is not a LinearBaseline file (save one with LinearBaseline.save)")
+            raise CheckpointError(f"{path} is not a LinearBaseline file (save one with LinearBaseline.save)")
         return cls(data["component"], data["weight"], data["bias"], ridge=data["ridge"], r2=data["r2"])
 
     def __repr__(self) -> str:

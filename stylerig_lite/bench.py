@@ -30,6 +30,15 @@ runs in a fresh process after ``--warmup`` steps. ``--reference DIR`` (a source 
 one and prints the ratio of the medians; ``--json`` gives ``images_per_s``, ``cpu_images_per_s`` and,
 with a reference, ``ref_*`` and ``speedup`` (CPU-time ratio).
 
+``photoreal``: the photoreal MobileStyleGAN (:mod:`~stylerig_lite.mobilestylegan`), one image (batch 1,
+forward, no autograd) at 1024 px: ours vs the OpenVINO runtime in f32 on the same IR, same threads, the
+two interleaved ``--repeats`` times; and ours at 256 px (the last block at half resolution). ``--json``
+gives ``torch_ms_1024``, ``openvino_ms_1024``, ``ratio`` (ours / OpenVINO, medians), ``torch_ms_256``,
+``speedup_256`` (1024 / 256), ``parity_max_abs`` (ours vs OpenVINO, max abs on the [-1, 1] image) and
+``psnr_256_db`` (256 px vs the 4x4 area-averaged 1024-px image, mean over ``--seeds`` seeds at
+truncation 0.7); ``*_min_ms`` and the load average show how busy the machine was. Without
+``random-face`` it reports ``skipped``; without ``openvino``, the OpenVINO fields are None.
+
 ``distributed``: data-parallel speed-up of ``stylerig-lite train-f`` (the embedded F's width and
 batch by default) on this machine: 1 process with 1 thread, 1 process with N threads and N processes
 with 1 thread each (Gloo on loopback, launched with torchrun's variables), interleaved, ``--repeats``
@@ -54,6 +63,7 @@ import torch
 
 from stylerig_lite.camera import Camera
 from stylerig_lite.render import pytorch3d_available, render_mesh
+from stylerig_lite.io_utils import load_checkpoint_file
 from stylerig_lite.shading import directional_gamma
 
 __all__ = [
@@ -61,6 +71,7 @@ __all__ = [
     "bench_distributed",
     "bench_edit",
     "bench_gan",
+    "bench_photoreal",
     "bench_render",
     "bench_world",
     "BENCHMARKS",
@@ -586,7 +597,7 @@ def bench_distributed(args: argparse.Namespace) -> dict:
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
             times = [(e["step"], e["images_seen"] / e["images_per_s"]) for e in log]
         else:
-            times = [(e["step"], e["elapsed_s"]) for e in torch.load(out, weights_only=True)["train"]["history"]]
+            times = [(e["step"], e["elapsed_s"]) for e in load_checkpoint_file(out, "training checkpoint")["train"]["history"]]
         (s0, t0), (s1, t1) = next(t for t in times if t[0] >= args.warmup), times[-1]
         return (s1 - s0) / (t1 - t0)
 
@@ -658,6 +669,94 @@ def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the three set-ups (default 2)")
 
 
+def bench_photoreal(args: argparse.Namespace) -> dict:
+    """MobileStyleGAN: ms per 1024-px image, ours vs OpenVINO f32 (interleaved), ours at 256 px, parity, PSNR."""
+    import os
+
+    import torch.nn.functional as F
+
+    from stylerig_lite.mobilestylegan import FileIntegrityError, find_data_dir, load_mobilestylegan
+
+    try:
+        G = load_mobilestylegan()
+    except FileIntegrityError as error:
+        print(f"photoreal: {error}", file=sys.stderr)
+        return {"benchmark": "photoreal", "skipped": str(error)}
+    threads = torch.get_num_threads()
+    compiled = None
+    try:
+        import openvino
+    except ImportError:
+        print("photoreal: openvino is not installed: timing ours only", file=sys.stderr)
+    else:
+        core = openvino.Core()
+        compiled = core.compile_model(core.read_model(str(find_data_dir() / "SynthesisNetwork.xml")), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    G.requires_grad_(False)
+    ws = G.mapping(G.sample_z(1, generator=torch.Generator().manual_seed(0)), truncation_psi=0.7)
+    w = ws[:, 0].numpy()
+    runs = {"torch_1024": lambda: G.synthesis(ws), "torch_256": lambda: G.synthesis(ws, resolution=256)}
+    if compiled is not None:
+        runs["openvino_1024"] = lambda: compiled([w])[compiled.output(0)]
+    load_before = os.getloadavg()
+    times: Dict[str, List[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        outputs = {name: run() for name, run in runs.items()}  # warm-up
+        for _ in range(args.repeats):  # interleaved, so that the machine's other load hits all alike
+            for name, run in runs.items():
+                times[name].append(_time(run, 1, 0)["ms"])
+        psnr = []
+        for seed in range(args.seeds):
+            ws_seed = G.mapping(G.sample_z(1, generator=torch.Generator().manual_seed(100 + seed)), truncation_psi=0.7)
+            target = F.avg_pool2d(G.synthesis(ws_seed), 4)
+            mse = float((G.synthesis(ws_seed, resolution=256) - target).square().mean())
+            psnr.append(10 * math.log10(4.0 / mse))  # peak-to-peak 2 on [-1, 1] images
+    median = {name: statistics.median(v) for name, v in times.items()}
+    ov = median.get("openvino_1024")
+    parity = (float(abs(outputs["torch_1024"].numpy() - outputs["openvino_1024"]).max())
+              if compiled is not None else None)
+    return {
+        "benchmark": "photoreal",
+        "torch_ms_1024": round(median["torch_1024"], 1),
+        "openvino_ms_1024": round(ov, 1) if ov else None,
+        "ratio": round(median["torch_1024"] / ov, 2) if ov else None,
+        "torch_ms_256": round(median["torch_256"], 1),
+        "speedup_256": round(median["torch_1024"] / median["torch_256"], 2),
+        "parity_max_abs": parity,
+        "psnr_256_db": round(statistics.mean(psnr), 2),
+        "psnr_256_db_min": round(min(psnr), 2),
+        "min_ms": {name: round(min(v), 1) for name, v in times.items()},
+        "goal": {"ratio_below": 2.0, "speedup_256_above": 4.0, "psnr_256_db_above": 30.0},
+        "repeats": args.repeats,
+        "threads": threads,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "generator_sha256": G.generator_sha256,
+        "torch": torch.__version__,
+        "openvino": getattr(openvino, "__version__", None) if compiled is not None else None,
+    }
+
+
+def _print_photoreal(result: dict) -> None:
+    if "skipped" in result:
+        print(f"photoreal: skipped ({result['skipped']})")
+        return
+    print(f"photoreal: MobileStyleGAN, batch 1, {result['threads']} threads, median of {result['repeats']}, "
+          f"load average {result['load_average_before'][0]} before / {result['load_average_after'][0]} after")
+    ov = result["openvino_ms_1024"]
+    print(f"  1024 px  ours {result['torch_ms_1024']:8.1f} ms   OpenVINO f32 "
+          + (f"{ov:8.1f} ms   ours / OpenVINO {result['ratio']:.2f}x" if ov else "not installed"))
+    print(f"   256 px  ours {result['torch_ms_256']:8.1f} ms   ({result['speedup_256']:.2f}x cheaper than 1024 px), "
+          f"PSNR vs the downsampled 1024-px image {result['psnr_256_db']:.1f} dB (min {result['psnr_256_db_min']:.1f})")
+    if result["parity_max_abs"] is not None:
+        print(f"  parity with OpenVINO f32: max abs {result['parity_max_abs']:.1e} on [-1, 1] images")
+
+
+def _add_photoreal_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds, each ours 1024, ours 256, OpenVINO (default 5)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for the 256-px PSNR (default 3)")
+
+
 # name -> (run, print, help, add arguments)
 BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None], str, Callable]] = {
     "render": (bench_render, _print_render_table, "our rasterizer vs pytorch3d on the full ICT head", None),
@@ -667,6 +766,8 @@ BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict
     "distributed": (bench_distributed, _print_distributed, "train-f speed-up: N processes (torch.distributed) vs 1",
                     _add_distributed_args),
     "gan": (bench_gan, _print_gan, "train-gan step images/s (cpu64), optionally vs a reference tree", _add_gan_args),
+    "photoreal": (bench_photoreal, _print_photoreal, "MobileStyleGAN 1024 px: ours vs OpenVINO f32, and our 256 px",
+                  _add_photoreal_args),
 }
 
 

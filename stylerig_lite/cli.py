@@ -55,6 +55,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-f": ("train F, the image -> 3DMM parameter network, on cached FaceWorld renders", "stylerig_lite.train_f"),
     "make-corpus": ("sample the (w, G(w), F(G(w))) corpus RigNet trains on, into resumable shards", "stylerig_lite.corpus"),
     "train-rignet": ("train (or resume) a RigNet for pose, expression or light", "stylerig_lite.train_rignet"),
+    "judge": ("the independent judge: calibrate it, or report its accuracy against exact labels and F",
+              "stylerig_lite.judge"),
     "evaluate": ("score editing methods (target error and preservation, judged by E) or the generator's quality",
                  "stylerig_lite.evaluate"),
 }

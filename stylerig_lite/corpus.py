@@ -37,7 +37,7 @@ so the folder equals the one a single process makes.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import json
 import os
 import sys
@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as nnf
 
 from . import distributed
-from .checks import assert_finite, assert_shape
+from .checks import assert_finite, assert_shape, assert_value_range, positive_int
 from .devices import add_device_argument, configure_cuda
-from .io_utils import atomic_write_json, sha256_file
+from .io_utils import FolderLockedError, atomic_write_json, folder_lock, module_sha256, sha256_file  # noqa: F401  (module_sha256 re-exported)
 from .morphable import NUM_PARAMS
 from .params import NUM_LANDMARKS
 from .seeding import latent_seed, sample_z  # noqa: F401  (re-exported: the corpus's latents)
@@ -60,6 +60,7 @@ from .seeding import latent_seed, sample_z  # noqa: F401  (re-exported: the corp
 __all__ = [
     "latent_seed",  # re-exported
     "sample_z",  # re-exported
+    "module_sha256",  # re-exported: a network's identity (weights + config)
     "add_arguments",
     "corpus_manifest",
     "CorpusDataset",
@@ -73,7 +74,6 @@ __all__ = [
     "FORMAT_VERSION",
     "from_uint8",
     "make_corpus",
-    "module_sha256",
     "num_shards",
     "PathLike",
     "QUICK_COUNT",
@@ -114,25 +114,6 @@ def quick_mode() -> bool:
 # Hashes and seeds.
 
 
-def module_sha256(module: torch.nn.Module) -> str:
-    """sha256 of a network's weights and config (not of its file).
-
-    Two files that load to the same network (say an fp16 export read back as
-    float32 twice) hash alike, and a network built in memory has a hash too, so
-    a corpus can be matched to the G that will synthesise its latents.
-    """
-    digest = hashlib.sha256()
-    config = getattr(module, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        array = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)}".encode())
-        # Raw bytes (a 0-dim tensor cannot be viewed as bytes: flatten first); bfloat16 has no numpy type.
-        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def device_of(module: Any) -> torch.device:
     """The device of a network's parameters (CPU for parameterless stand-ins)."""
     try:
@@ -167,6 +148,9 @@ def estimate_images(estimator: Any, images: torch.Tensor) -> Tuple[torch.Tensor,
     of the estimator's input. Works with any object that has
     ``estimate(images, value_range=(-1, 1)) -> (FaceParams, landmarks)``.
     """
+    assert_shape(images, [None, 3, None, None], "images (GAN images [B, 3, H, W])")
+    # GAN outputs overshoot [-1, 1] (and are clamped here); values past twice its span are another range.
+    assert_value_range(images, (-1.0, 1.0), "images (GAN images for the estimator)", tolerance=1.0)
     config = getattr(estimator, "config", None)
     size = getattr(config, "image_size", None)
     if size is not None and tuple(images.shape[-2:]) != (size, size):
@@ -177,13 +161,19 @@ def estimate_images(estimator: Any, images: torch.Tensor) -> Tuple[torch.Tensor,
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8 (the storage format)."""
+    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8 (the storage format); GAN overshoot is clamped."""
+    assert_shape(images, [None, 3, None, None], "images ([B, 3, H, W] in [-1, 1])")
+    assert_value_range(images, (-1.0, 1.0), "images (to store as uint8)", tolerance=1.0)
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def from_uint8(images: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
     """Inverse of :func:`to_uint8`: ``[B, H, W, 3]`` uint8 -> ``[B, 3, H, W]`` float in [-1, 1]."""
     images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"from_uint8 takes stored uint8 images [B, H, W, 3] (0..255), got dtype {images.dtype}; "
+                        "float images need no conversion (GAN images are in [-1, 1]; [0, 1] ones: images * 2 - 1)")
+    assert_shape(images, [None, None, None, 3], "images (uint8 [B, H, W, 3], channels last)")
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -387,6 +377,9 @@ def make_corpus(
     shards first. Each shard is written to a temporary file and renamed, so an
     interruption never leaves a half-written shard. ``on_shard(index, path)``
     is called after each shard is written (tests interrupt a run with it).
+    While it writes, ``out/.lock`` is held (:func:`~stylerig_lite.io_utils.folder_lock`): a second
+    writer on the same folder, with ``overwrite=True`` too, fails at once with
+    :class:`~stylerig_lite.io_utils.FolderLockedError` naming the folder and the first writer's pid.
     Returns ``out``.
     """
     quick = quick_mode()
@@ -412,12 +405,29 @@ def make_corpus(
     manifest = corpus_manifest(G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
                                generator_file_sha256=g_file, estimator_file_sha256=f_file)
     # In a process group rank 0 prepares the folder and lists the shards to make; every rank gets the
-    # list (or rank 0's error, so that no rank waits for a rank that gave up).
+    # list (or rank 0's error, so that no rank waits for a rank that gave up). Rank 0 holds the folder's
+    # lock (io_utils.folder_lock) until the corpus is complete: a second make-corpus on the same folder
+    # (with --overwrite too) fails at once instead of writing the same shards.
+    with contextlib.ExitStack() as lock:
+        return _make(root, manifest, lock, G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
+                     batch=batch, overwrite=overwrite, progress=progress, on_shard=on_shard)
+
+
+def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: Any, F: Any, *, count: int, seed: int,
+          shard_size: int, truncation: float, batch: int, overwrite: bool, progress: bool,
+          on_shard: Optional[Callable[[int, Path], None]]) -> Path:
+    """:func:`make_corpus` once the networks are loaded: lock, prepare the folder, write the missing shards."""
     plan: Any = None
     if distributed.is_main():
         try:
+            try:
+                lock.enter_context(folder_lock(root, "corpus"))
+            except FolderLockedError as error:
+                if overwrite:
+                    raise FolderLockedError(f"refusing to --overwrite: {error}") from None
+                raise
             plan = _prepare_folder(root, manifest, overwrite)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, FolderLockedError) as error:
             plan = error
     plan = distributed.broadcast_object(plan)
     if isinstance(plan, BaseException):
@@ -583,15 +593,15 @@ class CorpusDataset(torch.utils.data.Dataset):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="corpus folder (an unfinished one with the same arguments is resumed)")
-    parser.add_argument("--count", type=int, help=f"pairs to sample (default {DEFAULT_COUNT}; {QUICK_COUNT} with "
+    parser.add_argument("--count", type=positive_int, help=f"pairs to sample, >= 1 (default {DEFAULT_COUNT}; {QUICK_COUNT} with "
                                                   f"STYLERIG_LITE_QUICK=1; the paper used 200,000)")
     parser.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     parser.add_argument("--truncation", type=float, default=DEFAULT_TRUNCATION,
                         help=f"truncation psi of the mapping network (default {DEFAULT_TRUNCATION}: untruncated, as in the paper)")
-    parser.add_argument("--shard-size", type=int, help=f"pairs per shard file (default {DEFAULT_SHARD_SIZE})")
+    parser.add_argument("--shard-size", type=positive_int, help=f"pairs per shard file (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded FaceWorld StyleGAN2)")
     parser.add_argument("--estimator", help="F checkpoint whose estimates are stored (default: the embedded F)")
-    parser.add_argument("--batch", type=int, default=64, help="images per G/F batch (default 64)")
+    parser.add_argument("--batch", type=positive_int, default=64, help="images per G/F batch (default 64)")
     parser.add_argument("--overwrite", action="store_true", help="delete a corpus already in --out first")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     add_device_argument(parser)
@@ -611,7 +621,7 @@ def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int
         root = make_corpus(args.out, args.count, generator=args.generator, estimator=args.estimator, seed=args.seed,
                            shard_size=args.shard_size, truncation=args.truncation, batch=args.batch,
                            overwrite=args.overwrite, progress=not args.quiet, device=device)
-    except (ValueError, FileNotFoundError) as error:  # bad options, foreign folder, missing weights: no traceback
+    except (ValueError, FileNotFoundError, FolderLockedError) as error:  # bad options, foreign or locked folder, missing weights
         print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
         return 2
     if not distributed.is_main():

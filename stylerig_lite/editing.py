@@ -276,7 +276,10 @@ class EditorState:
         generator: frozen StyleGAN2 (``mapping``/``synthesis``; any ``num_ws x w_dim``).
         rigs: ``{"pose": rig, "expression": rig, "light": rig}``; any subset. A rig is
             ``rig(w [B, num_ws, w_dim], p_target [B, 196]) -> w_hat``. Sliders of a component
-            without a rig still move the 3DMM rendering, but not the GAN image.
+            without a rig still move the 3DMM rendering, but not the GAN image. A rig with a
+            ``check_generator(G)`` method (a RigNet) is asked first whether it belongs to
+            ``generator``; one trained on another generator raises
+            :class:`~stylerig_lite.rignet.GeneratorMismatchError`.
         estimator: F, ``estimate(images, value_range=(-1, 1)) -> (FaceParams, landmarks)``; it
             gives the source parameters ``p_w = F(G(w))`` that the sliders start from.
         face_model: the 3DMM for the target rendering, or None to show no rendering.
@@ -291,6 +294,10 @@ class EditorState:
         unknown = [name for name in rigs if RIG_ALIASES.get(name, name) not in RIG_COMPONENTS]
         if unknown:
             raise KeyError(f"unknown rig component(s) {sorted(unknown)}; expected keys among {list(RIG_COMPONENTS)}")
+        for rig in rigs.values():  # a RigNet trained on another generator: refused here, not shown as garbage
+            check = getattr(rig, "check_generator", None)
+            if callable(check):
+                check(generator)
         self.generator = generator
         self.rigs = {rig_component(name): as_rig(rig, name) for name, rig in rigs.items()}
         self.estimator = estimator

@@ -18,12 +18,15 @@ everything else. This module scores any such method the same way:
    the rendered face masks of ``E(G(w))`` and ``E(G(ŵ))``).
 
 Targets come from F (the estimator a method may see, as RigNet is trained
-with it) and scores from E (the judge), so even a perfect edit does not score
-zero: the floor includes where F and E disagree. The two trivial references
+with it). Scores come from the independent judge (:mod:`~stylerig_lite.judge`:
+MediaPipe landmarks read by geometry, calibrated on exact FaceWorld labels),
+with E (a second F, trained on the same data) as a second opinion, and identity
+from dlib's face descriptor (:mod:`~stylerig_lite.identity`). The judge's
+*relative* error compares the change it reads with the change asked for, so the
+biases of F and of the judge on a given face cancel. The two trivial references
 make the scale clear: ``'none'`` (ŵ = w: perfect preservation, the target
-error of doing nothing) and ``'random'`` (ŵ = v: the target component is
-exactly right *as F sees it*, so its target error is the F/E floor, but
-everything else changes).
+error of doing nothing) and ``'donor'`` (ŵ = v, formerly ``'random'``: the
+target component is exactly right *as F sees it*, but everything else changes).
 
 The linear baseline (:class:`LinearBaseline`), in the spirit of InterFaceGAN
 (Shen et al. 2020), regresses a component from w on a corpus and edits by
@@ -53,12 +56,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .checks import assert_finite, assert_shape
+from .checks import assert_finite, assert_shape, assert_value_range, positive_int
 from .corpus import (CorpusDataset, CorpusError, device_of, estimate_images, module_sha256, quick_mode, sample_pairs,
                      sample_z, synthesize)
 from .datasets import FaceWorldShards, load_or_render_dataset
 from .devices import add_device_argument, configure_cuda, resolve_device
+from .io_utils import sha256_file
 from .baselines import DEFAULT_RIDGE, LinearBaseline  # noqa: F401  (LinearBaseline re-exported: a method of the table)
+from .judge import READINGS, Judge, JudgeError, readings_of_params
+from .identity import IdentityError, IdentityMeter
 from .reconstruction import EstimatorLike, estimate_all, parameter_errors
 from .params import (ANGLE_NAMES, NUM_PARAMS, FaceParams, RIG_COMPONENTS, RIG_SLICES, SLICES, expression_index, rig_component,  # noqa: F401
                      rig_slice, target_params)
@@ -122,7 +128,9 @@ QUICK_FIT_COUNT = 256
 
 EditMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: The trivial references, recognised by name wherever a method is expected.
-REFERENCES: Tuple[str, ...] = ("none", "random")
+REFERENCES: Tuple[str, ...] = ("none", "donor")
+#: Older names of the references ("random" was the donor: ŵ = v, the other face of the pair).
+REFERENCE_ALIASES: Dict[str, str] = {"random": "donor"}
 
 
 component_slice = rig_slice  # the entries of the 196-vector an edit of a component sets
@@ -163,10 +171,10 @@ def target_errors(estimated: torch.Tensor, target: torch.Tensor, component: str)
     """How far ``estimated`` is from ``target`` in the edited component (``[N, 196]`` each).
 
     pose: mean absolute yaw/pitch/roll error in degrees (``yaw_deg``, ...) and
-    their medians (``yaw_deg_median``, ...); expression: mean absolute error
-    over the 53 weights (``expression_mae``) and of jawOpen alone
-    (``jaw_open_mae``); light: RMSE over the 27 SH coefficients
-    (``light_rmse``).
+    their medians (``yaw_deg_median``, ...); expression: mean absolute error of
+    jawOpen (``jaw_open_mae``: the one weight F and E can read at 64 px; the other
+    52 have a held-out R² below zero, so their error is not reported); light: RMSE
+    over the 27 SH coefficients (``light_rmse``).
     """
     assert_shape(estimated, [None, NUM_PARAMS], "estimated parameters")
     assert_shape(target, [estimated.shape[0], NUM_PARAMS], "target parameters")
@@ -174,33 +182,77 @@ def target_errors(estimated: torch.Tensor, target: torch.Tensor, component: str)
     if component == "pose":
         return _angle_errors(estimated, target, medians=True)
     if component == "expression":
-        return {"expression_mae": _mae(estimated, target, SLICES["expression"]),
-                "jaw_open_mae": _mae(estimated, target, _JAW_OPEN)}
+        return {"jaw_open_mae": _mae(estimated, target, _JAW_OPEN)}
     return {"light_rmse": _rmse(estimated, target, SLICES["light"])}
 
 
 def preservation_errors(edited: torch.Tensor, original: torch.Tensor, component: str) -> Dict[str, float]:
     """How much the components an edit of ``component`` must keep changed (``[N, 196]`` each).
 
-    Always identity and albedo RMSE (units of standard deviation) and the
-    translation (``translation_cm``, mean absolute, cm); plus every other rig
-    component in the units of :func:`target_errors` (degrees for the angles).
+    Always albedo RMSE (units of standard deviation) and the translation
+    (``translation_cm``, mean absolute, cm); plus every other rig component in the
+    units of :func:`target_errors` (degrees for the angles). Not the identity
+    coefficients nor the 52 non-jaw expression weights: F and E cannot read them
+    at 64 px (held-out R² 0.002 and below 0), so a change there would be noise.
+    Identity is measured on the images instead (``identity_distance``, dlib's face
+    descriptor, :mod:`~stylerig_lite.identity`).
     """
     assert_shape(edited, [None, NUM_PARAMS], "edited parameters")
     assert_shape(original, [edited.shape[0], NUM_PARAMS], "original parameters")
     component = check_component(component)
     out = {
-        "identity_rmse": _rmse(edited, original, SLICES["identity"]),
         "albedo_rmse": _rmse(edited, original, SLICES["albedo"]),
         "translation_cm": _mae(edited, original, _TRANSLATION),
     }
     if component != "pose":
         out.update(_angle_errors(edited, original, medians=False))
     if component != "expression":
-        out["expression_mae"] = _mae(edited, original, SLICES["expression"])
         out["jaw_open_mae"] = _mae(edited, original, _JAW_OPEN)
     if component != "light":
         out["light_rmse"] = _rmse(edited, original, SLICES["light"])
+    return out
+
+
+# ----------------------------------------------------------------------------
+# The judge's scores (independent of F and E; see stylerig_lite.judge).
+
+#: The judge readings each component's edit sets; the others are what it must keep.
+JUDGE_EDITS: Dict[str, Tuple[str, ...]] = {"pose": ("yaw", "pitch", "roll"), "expression": ("jaw_open",),
+                                           "light": ("light_x", "light_y")}
+
+
+def _nanmedian(x: torch.Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return float(x.median()) if x.numel() else math.nan
+
+
+def judge_scores(read_hat: Dict[str, torch.Tensor], read_w: Dict[str, torch.Tensor], target: torch.Tensor,
+                 p_w: torch.Tensor, component: str) -> Dict[str, Any]:
+    """What the judge reads of an edit, against what was asked (all ``[N]`` per reading).
+
+    ``read_hat`` / ``read_w``: the judge on ``G(ŵ)`` and ``G(w)``; ``target`` / ``p_w``: the
+    parameters asked for and F's reading of the source (``[N, 196]``). Returns, for the
+    readings the component edits: ``target_error`` (median |judge(G(ŵ)) - target|),
+    ``relative_error`` (median |judge change - asked change|: per-face biases of F and the
+    judge cancel) and ``gain`` (least-squares slope of the judge's change on the asked one:
+    1 is a full edit, 0 none); for the other readings, ``preservation`` (median |change|);
+    and ``detected``, the fraction of edited images where the judge found a face.
+    """
+    component = check_component(component)
+    asked, source = readings_of_params(target), readings_of_params(p_w)
+    out: Dict[str, Any] = {"target_error": {}, "relative_error": {}, "gain": {}, "preservation": {}}
+    for name in READINGS:
+        change = read_hat[name] - read_w[name]
+        if name in JUDGE_EDITS[component]:
+            wanted = asked[name] - source[name]
+            out["target_error"][f"{name}_median"] = _nanmedian((read_hat[name] - asked[name]).abs())
+            out["relative_error"][f"{name}_median"] = _nanmedian((change - wanted).abs())
+            ok = ~torch.isnan(change)
+            denominator = float(wanted[ok].pow(2).sum())
+            out["gain"][name] = float((change[ok] * wanted[ok]).sum()) / denominator if denominator > 0 else math.nan
+        else:
+            out["preservation"][f"{name}_change_median"] = _nanmedian(change.abs())
+    out["detected"] = float((~torch.isnan(read_hat["yaw"])).double().mean())
     return out
 
 
@@ -250,6 +302,31 @@ def _batches(count: int, batch: int):
         yield slice(start, min(start + batch, count))
 
 
+def _default_scorers(judge: Any, identity: Any) -> Tuple[Any, Any]:
+    """Build the judge and the identity meter for ``'default'`` (None, with a warning, when not installed)."""
+    import warnings
+
+    if isinstance(judge, str):
+        try:
+            judge = Judge()
+        except JudgeError as error:
+            warnings.warn(f"evaluating without the judge: {error}")
+            judge = None
+    if isinstance(identity, str):
+        try:
+            identity = IdentityMeter()
+        except IdentityError as error:
+            warnings.warn(f"evaluating without identity distances: {error}")
+            identity = None
+    return judge, identity
+
+
+def _judge_read(judge: Any, images: torch.Tensor, batch: int) -> Dict[str, torch.Tensor]:
+    """The judge's readings of generator images ``[N, 3, H, W]`` in [-1, 1], batch by batch."""
+    parts = [judge.read(images[index], value_range=(-1.0, 1.0)) for index in _batches(len(images), batch)]
+    return {name: torch.cat([p[name] for p in parts]) for name in READINGS}
+
+
 @dataclasses.dataclass
 class EvalSet:
     """A fixed set of latent pairs ``(w, v)`` and what F and E see in them.
@@ -280,6 +357,10 @@ class EvalSet:
     E: Any = dataclasses.field(repr=False, default=None)
     face_mask: Optional[Callable[[torch.Tensor], torch.Tensor]] = dataclasses.field(repr=False, default=None)
     batch: int = 64
+    judge: Any = dataclasses.field(repr=False, default=None)
+    identity: Any = dataclasses.field(repr=False, default=None)
+    j_w: Optional[Dict[str, torch.Tensor]] = dataclasses.field(repr=False, default=None)  # the judge on G(w)
+    id_w: Optional[torch.Tensor] = dataclasses.field(repr=False, default=None)  # dlib descriptors of G(w) [N, 128]
 
     @classmethod
     @torch.no_grad()
@@ -294,6 +375,8 @@ class EvalSet:
         truncation: float = 1.0,
         batch: int = 64,
         face_mask: Union[str, None, Callable[[torch.Tensor], torch.Tensor]] = "render",
+        judge: Any = "default",
+        identity: Any = "default",
     ) -> "EvalSet":
         """Sample ``count`` pairs with ``seed`` and run G, F and E on them.
 
@@ -302,7 +385,10 @@ class EvalSet:
         ``estimate(images, value_range=(-1, 1))``. ``face_mask``: ``'render'``
         (:class:`RenderedFaceMask` at G's resolution), any callable
         ``params [B, 196] -> [B, 1, H, W]``, or None to skip the outside-face
-        pixel metric. ``w`` and ``v`` use their own seed streams
+        pixel metric. ``judge`` (:class:`~stylerig_lite.judge.Judge`) and ``identity``
+        (:class:`~stylerig_lite.identity.IdentityMeter`): ``'default'`` builds them (skipped
+        with a warning when MediaPipe or dlib is missing), None leaves their scores out.
+        ``w`` and ``v`` use their own seed streams
         (:func:`~stylerig_lite.corpus.latent_seed`), so no corpus item reappears here.
         """
         if count < 1:
@@ -333,7 +419,11 @@ class EvalSet:
                     if face_mask is not None:
                         out["mask_w"].append(_check_mask(face_mask(e), images))
         data = {k: torch.cat(v) if v else None for k, v in out.items()}
-        return cls(**data, seed=int(seed), truncation=float(truncation), G=G, F=F, E=E, face_mask=face_mask, batch=batch)
+        judge, identity = _default_scorers(judge, identity)
+        j_w = _judge_read(judge, data["images_w"], batch) if judge is not None else None
+        id_w = identity.descriptors(data["images_w"]) if identity is not None else None
+        return cls(**data, seed=int(seed), truncation=float(truncation), G=G, F=F, E=E, face_mask=face_mask, batch=batch,
+                   judge=judge, identity=identity, j_w=j_w, id_w=id_w)
 
     def __len__(self) -> int:
         return self.w.shape[0]
@@ -357,14 +447,20 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
     """Score ``method`` on ``evalset`` for ``component``.
 
     ``method``: a callable ``(w [B, num_ws, w_dim], p_target [B, 196]) -> ŵ``
-    or a reference name, ``'none'`` (ŵ = w) or ``'random'`` (ŵ = v).
-    Returns ``{'target_error': {...}, 'preservation': {...}, 'count': N}`` with
-    the keys of :func:`target_errors` and :func:`preservation_errors`;
+    or a reference name, ``'none'`` (ŵ = w) or ``'donor'`` (ŵ = v; ``'random'`` is its old name).
+    Returns ``{'target_error': {...}, 'preservation': {...}, 'judge': {...}, 'count': N}``:
+    ``target_error`` and ``preservation`` are E's readings (:func:`target_errors`,
+    :func:`preservation_errors`), a second opinion; ``judge`` is the independent judge's
+    (:func:`judge_scores`; absent without a judge), which the book's claims rest on.
     preservation also holds ``outside_face_mae_255``, the mean absolute change
     of ``G(ŵ)`` against ``G(w)`` over the pixels outside both face masks, in
-    0..255 levels (absent when the set has no mask function).
+    0..255 levels (absent when the set has no mask function), and
+    ``identity_distance``, the median dlib descriptor distance between ``G(ŵ)`` and
+    ``G(w)`` (same person below 0.6; absent without an identity meter).
     """
     component = check_component(component)
+    if isinstance(method, str):
+        method = REFERENCE_ALIASES.get(method, method)
     if isinstance(method, str) and method not in REFERENCES:
         raise ValueError(f"unknown reference method {method!r}; expected one of {list(REFERENCES)} or a callable")
     if not isinstance(method, str) and not callable(method):
@@ -372,11 +468,13 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
     G, E = evalset.G, evalset.E
     target = evalset.target(component)
     estimates, changed, outside = [], 0.0, 0.0
+    judged: List[Dict[str, torch.Tensor]] = []
+    identity: List[torch.Tensor] = []
     for index in _batches(len(evalset), evalset.batch):
         w = evalset.w[index]
         if method == "none":
             w_hat = w
-        elif method == "random":
+        elif method == "donor":
             w_hat = evalset.v[index]
         else:
             w_hat = method(w.clone(), target[index].clone())
@@ -388,6 +486,10 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
         images = synthesize(G, w_hat.to(w.dtype))
         e_hat, _ = estimate_images(E, images)
         estimates.append(e_hat)
+        if evalset.judge is not None and evalset.j_w is not None:
+            judged.append(evalset.judge.read(images, value_range=(-1.0, 1.0)))
+        if evalset.identity is not None and evalset.id_w is not None:
+            identity.append((evalset.identity.descriptors(images) - evalset.id_w[index]).norm(dim=1))
         if evalset.face_mask is not None and evalset.mask_w is not None:
             c, n = _outside_face_change(images, evalset.images_w[index], evalset.mask_w[index],
                                         _check_mask(evalset.face_mask(e_hat), images))
@@ -397,7 +499,13 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
     if evalset.face_mask is not None and evalset.mask_w is not None:
         # [-1, 1] image units -> 0..255 levels: x 127.5.
         preservation["outside_face_mae_255"] = 127.5 * changed / outside if outside else math.nan
-    return {"target_error": target_errors(e_hat, target, component), "preservation": preservation, "count": len(evalset)}
+    result = {"target_error": target_errors(e_hat, target, component), "preservation": preservation, "count": len(evalset)}
+    if identity:
+        preservation["identity_distance"] = _nanmedian(torch.cat(identity))
+    if judged:
+        read_hat = {name: torch.cat([j[name] for j in judged]) for name in READINGS}
+        result["judge"] = judge_scores(read_hat, evalset.j_w, target, evalset.p_w, component)
+    return result
 
 
 DEFAULT_SWEEP_YAWS: Tuple[int, ...] = (-30, -20, -10, 0, 10, 20, 30)
@@ -407,7 +515,7 @@ DEFAULT_SWEEP_COUNT = 64
 @torch.no_grad()
 def yaw_sweep(method: Union[str, EditMethod], evalset: EvalSet, yaws_deg: Sequence[float] = DEFAULT_SWEEP_YAWS,
               count: Optional[int] = DEFAULT_SWEEP_COUNT) -> Dict[str, Any]:
-    """Ask for fixed yaws (degrees) on the first ``count`` faces of ``evalset``; E reads what came out.
+    """Ask for fixed yaws (degrees) on the first ``count`` faces of ``evalset``; the judge reads what came out.
 
     The pose target of face ``i`` and yaw ``y`` is its own ``p_w`` with the yaw set to ``y``
     (pitch and roll kept), so this measures control over a fixed range (FaceWorld's ±30°) rather
@@ -415,8 +523,9 @@ def yaw_sweep(method: Union[str, EditMethod], evalset: EvalSet, yaws_deg: Sequen
     :func:`evaluate_method` (``'none'`` shows the spread of the unedited faces).
 
     Returns ``{'yaws_deg': [...], 'median_abs_error_deg': [...] (per target yaw),
-    'median_reached_deg': [...] (E's median yaw per target), 'median_deg': overall median
-    |error|, 'count': faces}``.
+    'median_reached_deg': [...] (the median yaw read per target), 'median_deg': overall median
+    |error|, 'count': faces, 'reader': 'judge' or 'E'}``: the judge reads when the set has one,
+    else E.
     """
     if isinstance(method, str) and method != "none":
         raise ValueError(f"yaw_sweep takes a callable (w, p_target) -> w_hat or 'none', got {method!r}")
@@ -428,16 +537,21 @@ def yaw_sweep(method: Union[str, EditMethod], evalset: EvalSet, yaws_deg: Sequen
     for yaw in yaws_deg:
         target = evalset.p_w[:n].clone()
         target[:, _ANGLES.start] = math.radians(float(yaw))
-        e_hat = []
+        read = []
         for index in _batches(n, evalset.batch):
             w_hat = w_all[index] if method == "none" else method(w_all[index].clone(), target[index].clone())
             assert_shape(w_hat, list(w_all[index].shape), "latents returned by the method")
-            e_hat.append(estimate_images(evalset.E, synthesize(evalset.G, w_hat.to(w_all.dtype)))[0])
-        yaw_read = torch.rad2deg(torch.cat(e_hat)[:, _ANGLES.start]).double()
+            images = synthesize(evalset.G, w_hat.to(w_all.dtype))
+            if evalset.judge is not None:
+                read.append(evalset.judge.read(images, value_range=(-1.0, 1.0))["yaw"])
+            else:
+                read.append(torch.rad2deg(estimate_images(evalset.E, images)[0][:, _ANGLES.start]).double())
+        yaw_read = torch.cat(read)
         errors.append((yaw_read - float(yaw)).abs())
-        reached.append(float(yaw_read.median()))
-    return {"yaws_deg": [float(y) for y in yaws_deg], "median_abs_error_deg": [float(e.median()) for e in errors],
-            "median_reached_deg": reached, "median_deg": float(torch.cat(errors).median()), "count": n}
+        reached.append(_nanmedian(yaw_read))
+    return {"yaws_deg": [float(y) for y in yaws_deg], "median_abs_error_deg": [_nanmedian(e) for e in errors],
+            "median_reached_deg": reached, "median_deg": _nanmedian(torch.cat(errors)), "count": n,
+            "reader": "judge" if evalset.judge is not None else "E"}
 
 
 def _outside_face_change(images: torch.Tensor, images_w: torch.Tensor, mask_hat: torch.Tensor,
@@ -452,7 +566,8 @@ def _outside_face_change(images: torch.Tensor, images_w: torch.Tensor, mask_hat:
 
 @torch.no_grad()
 def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAULT_SEED, *, world: Any = None,
-                     batch: int = 64, face_mask: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, Any]:
+                     batch: int = 64, face_mask: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                     judge: Any = None, identity: Any = None) -> Dict[str, Any]:
     """What a *perfect* edit scores: FaceWorld scenes re-rendered with one component swapped.
 
     For ``count`` FaceWorld portraits (scene and parameters ``p_w``) and as many donors ``p_v``, the
@@ -463,7 +578,9 @@ def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAU
     in these metrics (a head that turns moves its hair; E's reading of the light drifts with the pose).
     ``world``: anything with ``sample(n, generator=)`` and ``render(params, scene)`` returning
     batches with ``params``, ``scene`` and ``images_pm1()`` (default: :class:`~stylerig_lite.world.FaceWorld`);
-    ``face_mask``: as for :meth:`EvalSet.build` (default: :class:`RenderedFaceMask`).
+    ``face_mask``: as for :meth:`EvalSet.build` (default: :class:`RenderedFaceMask`). With a
+    ``judge`` / ``identity`` meter the result also has their scores (the judge's floor on a perfect
+    edit, with exact targets and sources).
     """
     component = check_component(component)
     if world is None:
@@ -473,7 +590,10 @@ def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAU
     mask_of = face_mask or RenderedFaceMask(world.config.image_size)
     g_w = torch.Generator().manual_seed(int(seed))
     g_v = torch.Generator().manual_seed(int(seed) + 1)
-    e_hat, e_w, targets, changed, outside = [], [], [], 0.0, 0.0
+    e_hat, e_w, targets, sources, changed, outside = [], [], [], [], 0.0, 0.0
+    judged_hat: List[Dict[str, torch.Tensor]] = []
+    judged_w: List[Dict[str, torch.Tensor]] = []
+    identity_distances: List[torch.Tensor] = []
     for index in _batches(count, batch):
         n = index.stop - index.start
         original = world.sample(n, generator=g_w)
@@ -488,11 +608,23 @@ def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAU
         e_hat.append(eh)
         e_w.append(ew)
         targets.append(target.cpu())
+        sources.append(original.params.to_vector().cpu())
+        if judge is not None:
+            judged_hat.append(judge.read(images_hat.cpu(), value_range=(-1.0, 1.0)))
+            judged_w.append(judge.read(images_w.cpu(), value_range=(-1.0, 1.0)))
+        if identity is not None:
+            identity_distances.append(identity.distance(images_hat.cpu(), images_w.cpu()))
     e_hat_all, e_w_all = torch.cat(e_hat), torch.cat(e_w)
     preservation = preservation_errors(e_hat_all, e_w_all, component)
     preservation["outside_face_mae_255"] = 127.5 * changed / outside if outside else math.nan
-    return {"target_error": target_errors(e_hat_all, torch.cat(targets), component), "preservation": preservation,
-            "count": int(count)}
+    result = {"target_error": target_errors(e_hat_all, torch.cat(targets), component), "preservation": preservation,
+              "count": int(count)}
+    if identity_distances:
+        preservation["identity_distance"] = _nanmedian(torch.cat(identity_distances))
+    if judged_hat:
+        merge = lambda parts: {name: torch.cat([p[name] for p in parts]) for name in READINGS}  # noqa: E731
+        result["judge"] = judge_scores(merge(judged_hat), merge(judged_w), torch.cat(targets), torch.cat(sources), component)
+    return result
 
 
 def evaluate_methods(methods: Dict[str, Union[str, EditMethod]], evalset: EvalSet,
@@ -639,18 +771,25 @@ def _linear_factory(context: MethodContext, component: str) -> EditMethod:
 
 
 def _rignet_factory(context: MethodContext, component: str) -> EditMethod:
-    """The component's RigNet: ``<options['rignet_dir']>/rignet_<component>.pt`` if given, else the embedded one."""
+    """The component's RigNet: ``<options['rignet_dir']>/rignet_<component>.pt`` if given, else the embedded one.
+
+    A RigNet trained on another generator than the evaluated one is refused
+    (:meth:`~stylerig_lite.rignet.RigNet.check_generator`; ``options['generator_file_sha256']``: the
+    evaluated generator's file hash, when it came from a file).
+    """
     from . import pretrained
 
     folder = context.options.get("rignet_dir")
     path = Path(folder) / f"rignet_{component}.pt" if folder else None
-    return pretrained.rignet(component, path).rig
+    net = pretrained.rignet(component, path)
+    net.check_generator(context.evalset.G, file_sha256=context.options.get("generator_file_sha256"))
+    return net.rig
 
 
 #: name -> factory(context, component) -> method (or a reference name). Extend with :func:`register_method`.
 METHODS: Dict[str, MethodFactory] = {
     "none": lambda context, component: "none",
-    "random": lambda context, component: "random",
+    "donor": lambda context, component: "donor",
     "linear": _linear_factory,
     "rignet": _rignet_factory,
 }
@@ -759,6 +898,7 @@ def generator_quality(G: Any, F: Any, faceworld: torch.Tensor, count: Optional[i
     """
     assert_shape(faceworld, [None, 3, None, None], "faceworld images")
     assert_finite(faceworld, "faceworld images")
+    assert_value_range(faceworld, (0.0, 1.0), "faceworld images")
     if faceworld.shape[0] < 8:
         raise ValueError(f"need at least 8 FaceWorld images (two halves of >= 4), got {faceworld.shape[0]}")
     if not hasattr(F, "features"):
@@ -819,24 +959,24 @@ def _load_networks(args: argparse.Namespace) -> Tuple[Any, Any, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--component", default="all", choices=COMPONENTS + ("illumination", "all"),
                         help="which rig component to edit (default all; 'illumination' is an alias of 'light')")
-    parser.add_argument("--methods", default="none,random,linear",
-                        help="comma-separated methods (default none,random,linear); known: " + ", ".join(METHODS))
-    parser.add_argument("--count", type=int, help=f"evaluation pairs (default {DEFAULT_COUNT}; {QUICK_COUNT} with STYLERIG_LITE_QUICK=1)")
+    parser.add_argument("--methods", default="none,donor,linear",
+                        help="comma-separated methods (default none,donor,linear; random is the old name of donor); known: " + ", ".join(METHODS))
+    parser.add_argument("--count", type=positive_int, help=f"evaluation pairs, >= 1 (default {DEFAULT_COUNT}; {QUICK_COUNT} with STYLERIG_LITE_QUICK=1)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"evaluation pair seed (default {DEFAULT_SEED})")
     parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi of the sampled latents (default 1)")
     parser.add_argument("--corpus", help="corpus folder (make-corpus) to fit the linear baseline on "
                                          "(default: sample --fit-count pairs in memory)")
-    parser.add_argument("--fit-count", type=int, help=f"in-memory fitting pairs without --corpus (default {DEFAULT_FIT_COUNT})")
+    parser.add_argument("--fit-count", type=positive_int, help=f"in-memory fitting pairs without --corpus (default {DEFAULT_FIT_COUNT})")
     parser.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help=f"linear baseline ridge, relative (default {DEFAULT_RIDGE})")
     parser.add_argument("--rignet-dir", help="folder with rignet_<component>.pt for --methods rignet (default: the embedded RigNets)")
     parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded one)")
     parser.add_argument("--face-estimator", help="F checkpoint, the estimator methods see (default: the embedded F)")
     parser.add_argument("--evaluation-estimator", help="E checkpoint, the judge (default: the embedded one)")
-    parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--batch", type=positive_int, default=64, help="images per batch (default 64)")
     parser.add_argument("--quality", action="store_true",
                         help="instead: the generator's Fréchet distance to FaceWorld in F's features and its pose coverage")
     parser.add_argument("--faceworld", help="with --quality: a render_shards folder of FaceWorld images (default: render them)")
-    parser.add_argument("--quality-count", type=int, help="with --quality: FaceWorld images (default 2000; 256 quick)")
+    parser.add_argument("--quality-count", type=positive_int, help="with --quality: FaceWorld images (default 2000; 256 quick)")
     parser.add_argument("--yaw-sweep", action="store_true",
                         help=f"with the pose component: also ask each method for the yaws {list(DEFAULT_SWEEP_YAWS)} "
                              f"on {DEFAULT_SWEEP_COUNT} faces (JSON: <method>.pose.yaw_sweep)")
@@ -846,8 +986,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: Column order of the tables, whatever order a result's keys came in (the weights manifest sorts them).
-TABLE_COLUMNS = ("identity_rmse", "albedo_rmse", "translation_cm", "yaw_deg", "pitch_deg", "roll_deg",
-                 "expression_mae", "jaw_open_mae", "light_rmse", "outside_face_mae_255")
+TABLE_COLUMNS = ("albedo_rmse", "translation_cm", "yaw_deg", "pitch_deg", "roll_deg", "jaw_open_mae", "light_rmse",
+                 "identity_distance", "outside_face_mae_255")
 
 
 def _column_order(keys: Any) -> List[str]:
@@ -863,7 +1003,8 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         rows = [(name, per[component]) for name, per in results.items() if component in per]
         target_keys = _column_order(k for k in rows[0][1]["target_error"] if not k.endswith("_median"))
         keep_keys = _column_order(rows[0][1]["preservation"])
-        lines.append(f"{component}: {rows[0][1]['count']} pairs; targets from F, scores from E (errors; lower is better)")
+        lines.append(f"{component}: {rows[0][1]['count']} pairs; targets from F; E's reading (a second opinion; "
+                     "errors, lower is better)")
         width = {k: max(len(k), 9) + 2 for k in target_keys + keep_keys}
         name_width = max(10, *(len(name) + 2 for name, _ in rows))
         target_width = sum(width[k] for k in target_keys)
@@ -874,10 +1015,22 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         for name, r in rows:
             lines.append(f"{name:<{name_width}}" + "".join(f"{r['target_error'][k]:>{width[k]}.4g}" for k in target_keys) + "  |"
                          + "".join(f"{r['preservation'][k]:>{width[k]}.4g}" for k in keep_keys))
+        judged = [(name, r["judge"]) for name, r in rows if "judge" in r]
+        if judged:
+            keys = [("relative_error", k) for k in judged[0][1]["relative_error"]] + [("gain", k) for k in judged[0][1]["gain"]] \
+                + [("preservation", k) for k in judged[0][1]["preservation"]]
+            lines.append(f"{component}, read by the judge (relative error and gain of the edited readings | change of the others)")
+            header = [f"{section[:3]}:{key.replace('_median', '')}" for section, key in keys]
+            cell = max(12, *(len(h) + 2 for h in header))
+            lines.append(f"{'method':<{name_width}}" + "".join(f"{h:>{cell}}" for h in header) + f"{'detected':>{cell}}")
+            for name, j in judged:
+                lines.append(f"{name:<{name_width}}" + "".join(f"{j[section][key]:>{cell}.4g}" for section, key in keys)
+                             + f"{j['detected']:>{cell}.3g}")
         sweeps = [(name, r["yaw_sweep"]) for name, r in rows if "yaw_sweep" in r]
         if sweeps:
             yaws = sweeps[0][1]["yaws_deg"]
-            lines.append(f"yaw sweep on {sweeps[0][1]['count']} faces: median yaw read by E for each target (degrees)")
+            reader = sweeps[0][1].get("reader", "E")
+            lines.append(f"yaw sweep on {sweeps[0][1]['count']} faces: median yaw read by {reader} for each target (degrees)")
             lines.append(f"{'method':<{name_width}}" + "".join(f"{y:>7.0f}" for y in yaws) + "  | median |error|")
             for name, sweep in sweeps:
                 lines.append(f"{name:<{name_width}}" + "".join(f"{v:>7.1f}" for v in sweep["median_reached_deg"])
@@ -888,13 +1041,14 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
 
 #: The columns of :func:`summary_markdown`: (component, section, key, header, format).
 SUMMARY_COLUMNS: Tuple[Tuple[str, str, str, str, str], ...] = (
-    ("pose", "target_error", "yaw_deg_median", "pose: yaw error (°, median)", "{:.1f}"),
+    ("pose", "judge.relative_error", "yaw_median", "pose: yaw error (°, median, judge)", "{:.1f}"),
     ("pose", "yaw_sweep", "median_deg", "pose: ±30° sweep error (°, median)", "{:.1f}"),
+    ("pose", "judge.gain", "yaw", "pose: yaw gain (judge)", "{:.2f}"),
+    ("pose", "preservation", "identity_distance", "pose: identity distance (dlib, median)", "{:.2f}"),
     ("pose", "preservation", "outside_face_mae_255", "pose: change outside the face (0-255)", "{:.1f}"),
-    ("expression", "target_error", "jaw_open_mae", "expression: jaw error (MAE)", "{:.3f}"),
-    ("expression", "preservation", "yaw_deg", "expression: yaw change (°)", "{:.1f}"),
-    ("light", "target_error", "light_rmse", "light: error (RMSE)", "{:.3f}"),
-    ("light", "preservation", "yaw_deg", "light: yaw change (°)", "{:.1f}"),
+    ("expression", "judge.relative_error", "jaw_open_median", "expression: jaw error (judge)", "{:.3f}"),
+    ("light", "judge.relative_error", "light_x_median", "light: left-right error (judge)", "{:.3f}"),
+    ("light", "judge.preservation", "yaw_change_median", "light: yaw change (°, judge)", "{:.1f}"),
 )
 
 
@@ -908,7 +1062,7 @@ def reported_results() -> Dict[str, Dict[str, Any]]:
     for component in COMPONENTS:
         for method, result in manifest.get(f"rignet_{component}", {}).get("metrics", {}).get("evaluate", {}).items():
             results.setdefault(method, {})[component] = result
-    order = ("none", "random", "linear", "rignet")  # the references first, then the methods (the manifest sorts keys)
+    order = ("none", "donor", "linear", "rignet")  # the references first, then the methods (the manifest sorts keys)
     return dict(sorted(results.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
 
 
@@ -920,7 +1074,10 @@ def summary_markdown(results: Dict[str, Dict[str, Any]]) -> str:
     for method, per in results.items():
         cells = []
         for component, section, key, _, fmt in SUMMARY_COLUMNS:
-            value = per.get(component, {}).get(section, {}).get(key)
+            node = per.get(component, {})
+            for part in section.split("."):
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            value = node.get(key) if isinstance(node, dict) else None
             cells.append("" if value is None else fmt.format(value))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -952,17 +1109,18 @@ def run_from_args(args: argparse.Namespace) -> int:
                     print(f"  {name:<9} std generated {c['generated_std']:.3g}, FaceWorld {c['faceworld_std']:.3g}: "
                           f"ratio {c['ratio']:.2f} {'ok' if c['pass'] else 'OUTSIDE 0.8-1.2'}")
             return 0
-        names = [n.strip() for n in args.methods.split(",") if n.strip()]
+        names = [REFERENCE_ALIASES.get(n.strip(), n.strip()) for n in args.methods.split(",") if n.strip()]
         unknown = [n for n in names if n not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
         components = list(COMPONENTS) if args.component == "all" else [check_component(args.component)]
-        count = args.count or (QUICK_COUNT if quick else DEFAULT_COUNT)
+        count = args.count if args.count is not None else (QUICK_COUNT if quick else DEFAULT_COUNT)
         print(f"evaluate: sampling {count} pairs (seed {args.seed}) ...", file=sys.stderr)
         evalset = EvalSet.build(G, F, E, count, args.seed, truncation=args.truncation, batch=args.batch)
         context = MethodContext(evalset, corpus=args.corpus, ridge=args.ridge,
                                 fit_count=args.fit_count or (QUICK_FIT_COUNT if quick else DEFAULT_FIT_COUNT),
-                                options={"rignet_dir": args.rignet_dir})
+                                options={"rignet_dir": args.rignet_dir,
+                                         "generator_file_sha256": sha256_file(args.generator) if args.generator else None})
         results: Dict[str, Dict[str, Any]] = {}
         for name in names:
             results[name] = {}
@@ -970,7 +1128,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 print(f"evaluate: {name} / {component} ...", file=sys.stderr)
                 method = METHODS[name](context, component)
                 results[name][component] = evaluate_method(method, evalset, component)
-                if component == "pose" and args.yaw_sweep and name != "random":
+                if component == "pose" and args.yaw_sweep and name != "donor":
                     results[name][component]["yaw_sweep"] = yaw_sweep("none" if name == "none" else method, evalset)
     except (ValueError, FileNotFoundError, TypeError) as error:  # bad options or data: say what, without a traceback
         print(f"stylerig-lite evaluate: error: {error}", file=sys.stderr)

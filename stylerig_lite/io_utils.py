@@ -7,20 +7,32 @@ asset cache, PNG frames) goes through :func:`atomic_write`: the bytes land in a
 temporary file beside the target, are flushed to disk, and replace the target
 with ``os.replace``. A reader therefore sees the old file or the new one, never
 half of one, even when the writer is killed. Every file hash is
-:func:`sha256_file`.
+:func:`sha256_file`; a network's identity (weights and config, whatever file it
+came from) is :func:`module_sha256`.
+
+Every checkpoint the package reads goes through :func:`load_checkpoint_file`:
+``torch.load(weights_only=True)`` with one clear :class:`CheckpointError` for an
+empty, truncated, corrupt or foreign file (never torch's advice to load it with
+``weights_only=False``). A folder that one process writes at a time (a corpus) is
+held with :func:`folder_lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
+import pickle
+import re
 import struct
 import tempfile
+import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,6 +41,11 @@ from .checks import assert_shape
 
 __all__ = [
     "PathLike",
+    "CheckpointError",
+    "FolderLockedError",
+    "folder_lock",
+    "load_checkpoint_file",
+    "module_sha256",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -113,6 +130,149 @@ def sha256_file(path: PathLike, progress: Optional[Callable[[int], None]] = None
             if progress is not None:
                 progress(len(block))
     return digest.hexdigest()
+
+
+def module_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a network's weights and config (not of its file): its identity.
+
+    Two files that load to the same network (say an fp16 export read back as
+    float32 twice) hash alike, and a network built in memory has a hash too, so
+    a corpus or a RigNet can be matched to the generator it belongs to
+    (``corpus.module_sha256`` is this function).
+    """
+    if not callable(getattr(module, "state_dict", None)):
+        raise TypeError(f"module_sha256 needs a network with a state_dict(), got {type(module).__name__}")
+    digest = hashlib.sha256()
+    config = getattr(module, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        array = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)}".encode())
+        # Raw bytes (a 0-dim tensor cannot be viewed as bytes: flatten first); bfloat16 has no numpy type.
+        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# Reading checkpoints.
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is empty, truncated, corrupt, or not one this package wrote."""
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The gist of a low-level error, without torch's advice to load untrusted files unsafely."""
+    text = " ".join(str(error).split())
+    text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0][:200].rstrip(".")
+    if not text or "weights_only" in text or "Weights only" in text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text}"
+
+
+def load_checkpoint_file(source: Union[PathLike, BinaryIO], what: str = "checkpoint", hint: str = "", *,
+                         map_location: Any = "cpu") -> Any:
+    """``torch.load(source, weights_only=True)`` with errors that say what is wrong and what to do.
+
+    ``what`` names the file's kind in messages ("RigNet checkpoint"); ``hint`` says how to make
+    or get a good one (say "train one with `stylerig-lite train-rignet --out PATH`"). Raises
+    :class:`FileNotFoundError` for a missing path and :class:`CheckpointError` for an empty,
+    truncated or corrupt file, for bytes that are no PyTorch checkpoint, and for a pickle that
+    holds Python objects besides tensors and plain containers (which only ``weights_only=False``
+    would read, running code from the file: never the advice here). ``source`` may also be an
+    open binary file (no existence or size checks then).
+    """
+    name = str(source) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "name", "") or "the data")
+    suffix = f"; {hint}" if hint else ""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"no {what} at {path}{suffix}")
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a folder, not a {what} file{suffix}")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path} is empty (0 bytes), not a readable {what} (an interrupted copy or a full "
+                                  f"disk leaves such files){suffix or '; delete it'}")
+        source = path
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise CheckpointError(
+                f"{name} is not a {what} this package wrote: it holds the Python object {found.group(1)}, and "
+                f"checkpoints here hold only tensors, numbers, strings and containers of them (they are read "
+                f"without running code from the file){suffix}") from None
+        reason = "not a PyTorch checkpoint (random or foreign bytes)"
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError,
+            AttributeError, TypeError, UnicodeDecodeError, struct.error) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        reason = f"truncated or corrupt ({_first_sentence(error)})"
+    raise CheckpointError(f"{name} is not a readable {what}: {reason}. Replace it with a good copy{suffix}") from None
+
+
+# ----------------------------------------------------------------------------
+# One writer per folder.
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the folder's lock (:func:`folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(path: PathLike, what: str = "folder") -> Iterator[Path]:
+    """Hold ``<path>/.lock`` (``fcntl.flock``, exclusive, non-blocking) while the ``with`` block runs.
+
+    The folder is created if needed. A second holder, in another process or through another
+    :func:`folder_lock` in this one, fails at once with :class:`FolderLockedError` naming the
+    folder and the pid of the process that holds it (written into the lock file). The lock is
+    released, and its file removed, when the block ends, and by the kernel when the process
+    dies (a killed writer leaves no stale lock). Yields the lock file's path. Without ``fcntl``
+    (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield Path(path) / ".lock"
+        return
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, default_file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            try:
+                holder = lock.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise FolderLockedError(
+                f"{folder} is being written by another process (pid {holder}, holding {lock}); "
+                f"wait for it to finish or stop it, then run this again. Two writers on one {what} "
+                f"would corrupt it") from None
+        # The previous holder may have removed the file between our open and our lock: then we
+        # hold a lock on a deleted file, and must take the one at the path instead.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still holding it: the next holder's inode check sees the new file
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Each loader also takes an explicit ``path`` (your own checkpoint; no hash check 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -22,18 +23,20 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .io_utils import atomic_torch_save, atomic_write_json, sha256_file
+from .io_utils import atomic_torch_save, atomic_write_json, load_checkpoint_file, module_sha256, sha256_file
 from .params import RIG_COMPONENTS, rig_component
 
 __all__ = [
     "check_rignet_generator",
     "EMBEDDED",
+    "embedded_generator_sha256",
     "embedded_path",
     "evaluation_estimator",
     "export",
     "face_estimator",
     "generator",
     "MANIFEST",
+    "photoreal_generator",
     "read_manifest",
     "rignet",
     "sha256_of",
@@ -99,6 +102,21 @@ def generator(path: Optional[Union[str, os.PathLike]] = None):
     return load_generator(path if path is not None else embedded_path("generator"), search_dirs=[WEIGHTS_DIR])
 
 
+def photoreal_generator(data_dir: Optional[Union[str, os.PathLike]] = None, device=None):
+    """The photoreal MobileStyleGAN (FFHQ, 1024 px, 23 x 512 W+), in eval mode with gradients off.
+
+    Not embedded: its weights come from the PyPI package ``random-face`` (non-commercial, never
+    committed; install with ``pip install --no-deps random-face==2021.7.21.1``) and are checked
+    against their published sha256; ``G.generator_sha256`` names them. ``data_dir``: another folder
+    holding the four IR files. See :mod:`~stylerig_lite.mobilestylegan`.
+    """
+    from .mobilestylegan import load_mobilestylegan
+
+    G = load_mobilestylegan(data_dir, device=device)
+    G.requires_grad_(False)
+    return G
+
+
 def face_estimator(path: Optional[Union[str, os.PathLike]] = None):
     """F: image -> 3DMM parameters and landmarks, in eval mode with gradients off."""
     from .reconstruction import ReconstructionNet
@@ -114,14 +132,40 @@ def evaluation_estimator(path: Optional[Union[str, os.PathLike]] = None):
 
 
 def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None):
-    """The RigNet for ``component`` ('pose', 'expression', 'light'; 'illumination' is an alias), eval mode, frozen."""
+    """The RigNet for ``component`` ('pose', 'expression', 'light'; 'illumination' is an alias), eval mode, frozen.
+
+    An embedded RigNet knows the generator it was trained on from the manifest (the file sha256 of the
+    embedded generator; its network's hash is computed when first checked), so that
+    ``R.check_generator(G)`` refuses another generator; a checkpoint of yours carries the record
+    ``train-rignet`` wrote into it.
+    """
     from .rignet import RigNet
 
     component = rig_component(component)  # a clear KeyError for a misspelt component, before any file lookup
-    if path is None:
-        path = embedded_path(f"rignet_{component}")
-        check_rignet_generator(f"rignet_{component}")
-    return RigNet.load(path)
+    if path is not None:
+        return RigNet.load(path)
+    name = f"rignet_{component}"
+    net = RigNet.load(embedded_path(name))
+    check_rignet_generator(name)
+    if net.generator_sha256 is None:  # the committed files predate the record: it comes from the manifest
+        file_sha = read_manifest().get(name, {}).get("generator_sha256")
+        if file_sha is not None:
+            net.record_generator(file_sha256=file_sha, sha256_from=functools.partial(embedded_generator_sha256, file_sha))
+    return net
+
+
+@functools.lru_cache(maxsize=4)
+def embedded_generator_sha256(file_sha256: Optional[str] = None) -> str:
+    """:func:`~stylerig_lite.io_utils.module_sha256` of the embedded generator (loaded once, then cached).
+
+    ``file_sha256``: the file hash the caller expects the embedded generator to have (a RigNet's
+    record); a :class:`WeightsError` if it has another.
+    """
+    path = embedded_path("generator")
+    actual = read_manifest()["generator"]["sha256"]
+    if file_sha256 is not None and file_sha256 != actual:
+        raise WeightsError(f"the embedded generator has sha256 {actual[:12]}..., not {file_sha256[:12]}...")
+    return module_sha256(generator(path))
 
 
 def check_rignet_generator(name: str) -> None:
@@ -174,7 +218,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         # The normalisation buffers stay float32 (like an estimator's).
         data["state_dict"] = {k: (v if k in ("param_mean", "param_std") else _half(v)) for k, v in data["state_dict"].items()}
         # The generator it was trained on (its own --generator, else the embedded one at export time).
-        trained_with = (torch.load(checkpoint, map_location="cpu", weights_only=True).get("train") or {}).get("config", {})
+        trained_with = (load_checkpoint_file(checkpoint, "RigNet checkpoint").get("train") or {}).get("config", {})
         generator_file = trained_with.get("generator") or embedded_path("generator")
         atomic_torch_save(data, out)
         extra = {"generator_sha256": sha256_file(generator_file)}

@@ -48,7 +48,7 @@ from torch import nn
 from . import morphable
 from .checks import assert_finite, assert_shape
 from .seeding import BatchShard
-from .io_utils import atomic_torch_save
+from .io_utils import CheckpointError, atomic_torch_save, load_checkpoint_file
 from .morphable import NUM_EXPRESSION, NUM_PARAMS, SLICES, FaceParams, ParamDistribution
 from .params import NUM_LANDMARKS
 
@@ -352,7 +352,7 @@ class ReconstructionNet(nn.Module):
     def from_checkpoint(cls, data: Dict[str, Any]) -> "ReconstructionNet":
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"not an F checkpoint: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
+            raise CheckpointError(f"not an F checkpoint: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
         state = data["state_dict"]
         net = cls(ReconstructionConfig.from_dict(data["config"]), param_mean=state["param_mean"], param_std=state["param_std"])
         net.load_state_dict(state)
@@ -366,9 +366,8 @@ class ReconstructionNet(nn.Module):
         gradients (the usual use: a fixed estimator or loss network).
         """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"F checkpoint not found: {path} (train one with `stylerig-lite train-f --out {path}`)")
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = load_checkpoint_file(path, "F checkpoint", f"train one with `stylerig-lite train-f --out {path}`",
+                                    map_location=map_location)
         net = cls.from_checkpoint(data).eval()
         if frozen:
             net.requires_grad_(False)
@@ -434,8 +433,11 @@ def check_images(images: Any, *, value_range: Tuple[float, float] = (0.0, 1.0), 
             raise ValueError(f"images must lie in [0, 1] but range over [{vmin:.3g}, {vmax:.3g}]; {hint}")
         # GAN outputs overshoot [-1, 1] a little; anything beyond twice the span is a wrong range, not overshoot.
         if (lo, hi) != (0.0, 1.0) and (vmin < lo - (hi - lo) or vmax > hi + (hi - lo)):
+            hint = "pass the range they are in"
+            if vmin >= -tolerance and vmax <= 255 * 1.02:
+                hint = "they look like 0..255 values: divide by 255 and pass value_range=(0, 1)"
             raise ValueError(
-                f"images range over [{vmin:.3g}, {vmax:.3g}], far outside value_range {value_range}; pass the range they are in"
+                f"images range over [{vmin:.3g}, {vmax:.3g}], far outside value_range {value_range}; {hint}"
             )
     if (lo, hi) != (0.0, 1.0):
         images = (images - lo) / (hi - lo)

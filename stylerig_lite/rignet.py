@@ -42,8 +42,16 @@ per-layer loop, kept as the reference the tests compare against).
 ``num_ws · w_dim``), so a loss weight means the same for a 10×256 toy
 generator and the 18×512 FFHQ one.
 
+A RigNet belongs to the generator it was trained on: its edits are offsets in that generator's W+
+space, meaningless in another's. :mod:`~stylerig_lite.train_rignet` records the generator's identity
+(:func:`~stylerig_lite.io_utils.module_sha256` of its weights and config, and the sha256 of its file
+when it came from one) in the checkpoint; :meth:`RigNet.check_generator` refuses any other generator
+with :class:`GeneratorMismatchError`. A RigNet with no record (built in memory, or saved before the
+record existed) is not checked.
+
 Public API: :data:`COMPONENTS`, :class:`RigNetConfig`, :class:`RigNet`
-(``rignet(w, p_component)``, ``rignet.rig(w, p_full)``, ``save`` / ``RigNet.load``;
+(``rignet(w, p_component)``, ``rignet.rig(w, p_full)``, ``save`` / ``RigNet.load``,
+``record_generator`` / ``check_generator``;
 ``rignet.bind(w)`` -> :class:`BoundRigNet` for the editor), the losses
 :func:`rec_loss`, :func:`edit_loss`, :func:`consistency_loss` and
 the whole objective :func:`rig_losses`. Training lives in
@@ -67,7 +75,7 @@ from torch import nn
 from . import morphable
 from .checks import assert_finite, assert_shape
 from .morphable import NUM_PARAMS, FaceParams
-from .io_utils import atomic_torch_save
+from .io_utils import CheckpointError, atomic_torch_save, load_checkpoint_file, module_sha256
 from .params import RIG_SLICES, rig_component
 from .params import NUM_LANDMARKS
 
@@ -206,6 +214,10 @@ class RigNetConfig:
         return cls(**data)
 
 
+class GeneratorMismatchError(ValueError):
+    """A RigNet (or a corpus) is used with another generator than the one it was made with."""
+
+
 class RigNet(nn.Module):
     """``ŵ = w + Dec([Enc(w), p])`` with one linear encoder and decoder per W+ layer.
 
@@ -248,6 +260,69 @@ class RigNet(nn.Module):
         layer_mask = torch.zeros(config.num_ws, 1, 1)
         layer_mask[: config.num_edited] = 1.0
         self.register_buffer("layer_mask", layer_mask, persistent=False)
+        # The generator it was trained on (see record_generator); None: not recorded, not checked.
+        self.generator_sha256: Optional[str] = None  # module_sha256 of the generator (weights + config)
+        self.generator_file_sha256: Optional[str] = None  # sha256 of the generator's file, when known
+        self._generator_sha256_from: Optional[Callable[[], str]] = None  # computes generator_sha256 on demand
+
+    # -- the generator it belongs to ------------------------------------------------
+    def record_generator(self, sha256: Optional[str] = None, *, file_sha256: Optional[str] = None,
+                         sha256_from: Optional[Callable[[], str]] = None) -> "RigNet":
+        """Record the generator this RigNet was trained on (returns ``self``).
+
+        ``sha256``: :func:`~stylerig_lite.io_utils.module_sha256` of the generator (the identity
+        :meth:`check_generator` compares); ``file_sha256``: the sha256 of its checkpoint file, when it
+        came from one; ``sha256_from``: a function that computes ``sha256`` when first needed (the
+        embedded RigNets know their generator's file from the weights manifest, and hashing its
+        network costs a load). Saved with the checkpoint.
+        """
+        self.generator_sha256 = sha256
+        self.generator_file_sha256 = file_sha256
+        self._generator_sha256_from = sha256_from if sha256 is None else None
+        return self
+
+    def trained_generator_sha256(self) -> Optional[str]:
+        """:func:`~stylerig_lite.io_utils.module_sha256` of the generator this RigNet was trained on, or None."""
+        if self.generator_sha256 is None and self._generator_sha256_from is not None:
+            self.generator_sha256 = self._generator_sha256_from()
+            self._generator_sha256_from = None
+        return self.generator_sha256
+
+    def check_generator(self, G: Any, *, file_sha256: Optional[str] = None) -> None:
+        """Raise :class:`GeneratorMismatchError` unless ``G`` is the generator this RigNet was trained on.
+
+        ``G``: the generator (a network; compared by :func:`~stylerig_lite.io_utils.module_sha256`);
+        ``file_sha256``: the sha256 of the file it was loaded from, if known (a match is enough).
+        A RigNet without a recorded generator is not checked.
+        """
+        if self.generator_sha256 is None and self.generator_file_sha256 is None and self._generator_sha256_from is None:
+            return
+        if file_sha256 is not None and file_sha256 == self.generator_file_sha256:
+            return
+        trained = self.trained_generator_sha256()
+        given: Optional[str] = None
+        if trained is not None:
+            try:
+                given = module_sha256(G)
+            except TypeError:
+                raise GeneratorMismatchError(
+                    f"this {self.config.component} RigNet belongs to the generator with sha256 {trained[:12]}..., and "
+                    f"{type(G).__name__} is no network whose weights can be compared with it (no state_dict)") from None
+            if given == trained:
+                return
+        elif file_sha256 is None:
+            raise GeneratorMismatchError(
+                f"this {self.config.component} RigNet belongs to the generator file with sha256 "
+                f"{str(self.generator_file_sha256)[:12]}...; pass file_sha256= of the generator's file to check it")
+        trained_text = (f"{trained[:12]}..." if trained else "?") + (
+            f" (file sha256 {self.generator_file_sha256[:12]}...)" if self.generator_file_sha256 else "")
+        given_text = (f"{given[:12]}..." if given else "?") + (f" (file sha256 {file_sha256[:12]}...)" if file_sha256 else "")
+        raise GeneratorMismatchError(
+            f"this {self.config.component} RigNet was trained on the generator with sha256 {trained_text}; you passed "
+            f"a generator with sha256 {given_text}. Its edits are offsets in the W+ space of the generator it was "
+            f"trained on, meaningless in another's: train a RigNet for this generator with `stylerig-lite "
+            f"train-rignet --component {self.config.component} --generator CHECKPOINT --out rignet_"
+            f"{self.config.component}.pt`")
 
     # -- input checks -----------------------------------------------------------
     def _check_latents(self, w: torch.Tensor) -> None:
@@ -389,8 +464,14 @@ class RigNet(nn.Module):
 
     # -- checkpoints ----------------------------------------------------------------
     def checkpoint(self) -> Dict[str, Any]:
-        """The network as a plain dict (its config travels with it)."""
-        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}
+        """The network as a plain dict (its config, and the generator it was trained on, travel with it)."""
+        data = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}
+        trained = self.trained_generator_sha256()
+        if trained is not None:
+            data["generator_sha256"] = trained
+        if self.generator_file_sha256 is not None:
+            data["generator_file_sha256"] = self.generator_file_sha256
+        return data
 
     def save(self, path: Union[str, os.PathLike], *, extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write config + weights + normalisation atomically to ``path`` (``extra``: more top-level keys)."""
@@ -403,11 +484,11 @@ class RigNet(nn.Module):
     def from_checkpoint(cls, data: Dict[str, Any]) -> "RigNet":
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"not a RigNet checkpoint: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
+            raise CheckpointError(f"not a RigNet checkpoint: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
         state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
         net = cls(RigNetConfig.from_dict(data["config"]), param_mean=state["param_mean"], param_std=state["param_std"])
         net.load_state_dict(state)
-        return net
+        return net.record_generator(data.get("generator_sha256"), file_sha256=data.get("generator_file_sha256"))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, map_location: Any = "cpu", frozen: bool = True) -> "RigNet":
@@ -416,12 +497,9 @@ class RigNet(nn.Module):
         Returns it in eval mode; ``frozen=True`` also turns off its gradients.
         """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"RigNet checkpoint not found: {path} (train one with "
-                f"`stylerig-lite train-rignet --component pose --out {path}`)"
-            )
-        net = cls.from_checkpoint(torch.load(path, map_location=map_location, weights_only=True)).eval()
+        data = load_checkpoint_file(path, "RigNet checkpoint", map_location=map_location,
+                                    hint=f"train one with `stylerig-lite train-rignet --component pose --out {path}`")
+        net = cls.from_checkpoint(data).eval()
         if frozen:
             net.requires_grad_(False)
         return net
@@ -694,6 +772,7 @@ def rig_losses(
 __all__ = [
     "BoundRigNet",
     "COMPONENTS",
+    "GeneratorMismatchError",
     "LossWeights",
     "RigComponent",
     "RigNet",

@@ -64,7 +64,7 @@ from .reconstruction import (
     reconstruction_loss,
     width_ladder,
 )
-from .io_utils import to_cpu
+from .io_utils import load_checkpoint_file, to_cpu
 from .seeding import batch_indices, derive_seed  # batch_indices re-exported
 # The FaceWorld data (F's shard cache, render_shards folders) lives in datasets; re-exported for old imports.
 from .datasets import (  # noqa: F401  re-exported
@@ -233,8 +233,8 @@ def load_train_state(path: Union[str, os.PathLike], config: TrainConfig, device:
 
     The file is read onto the CPU; ``device`` (default CPU): where the network and its optimizer state go.
     """
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if "train" not in data:
+    data = load_checkpoint_file(path, "train-f checkpoint", f"delete it, or pass --fresh to start over (it overwrites {path})")
+    if not isinstance(data, dict) or "train" not in data:
         raise ValueError(f"{path} holds an F network without training state; it cannot be resumed (use --fresh to overwrite)")
     differences = _config_differences(data["train"]["config"], config)
     if differences:

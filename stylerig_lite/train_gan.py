@@ -87,7 +87,7 @@ from . import distributed
 from .checks import assert_finite, assert_shape
 from .devices import add_device_argument, configure_cuda, resolve_device
 from .distributed import BatchShard
-from .io_utils import default_file_mode, sha256_file
+from .io_utils import CheckpointError, default_file_mode, sha256_file
 from .stylegan2 import (EMA_REFERENCE_KEY, Discriminator, Generator, StyleGAN2Config, get_config, load_checkpoint,
                         resolve_ema_reference, save_checkpoint, save_generator_only)
 
@@ -640,7 +640,7 @@ class GANTrainer:
         payload = load_checkpoint(path, map_location="cpu")
         extra = payload.get("extra") or {}
         if "train_config" not in extra or payload.get("D") is None:
-            raise ValueError(f"{path} is a generator-only checkpoint and cannot resume training")
+            raise CheckpointError(f"{path} is a generator-only checkpoint and cannot resume training")
         overrides = dict(train_overrides or {})
         stored = extra["train_config"]
         if ("batch_size" in overrides and overrides["batch_size"] != stored.get("batch_size")
@@ -849,7 +849,11 @@ def train_gan(sample_real: SampleReal, out_dir: str | os.PathLike, total_images:
             overrides = {k: getattr(train_config, k) for k in RESUMABLE_OVERRIDES}
         if resume_batch is not None:
             overrides["batch_size"] = int(resume_batch)
-        trainer = GANTrainer.resume(ckpt, sample_real, out_dir, train_overrides=overrides, device=device)
+        try:
+            trainer = GANTrainer.resume(ckpt, sample_real, out_dir, train_overrides=overrides, device=device)
+        except CheckpointError as error:
+            raise CheckpointError(f"cannot resume from {ckpt}: {error}. Pass --no-resume to start over "
+                                  f"(it overwrites {ckpt})") from None
         if train_config is not None:
             ignored = [k for k, v in train_config.to_dict().items()
                        if k not in RESUMABLE_OVERRIDES and k not in overrides and trainer.cfg.to_dict()[k] != v]
@@ -969,9 +973,13 @@ def _run(args: argparse.Namespace, sample_real: SampleReal | None, device: torch
                             checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
                             snapshot_every=args.snapshot_every,
                             compact_checkpoint=args.compact)
-    trainer = train_gan(sample_real, args.out, args.images, model_config, train_cfg,
-                        resume=not args.no_resume, progress=not args.no_progress, device=device,
-                        minutes=getattr(args, "minutes", None), resume_batch=getattr(args, "resume_batch", None))
+    try:
+        trainer = train_gan(sample_real, args.out, args.images, model_config, train_cfg,
+                            resume=not args.no_resume, progress=not args.no_progress, device=device,
+                            minutes=getattr(args, "minutes", None), resume_batch=getattr(args, "resume_batch", None))
+    except CheckpointError as error:  # an empty, truncated or foreign checkpoint.pt: say what, no traceback
+        print(f"stylerig-lite train-gan: error: {error}", file=sys.stderr)
+        return 2
     if distributed.is_main():
         print(f"trained to {trainer.images_seen} images ({trainer.step} steps) on {device}; checkpoint: "
               f"{Path(args.out) / 'checkpoint.pt'}")

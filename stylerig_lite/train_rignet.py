@@ -21,8 +21,12 @@ Each step draws ``batch`` pairs ``(w, v)``:
 Either way a step's batch is a function of ``(seed, step)`` alone, so an
 interrupted and resumed run takes exactly the steps of an uninterrupted one
 (tested). The checkpoint (one path, written atomically) carries the RigNet,
-its config, the training config, the optimizer state and the loss history;
-running the same command again resumes, ``--minutes`` stops and checkpoints.
+its config, the generator it belongs to (``generator_sha256``, the
+:func:`~stylerig_lite.io_utils.module_sha256` of G, and ``generator_file_sha256`` when G came
+from a file; see :meth:`~stylerig_lite.rignet.RigNet.check_generator`), the training config,
+the optimizer state and the loss history; running the same command again resumes (with the
+same generator only), ``--minutes`` stops and checkpoints. A ``--corpus`` made with another
+generator is refused, and so is a corrupt ``--out`` (``--fresh`` starts over).
 Loss curves go to ``<out stem>.log.jsonl`` beside the checkpoint.
 
 Optimizer: Adam at 1e-3 by default; the paper's AdaDelta at 0.01 is
@@ -82,6 +86,7 @@ from .devices import add_device_argument, configure_cuda, resolve_device
 from .config import config_from_preset
 from .rignet import (
     COMPONENTS,
+    GeneratorMismatchError,
     LossWeights,
     RigNet,
     RigNetConfig,
@@ -91,7 +96,7 @@ from .rignet import (
     get_component,
     rig_losses,
 )
-from .io_utils import to_cpu
+from .io_utils import load_checkpoint_file, module_sha256, sha256_file, to_cpu
 from .seeding import batch_indices, derive_seed
 
 __all__ = [
@@ -199,9 +204,16 @@ def log_path(out: Union[str, os.PathLike]) -> Path:
 
 
 class PairSource:
-    """Step ``s``'s pairs ``(w, v)`` with F's view of them; a function of ``(seed, s)`` alone."""
+    """Step ``s``'s pairs ``(w, v)`` with F's view of them; a function of ``(seed, s)`` alone.
 
-    def __init__(self, G: nn.Module, F: nn.Module, config: TrainConfig, corpus: Any = None, device: Any = None):
+    A corpus whose manifest names another generator than ``G`` (its ``generator_sha256``, the
+    :func:`~stylerig_lite.io_utils.module_sha256` of the generator that made it) is refused with
+    :class:`~stylerig_lite.rignet.GeneratorMismatchError`: its latents are another W+ space.
+    ``generator_sha256``: ``G``'s hash if the caller has it already.
+    """
+
+    def __init__(self, G: nn.Module, F: nn.Module, config: TrainConfig, corpus: Any = None, device: Any = None, *,
+                 generator_sha256: Optional[str] = None):
         self.G, self.F, self.config = G, F, config
         # Where G and F compute (default: where G's parameters are); draws are made on the CPU and moved.
         self.device = torch.device(device) if device is not None else next(G.parameters()).device
@@ -212,6 +224,18 @@ class PairSource:
         self.corpus = corpus
         if corpus is not None and len(corpus) < 2:
             raise ValueError(f"the corpus holds {len(corpus)} latents; pairs need at least 2")
+        made_with = (getattr(corpus, "manifest", None) or {}).get("generator_sha256")
+        if made_with is not None:
+            generator_sha256 = generator_sha256 or module_sha256(G)
+            if made_with != generator_sha256:
+                file_sha = corpus.manifest.get("generator_file_sha256")
+                where = getattr(corpus, "root", config.corpus)
+                raise GeneratorMismatchError(
+                    f"the corpus {where} was made with the generator with sha256 {made_with[:12]}..."
+                    + (f" (file sha256 {file_sha[:12]}...)" if file_sha else "")
+                    + f", but this RigNet trains with the generator with sha256 {generator_sha256[:12]}...: its latents "
+                    "are another generator's W+. Make a corpus of this generator with `stylerig-lite make-corpus "
+                    "--generator CHECKPOINT --out DIR`, or train with the corpus's generator (--generator)")
 
     @torch.no_grad()
     def __call__(self, step: int, rows: Optional[slice] = None) -> Tuple[RigSample, RigSample]:
@@ -311,8 +335,8 @@ def load_train_state(path: Union[str, os.PathLike], config: TrainConfig, device:
 
     The file is read onto the CPU; ``device`` (default CPU): where the RigNet and its optimizer state go.
     """
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if "train" not in data:
+    data = load_checkpoint_file(path, "train-rignet checkpoint", f"delete it, or pass --fresh to start over (it overwrites {path})")
+    if not isinstance(data, dict) or "train" not in data:
         raise ValueError(f"{path} holds a RigNet without training state; it cannot be resumed (use --fresh to overwrite)")
     saved, current = data["train"]["config"], dataclasses.asdict(config)
     differences = [
@@ -383,11 +407,16 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
     from .morphable import load_face_model
 
     weights = config.loss_weights()
+    generator_file_sha256: Optional[str] = None  # known when G is loaded here from a file
     if G is None or F is None:
         from . import pretrained
 
-        G = G if G is not None else pretrained.generator(config.generator)
+        if G is None:
+            G = pretrained.generator(config.generator)
+            generator_file_sha256 = sha256_file(config.generator or pretrained.embedded_path("generator"))
         F = F if F is not None else pretrained.face_estimator(config.estimator)
+    # The RigNet belongs to this generator: recorded in its checkpoint, checked on resume and against a corpus.
+    generator_sha256 = module_sha256(G)
     device = (torch.device("cpu") if device is None else
               device if isinstance(device, torch.device) else resolve_device(device))
     on_cpu = device.type == "cpu"
@@ -399,7 +428,7 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
         F.to(device)
         face_model.to(device)
     render = RenderLoss(face_model, default_camera(F.config.image_size))
-    pairs = PairSource(G, F, config, corpus, device=device)
+    pairs = PairSource(G, F, config, corpus, device=device, generator_sha256=generator_sha256)
     main = distributed.is_main()  # in a process group: rank 0 logs and writes the checkpoint and the log file
     if not main:
         progress, log = False, (lambda message: None)
@@ -418,6 +447,13 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
             rignet.to(device)  # same initial weights on every device
         state = TrainState(rignet, make_optimizer(rignet, config))
     rignet, optimizer = state.rignet, state.optimizer
+    if rignet.generator_sha256 not in (None, generator_sha256):
+        raise GeneratorMismatchError(
+            f"cannot resume {out}: it was trained on the generator with sha256 {rignet.generator_sha256[:12]}..., "
+            f"this run's generator has sha256 {generator_sha256[:12]}...; use that generator, another --out, "
+            "or --fresh to start over")
+    if rignet.generator_sha256 is None or generator_file_sha256 is not None:
+        rignet.record_generator(generator_sha256, file_sha256=generator_file_sha256 or rignet.generator_file_sha256)
     if (rignet.config.num_ws, rignet.config.w_dim) != (G.num_ws, G.w_dim):
         raise ValueError(f"{out} rigs a {rignet.config.num_ws}x{rignet.config.w_dim} W+, the generator's is {G.num_ws}x{G.w_dim}")
     rignet.train()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -204,3 +205,92 @@ def test_cli_make_corpus(tmp_path, G, F, capsys):
     assert main(args[:-1] + ["--seed", "3", "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert not math.isnan(CorpusDataset(out).params.sum())
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+
+_HOLD_LOCK = """
+import sys
+from stylerig_lite.io_utils import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_two_writers_on_one_folder(tmp_path, G, F, capsys):
+    """While one make-corpus writes a folder, a second one (with --overwrite too) fails at once, naming it."""
+    import subprocess
+    import sys
+
+    from stylerig_lite.cli import main
+    from stylerig_lite.io_utils import FolderLockedError
+
+    root = make_corpus(tmp_path / "corpus", 4, generator=G, estimator=F, shard_size=4, progress=False)
+    assert not (root / ".lock").exists()  # released when the corpus is complete
+    before = shard_arrays(root, 0)
+
+    def during_the_write(index, path):  # a second writer while the first holds the folder
+        with pytest.raises(FolderLockedError, match=rf"{root} is being written by another process \(pid {os.getpid()}"):
+            make_corpus(root, 8, generator=G, estimator=F, shard_size=4, progress=False)
+        with pytest.raises(FolderLockedError, match="refusing to --overwrite"):
+            make_corpus(root, 8, generator=G, estimator=F, shard_size=4, overwrite=True, progress=False)
+
+    make_corpus(root, 8, generator=G, estimator=F, shard_size=4, progress=False, on_shard=during_the_write)
+    assert len(CorpusDataset(root)) == 8 and np.array_equal(shard_arrays(root, 0)["w"], before["w"])
+
+    # Another process holds the folder: the command fails with exit status 2 and names that process.
+    g_path, f_path = tmp_path / "g.pt", tmp_path / "f.pt"
+    save_checkpoint(g_path, G, G_ema=G)
+    F.save(f_path)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["make-corpus", "--out", str(root), "--count", "8", "--shard-size", "4", "--generator", str(g_path),
+                "--estimator", str(f_path), "--quiet"]
+        for extra in ([], ["--overwrite"]):
+            assert main(args + extra) == 2
+            err = capsys.readouterr().err
+            assert f"{root} is being written by another process (pid {holder.pid}" in err, err
+        assert len(CorpusDataset(root)) == 8  # --overwrite did not delete anything
+    finally:
+        holder.communicate("\n", timeout=60)
+
+
+def test_counts_below_one_are_usage_errors(tmp_path, capsys):
+    from stylerig_lite.cli import main
+
+    for count in ("0", "-3"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["make-corpus", "--out", str(tmp_path / "c"), "--count", count])
+        assert exit_.value.code == 2
+        assert f"argument --count: must be an integer >= 1, got '{count}'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_images_in_the_wrong_range_are_refused(G, F):
+    images = synthesize(G, G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)), None))
+    estimate_images(F, images * 1.5)  # GAN overshoot is clamped, not refused
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\].*0\.\.255 values: use images / 127.5 - 1"):
+        estimate_images(F, (images + 1) * 127.5)
+    with pytest.raises(ValueError, match=r"0\.\.255 values"):
+        corpus_mod.to_uint8((images + 1) * 127.5)
+    stored = corpus_mod.to_uint8(images)
+    assert torch.allclose(corpus_mod.from_uint8(stored), images, atol=1 / 127.5)
+    with pytest.raises(TypeError, match="uint8"):
+        corpus_mod.from_uint8(torch.from_numpy(stored).float() / 255)
+    with pytest.raises(ValueError, match="channels last"):
+        corpus_mod.from_uint8(torch.from_numpy(stored).permute(0, 3, 1, 2).contiguous())
+
+
+def test_train_rignet_refuses_a_corpus_of_another_generator(tmp_path, G, F):
+    from stylerig_lite import train_rignet
+    from stylerig_lite.rignet import GeneratorMismatchError
+
+    root = make_corpus(tmp_path / "corpus", 4, generator=G, estimator=F, progress=False)
+    config = train_rignet.make_config("tiny", corpus=str(root))
+    train_rignet.PairSource(G, F, config)  # its own generator: fine
+    with pytest.raises(GeneratorMismatchError, match=rf"the corpus {root} was made with the generator with sha256 "
+                                                     rf"{module_sha256(G)[:12]}"):
+        train_rignet.PairSource(tiny_generator(seed=1), F, config)

@@ -557,3 +557,19 @@ def test_rignet_modules_plug_in_through_their_rig_method() -> None:
     assert frame.applied == ("pose",) and frame.w_hat.shape == state.w.shape
     with pytest.raises(TypeError, match="callable"):
         EditorState(G, {"pose": 3}, ToyEstimator())
+
+
+def test_a_rignet_of_another_generator_is_refused() -> None:
+    """A RigNet's edits belong to the generator it was trained on: the editor refuses any other at construction."""
+    from stylerig_lite.io_utils import module_sha256
+    from stylerig_lite.rignet import GeneratorMismatchError, RigNet, RigNetConfig
+
+    G, other = ToyGenerator(), ToyGenerator()
+    other.scale.fill_(2.0)  # other weights: another generator
+    net = RigNet(RigNetConfig(component="pose", num_ws=G.num_ws, w_dim=G.w_dim)).eval()
+    net.record_generator(module_sha256(G))
+    EditorState(G, {"pose": net, "expression": toy_rigs()["expression"]}, ToyEstimator(), seed=1)
+    with pytest.raises(GeneratorMismatchError, match="this pose RigNet was trained on the generator"):
+        EditorState(other, {"pose": net}, ToyEstimator(), seed=1)
+    with pytest.raises(GeneratorMismatchError, match="train-rignet"):
+        editing.EditorApp(other, {"pose": net}, ToyEstimator(), None, background=False)

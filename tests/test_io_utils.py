@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bad_files import BAD_FILE_WORDS, bad_checkpoints
 from stylerig_lite import io_utils
 
 
@@ -67,3 +68,96 @@ def test_png_encoders_decode_to_the_quantised_image():
     assert np.array_equal(wide[0, 0], expected[0, 0]) and np.array_equal(wide[-1, 13], expected[-1, -1])  # nearest
     with pytest.raises(ValueError, match="image"):
         io_utils.image_png(torch.rand(4, 5, 5))
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def test_load_checkpoint_file_says_what_is_wrong_and_never_suggests_weights_only_false(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"weights": torch.arange(3000.0)}, good)
+    assert torch.equal(io_utils.load_checkpoint_file(good, "thing")["weights"], torch.arange(3000.0))
+    with pytest.raises(FileNotFoundError, match=r"no thing at .*missing.pt; make one with `make-thing`"):
+        io_utils.load_checkpoint_file(tmp_path / "missing.pt", "thing", "make one with `make-thing`")
+    for kind, path in bad_checkpoints(tmp_path, good).items():
+        with pytest.raises(io_utils.CheckpointError, match=BAD_FILE_WORDS[kind]) as error:
+            io_utils.load_checkpoint_file(path, "thing", "make one with `make-thing`")
+        message = str(error.value)
+        assert str(path) in message and "make-thing" in message, kind
+        assert "weights_only" not in message and "Weights only" not in message, (kind, message)
+        assert isinstance(error.value, ValueError)
+    # A pickle of arbitrary Python objects: only weights_only=False would read it (running code from the file).
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"when": __import__("datetime").date(2020, 1, 1)}, foreign)
+    with pytest.raises(io_utils.CheckpointError, match="datetime.date") as error:
+        io_utils.load_checkpoint_file(foreign, "thing")
+    assert "weights_only" not in str(error.value)
+    with pytest.raises(io_utils.CheckpointError, match="is a folder"):
+        io_utils.load_checkpoint_file(tmp_path, "thing")
+    with pytest.raises(io_utils.CheckpointError, match="the data is not a readable"):
+        io_utils.load_checkpoint_file(io.BytesIO(b"garbage"), "thing")
+
+
+def test_module_sha256_is_the_identity_of_weights_and_config():
+    from stylerig_lite import corpus
+
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert corpus.module_sha256 is io_utils.module_sha256  # one implementation
+    assert io_utils.module_sha256(a) != io_utils.module_sha256(b)
+    b.load_state_dict(a.state_dict())
+    assert io_utils.module_sha256(a) == io_utils.module_sha256(b)
+    with pytest.raises(TypeError, match="state_dict"):
+        io_utils.module_sha256(object())
+
+
+# ----------------------------------------------------------------------------------------- folder lock
+
+_HOLD_LOCK = """
+import sys, time
+from stylerig_lite.io_utils import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()  # hold it until the test says so
+"""
+
+
+def test_folder_lock_admits_one_holder_at_a_time(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "corpus"
+    with io_utils.folder_lock(folder) as lock:
+        assert lock == folder / ".lock" and lock.read_text().strip() == str(os.getpid())
+        # flock locks belong to open files: a second lock in the same process conflicts too (Linux).
+        with pytest.raises(io_utils.FolderLockedError, match=rf"{folder}.*pid {os.getpid()}"):
+            with io_utils.folder_lock(folder):
+                pass
+    assert not lock.exists()  # released and removed
+    with io_utils.folder_lock(folder):  # free again
+        pass
+
+    # Another process holds it: refused at once, naming that process.
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(io_utils.FolderLockedError, match=rf"{folder} is being written by another process "
+                                                             rf"\(pid {holder.pid}"):
+            with io_utils.folder_lock(folder):
+                pass
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    with io_utils.folder_lock(folder):  # its lock went with it
+        pass
+
+    # A holder that dies without cleaning up leaves no stale lock (the kernel drops flock locks).
+    killed = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "locked"
+    killed.kill()
+    killed.wait(timeout=60)
+    killed.stdin.close()
+    killed.stdout.close()
+    with io_utils.folder_lock(folder):
+        pass

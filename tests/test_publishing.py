@@ -182,8 +182,8 @@ def test_book_workflow_builds_with_make_and_deploys_pages() -> None:
     )
     # The environment is cached under the key .ci/run uses: the lock and pyproject.toml.
     caches = steps_using(doc, "actions/cache")
-    assert any("hashFiles('requirements/ci.txt', 'pyproject.toml')" in str(step.get("with", {}).get("key"))
-               for step in caches), "book.yml must cache the environment keyed by requirements/ci.txt + pyproject.toml"
+    assert any("hashFiles('requirements/ci.txt', 'requirements/nodeps.txt', 'pyproject.toml')" in str(step.get("with", {}).get("key"))
+               for step in caches), "book.yml must cache the environment keyed by requirements/ci.txt + requirements/nodeps.txt + pyproject.toml"
     upload = steps_using(doc, "actions/upload-pages-artifact")
     assert len(upload) == 1 and upload[0].get("with", {}).get("path") == "_build/html", (
         "book.yml must upload _build/html with actions/upload-pages-artifact"

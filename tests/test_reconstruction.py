@@ -102,6 +102,9 @@ def test_value_range_minus_one_one_is_converted():
     assert torch.allclose(a.to_vector(), b.to_vector(), atol=1e-5) and torch.allclose(la, lb, atol=1e-4)
     # GAN outputs overshoot [-1, 1] a little: clamped, not rejected.
     net.estimate((images * 2 - 1) * 1.1, value_range=(-1, 1))
+    # 0..255 values said to be GAN images: refused, with the conversion.
+    with pytest.raises(ValueError, match=r"far outside value_range \(-1, 1\); they look like 0\.\.255 values: divide by 255"):
+        net.estimate(images * 255, value_range=(-1, 1))
 
 
 def test_estimate_is_differentiable_in_the_images():
@@ -224,6 +227,16 @@ def test_load_errors_are_clear(tmp_path):
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an F checkpoint"):
         rec.ReconstructionNet.load(tmp_path / "other.pt")
+    # Empty, truncated, random bytes: a clear error each, never torch's advice to use weights_only=False.
+    from bad_files import BAD_FILE_WORDS, bad_checkpoints
+    from stylerig_lite.io_utils import CheckpointError
+
+    good = tiny_net().save(tmp_path / "f.pt")
+    for kind, path in bad_checkpoints(tmp_path, good).items():
+        with pytest.raises(CheckpointError, match=BAD_FILE_WORDS[kind]) as error:
+            rec.ReconstructionNet.load(path)
+        assert "F checkpoint" in str(error.value) and "train-f" in str(error.value), kind
+        assert "weights_only" not in str(error.value), kind
 
 
 # -- training -----------------------------------------------------------------------
@@ -327,3 +340,9 @@ def test_cli_train_f_tiny(tmp_path, world, dataset, small_chunks, cache_dir, mon
     assert cli.main(argv[:8] + ["6"] + argv[9:]) == 0  # same command, more steps: resumes
     assert "resuming" in capsys.readouterr().out
     assert torch.load(out, weights_only=True)["train"]["step"] == 6
+    # A corrupt checkpoint in --out: a clean error and exit status 2, not a traceback.
+    out.write_bytes(out.read_bytes()[:2000])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "stylerig-lite train-f: error:" in err and "truncated or corrupt" in err and "--fresh" in err, err
+    assert "weights_only" not in err

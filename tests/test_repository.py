@@ -132,6 +132,12 @@ def test_notebook_installs_package_only_on_colab(path: Path) -> None:
                 f"only this package, from git+https://github.com/{owner}/{name} (_config.yml's repository), "
                 f"never a name from PyPI"
             )
+            # A pinned release, not the moving main: the tag of this package version.
+            from stylerig_lite import __version__
+
+            assert requirement.endswith(f"@v{__version__}"), (
+                f"{path.name}: `{lines[i].strip()}` must pin the release tag v{__version__} (stylerig_lite.__version__), "
+                f"so a reader's Colab runs the code the chapter was written for")
 
 
 def pip_install_requirements(line: str) -> list[str]:

@@ -554,3 +554,94 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "ablate" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train-rignet", "--component", "smile", "--out", str(out)])
+
+
+# -- bad files and the generator a RigNet belongs to ---------------------------------------------
+
+
+def test_bad_checkpoint_files_are_refused_clearly(tmp_path):
+    from bad_files import BAD_FILE_WORDS, bad_checkpoints
+    from stylerig_lite.io_utils import CheckpointError
+
+    good = perturbed(RigNet(RigNetConfig(component="pose", num_ws=6, w_dim=32, latent_dim=8))).save(tmp_path / "good.pt")
+    for kind, path in bad_checkpoints(tmp_path, good).items():
+        with pytest.raises(CheckpointError, match=BAD_FILE_WORDS[kind]) as error:
+            RigNet.load(path)
+        assert "RigNet checkpoint" in str(error.value) and "train-rignet" in str(error.value), kind
+        assert "weights_only" not in str(error.value), kind
+
+
+def test_a_trained_rignet_records_its_generator_and_refuses_another(tmp_path, face_model, tiny_setup):
+    from stylerig_lite.io_utils import module_sha256
+    from stylerig_lite.rignet import GeneratorMismatchError
+
+    G, F, _ = tiny_setup
+    other = freeze(stylegan2.Generator("tiny", seed=1))
+    quiet = dict(G=G, F=F, face_model=face_model, progress=False, log=lambda s: None)
+    train_rignet.train(_tiny_config(tmp_path, "bound.pt", steps=1), **quiet)
+    net = RigNet.load(tmp_path / "bound.pt")
+    assert net.generator_sha256 == module_sha256(G) and net.generator_file_sha256 is None  # G was passed in memory
+    net.check_generator(G)
+    with pytest.raises(GeneratorMismatchError, match=rf"this pose RigNet was trained on the generator with sha256 "
+                                                     rf"{module_sha256(G)[:12]}\.\.\.; you passed a generator with "
+                                                     rf"sha256 {module_sha256(other)[:12]}") as error:
+        net.check_generator(other)
+    assert "stylerig-lite train-rignet --component pose --generator" in str(error.value)
+    # Resuming the run with another generator is refused too.
+    with pytest.raises(GeneratorMismatchError, match="cannot resume"):
+        train_rignet.train(_tiny_config(tmp_path, "bound.pt", steps=2), **{**quiet, "G": other})
+    # A RigNet with no record (built in memory, or saved before the record existed) is not checked.
+    RigNet(RigNetConfig.for_generator(G, "pose")).check_generator(other)
+    # A record of the file only resolves the network hash when first needed, once.
+    calls = []
+    lazy = RigNet(RigNetConfig.for_generator(G, "pose")).record_generator(
+        file_sha256="ab" * 32, sha256_from=lambda: calls.append(1) or module_sha256(G))
+    lazy.check_generator(other, file_sha256="ab" * 32)  # the file hash matches: enough
+    assert calls == []
+    lazy.check_generator(G)
+    with pytest.raises(GeneratorMismatchError, match=r"\(file sha256 abababababab\.\.\.\)"):
+        lazy.check_generator(other)
+    assert calls == [1]
+    assert RigNet.from_checkpoint(lazy.checkpoint()).generator_sha256 == module_sha256(G)  # saved resolved
+
+
+def test_the_embedded_rignets_refuse_another_generator():
+    from stylerig_lite.rignet import GeneratorMismatchError
+
+    manifest = pretrained.read_manifest()
+    pose = pretrained.rignet("pose")
+    assert pose.generator_file_sha256 == manifest["rignet_pose"]["generator_sha256"] == manifest["generator"]["sha256"]
+    pose.check_generator(pretrained.generator())  # the embedded generator: its network hash matches
+    with pytest.raises(GeneratorMismatchError, match=rf"file sha256 {manifest['generator']['sha256'][:12]}"):
+        pose.check_generator(tiny_G())
+
+
+def test_cli_refuses_a_corrupt_out_and_a_corpus_of_another_generator(tmp_path, capsys, ict_mirror):
+    from stylerig_lite.corpus import make_corpus
+
+    G = stylegan2.Generator("tiny", seed=0)
+    g_path = stylegan2.save_checkpoint(tmp_path / "g.pt", G, G_ema=G)
+    F = tiny_F(freeze(G))
+    f_path = F.save(tmp_path / "f.pt")
+    out = tmp_path / "rig.pt"
+    argv = ["train-rignet", "--component", "pose", "--out", str(out), "--preset", "tiny", "--steps", "1",
+            "--generator", str(g_path), "--estimator", str(f_path), "--quiet"]
+    good = RigNet(RigNetConfig.for_generator(G, "pose")).save(tmp_path / "good.pt").read_bytes()
+    for content, words in ((b"", "is empty"), (good[: len(good) // 2], "truncated or corrupt")):
+        out.write_bytes(content)
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "stylerig-lite train-rignet: error:" in err and words in err and "--fresh" in err, err
+        assert "Traceback" not in err and "weights_only" not in err
+    out.unlink()
+    # A corpus made with another generator: refused before any step.
+    corpus = make_corpus(tmp_path / "corpus", 4, generator=freeze(stylegan2.Generator("tiny", seed=1)), estimator=F,
+                         progress=False)
+    assert cli.main(argv + ["--corpus", str(corpus)]) == 2
+    err = capsys.readouterr().err
+    assert f"the corpus {corpus} was made with the generator" in err and "make-corpus --generator" in err, err
+    assert not out.exists()
+    assert cli.main(argv) == 0  # the checkpoint records the generator's network and file
+    net = RigNet.load(out)
+    assert net.generator_file_sha256 == pretrained.sha256_of(g_path)
+    net.check_generator(stylegan2.load_generator(g_path))

@@ -107,6 +107,23 @@ def test_wrong_latent_shapes_raise_clear_errors():
         get_config("ffhq2048")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_inf_latent_is_an_error_not_a_nan_image(bad):
+    G = Generator(_tiny(), seed=0)
+    z = torch.randn(2, G.z_dim)
+    z[1, 3] = bad
+    with pytest.raises(ValueError, match=r"z \(mapping input\) contains 1 NaN or infinite"):
+        G(z)
+    with pytest.raises(ValueError, match=r"z \(mapping input\) contains 1 NaN or infinite"):
+        G.mapping(z, None)
+    ws = G.mapping(torch.randn(2, G.z_dim), None)
+    ws[0, 2, 5] = bad
+    with pytest.raises(ValueError, match=r"ws \(W\+ latents\) contains 1 NaN or infinite"):
+        G.synthesis(ws)
+    with pytest.raises(ValueError, match=r"ws \(a single w per sample\) contains 1 NaN or infinite"):
+        G.synthesis(ws[:, 2])  # one w per sample, broadcast to W+
+
+
 # ----------------------------------------------------------------------------------------------
 # Custom ops against their reference paths.
 
@@ -348,6 +365,14 @@ def test_checkpoint_errors(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match="not a readable"):
         load_generator(truncated)
+    # Empty, truncated, random bytes: one clear CheckpointError each, never torch's weights_only=False advice.
+    from bad_files import BAD_FILE_WORDS, bad_checkpoints
+
+    for kind, path in bad_checkpoints(tmp_path, good).items():
+        for load in (load_generator, load_checkpoint):
+            with pytest.raises(io_utils.CheckpointError, match=BAD_FILE_WORDS[kind]) as error:
+                load(path)
+            assert "StyleGAN2 checkpoint" in str(error.value) and "weights_only" not in str(error.value), kind
 
 
 # ----------------------------------------------------------------------------------------------
@@ -686,6 +711,13 @@ def test_train_gan_resumes_from_out_dir(tmp_path, capsys):
     assert any(not torch.equal(first_snap[k], v) for k, v in last.state_dict().items())
     # Files get the usual umask-based mode, not mkstemp's private 0600 (the checkpoint is shared).
     assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == io_utils.default_file_mode()
+    # A corrupt checkpoint in --out: a clean error and exit status 2, not a traceback.
+    capsys.readouterr()
+    (tmp_path / "checkpoint.pt").write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:1000])
+    assert main(args + ["--images", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "truncated or corrupt" in err and "--no-resume" in err
+    assert "Traceback" not in err and "weights_only" not in err
 
 
 def test_stylegan2_package_imports_nothing_above_it():

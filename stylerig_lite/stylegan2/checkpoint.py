@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..io_utils import atomic_torch_save, sha256_file, to_cpu
+from ..io_utils import CheckpointError, atomic_torch_save, load_checkpoint_file, sha256_file, to_cpu
 from .networks import Discriminator, Generator, StyleGAN2Config
 
 __all__ = [
@@ -110,7 +110,7 @@ def save_generator_only(path: str | os.PathLike, G_ema: Generator, step: int = 0
     Loads with :func:`load_generator`; the embedded FaceWorld generator is such a file.
     """
     save_checkpoint(path, G_ema, G_ema=G_ema, step=step, images_seen=images_seen, compact=True)
-    data = torch.load(path, weights_only=True)
+    data = load_checkpoint_file(path, "StyleGAN2 checkpoint")
     data["G"] = None  # one copy of the weights: G is G_ema here
     atomic_torch_save(data, Path(path))
     return Path(path)
@@ -119,25 +119,21 @@ def save_generator_only(path: str | os.PathLike, G_ema: Generator, step: int = 0
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint written by :func:`save_checkpoint` (safe: ``weights_only=True``).
 
-    Returns the payload dict with float32 tensors (compact checkpoints are widened again).
+    Returns the payload dict with float32 tensors (compact checkpoints are widened again). A missing
+    file raises ``FileNotFoundError``; an empty, truncated, corrupt or foreign one
+    :class:`~stylerig_lite.io_utils.CheckpointError` (a ``ValueError``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no StyleGAN2 checkpoint at {path}; train one with "
-                                f"stylerig_lite.train_gan or check the path")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, pickles with code, ...
-        hint = ""
-        if path.suffix == ".pkl":
-            hint = " (an official NVlabs .pkl? use stylerig_lite.stylegan2.load_official_pickle)"
-        raise ValueError(f"{path} is not a readable StyleGAN2 checkpoint{hint}: {type(exc).__name__}: {exc}") from exc
+    hint = "train one with `stylerig-lite train-gan` or check the path"
+    if path.suffix == ".pkl":
+        hint = "an official NVlabs .pkl? read it with stylerig_lite.stylegan2.load_official_pickle"
+    payload = load_checkpoint_file(path, "StyleGAN2 checkpoint", hint, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
         kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a StyleGAN2 checkpoint (kind={kind!r}, expected {CHECKPOINT_KIND!r})")
+        raise CheckpointError(f"{path} is not a StyleGAN2 checkpoint (kind={kind!r}, expected {CHECKPOINT_KIND!r})")
     if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint version {payload.get('version')!r} "
-                         f"(this code reads version {CHECKPOINT_VERSION})")
+        raise CheckpointError(f"{path}: unsupported checkpoint version {payload.get('version')!r} "
+                              f"(this code reads version {CHECKPOINT_VERSION})")
     if payload.get("compact"):
         for key in ("G", "D", "G_ema", "opt_G", "opt_D"):
             payload[key] = _cast_floats(payload[key], torch.float32)
@@ -148,7 +144,7 @@ def _restore(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: s
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: the stored {what} weights do not fit its config: {exc}") from exc
+        raise CheckpointError(f"{path}: the stored {what} weights do not fit its config: {exc}") from exc
 
 
 def load_generator(path: str | os.PathLike, which: str = "G_ema", map_location: str | torch.device = "cpu", *,

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..io_utils import load_checkpoint_file
 from .networks import Generator, StyleGAN2Config
 
 __all__ = [
@@ -87,7 +88,7 @@ def _safe_storage_from_bytes(data: bytes):
     """``torch.storage._load_from_bytes`` (a nested legacy ``torch.save``), read with weights_only."""
     if not isinstance(data, (bytes, bytearray)):
         raise OfficialPickleError("not an official StyleGAN2-ADA pickle: storage payload is not bytes")
-    return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    return load_checkpoint_file(io.BytesIO(bytes(data)), "tensor storage inside an official pickle")
 
 
 def _is_storage(obj: Any) -> bool:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..config import config_from_preset
-from ..checks import assert_shape
+from ..checks import assert_finite, assert_shape
 from ..seeding import BatchShard
 from .ops import (bias_act, conv2d_resample, get_activation, modulated_conv2d, normalize_2nd_moment, setup_filter,
                   upsample2d)
@@ -271,11 +271,13 @@ class MappingNetwork(torch.nn.Module):
         x = None
         if self.z_dim > 0:
             assert_shape(z, [None, self.z_dim], "z (mapping input)")
+            _assert_finite_input(self, z, "z (mapping input)")
             x = normalize_2nd_moment(z.to(torch.float32))
         if self.c_dim > 0:
             if c is None:
                 raise ValueError(f"this generator is conditional: pass a label c of shape [B, {self.c_dim}]")
             assert_shape(c, [None if x is None else x.shape[0], self.c_dim], "c (label)")
+            _assert_finite_input(self, c, "c (label)")
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1) if x is not None else y
 
@@ -298,6 +300,17 @@ class MappingNetwork(torch.nn.Module):
                 x = x.clone()
                 x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
         return x
+
+
+def _assert_finite_input(module: torch.nn.Module, x: torch.Tensor, name: str) -> None:
+    """A NaN/inf latent would come out as a NaN image, silently: refuse it, naming the input.
+
+    One ``isfinite`` per call. Skipped only for a module in training mode on an accelerator: the GAN
+    training loop draws its latents itself and keeps the GPU free of host syncs (a check reads a
+    value back); a loaded generator is in eval mode and always checked.
+    """
+    if not module.training or x.device.type == "cpu":
+        assert_finite(x, name)
 
 
 def _check_noise_mode(noise_mode: str) -> None:
@@ -480,8 +493,11 @@ class SynthesisNetwork(torch.nn.Module):
         """``ws``: W+ ``[B, num_ws, w_dim]``, or one w ``[B, w_dim]`` that is broadcast to all layers."""
         if isinstance(ws, torch.Tensor) and ws.ndim == 2:
             assert_shape(ws, [None, self.w_dim], "ws (a single w per sample)")
+            _assert_finite_input(self, ws, "ws (a single w per sample)")
             ws = ws.unsqueeze(1).repeat([1, self.num_ws, 1])
-        assert_shape(ws, [None, self.num_ws, self.w_dim], "ws (W+ latents)")
+        else:
+            assert_shape(ws, [None, self.num_ws, self.w_dim], "ws (W+ latents)")
+            _assert_finite_input(self, ws, "ws (W+ latents)")
         _check_noise_mode(noise_mode)
         if fused_modconv is None:
             fused_modconv = bool(getattr(self, "default_fused_modconv", False))
