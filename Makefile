@@ -82,7 +82,10 @@ $(STAMP):
 	  echo "       Remove $(VENV) and run again with PYTHON=python3.11 (or use environment.yml)."; exit 1; }
 	$(VPY) -m pip install -r requirements/ci.txt
 	$(VPY) -m pip install --no-deps -e .
-	$(VPY) -m pip check
+	@# pip check, except the declared requirements of the --no-deps packages (requirements/nodeps.txt),
+	@# which are known to be unmet on purpose (a venv set up before may already hold them).
+	@out=$$($(VPY) -m pip check 2>&1) || { bad=$$(echo "$$out" | grep -v -E '^(mediapipe|random-face) [0-9]' || true); \
+	  if [ -n "$$bad" ]; then echo "$$bad"; exit 1; fi; }; echo "pip check: clean (requirements/nodeps.txt aside)"
 	$(VPY) -m pip install --no-deps -r requirements/nodeps.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@

@@ -70,6 +70,9 @@ from .params import (ANGLE_NAMES, NUM_PARAMS, FaceParams, RIG_COMPONENTS, RIG_SL
                      rig_slice, target_params)
 
 __all__ = [
+    "VALIDATION_SEED",
+    "judge_scores",
+    "JUDGE_EDITS",
     "evaluate_estimator",
     "ANGLE_NAMES",  # re-exported
     "DEFAULT_RIDGE",  # re-exported
@@ -121,6 +124,8 @@ _TRANSLATION = slice(SLICES["pose"].start + 3, SLICES["pose"].stop)
 _JAW_OPEN = SLICES["expression"].start + expression_index("jawOpen")
 
 DEFAULT_SEED = 2020  # the evaluation pairs; their own seed stream, so never corpus items
+#: The validation pairs: choices (layer masks, step counts, gains) are made on these, never on DEFAULT_SEED's.
+VALIDATION_SEED = 2021
 DEFAULT_COUNT = 500
 QUICK_COUNT = 64
 DEFAULT_FIT_COUNT = 5000  # latents for the linear baseline when no --corpus is given
@@ -962,7 +967,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="none,donor,linear",
                         help="comma-separated methods (default none,donor,linear; random is the old name of donor); known: " + ", ".join(METHODS))
     parser.add_argument("--count", type=positive_int, help=f"evaluation pairs, >= 1 (default {DEFAULT_COUNT}; {QUICK_COUNT} with STYLERIG_LITE_QUICK=1)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"evaluation pair seed (default {DEFAULT_SEED})")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"pair seed (default: {DEFAULT_SEED} for --split evaluation, {VALIDATION_SEED} for validation)")
+    parser.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
+                        help="evaluation: the reported numbers; validation: where choices (layer masks, steps) are made")
     parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi of the sampled latents (default 1)")
     parser.add_argument("--corpus", help="corpus folder (make-corpus) to fit the linear baseline on "
                                          "(default: sample --fit-count pairs in memory)")
@@ -1092,6 +1100,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     configure_cuda(device, tf32=False)
     quick = quick_mode()
+    if getattr(args, "seed", None) is None:
+        args.seed = VALIDATION_SEED if getattr(args, "split", "evaluation") == "validation" else DEFAULT_SEED
     try:
         G, F, E = _load_networks(args)
         if device.type != "cpu":  # loaded on the CPU, then moved; the rest follows G's device (device_of)

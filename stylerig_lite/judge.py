@@ -65,6 +65,7 @@ __all__ = [
     "default_calibration_path",
     "readings_of_params",
     "report",
+    "reported",
     "require_mediapipe",
     "run_from_args",
 ]
@@ -106,6 +107,15 @@ def require_mediapipe():
 
 def default_calibration_path() -> Path:
     return Path(str(importlib.resources.files("stylerig_lite") / "data" / "judge_calibration.json"))
+
+
+def reported() -> Dict[str, Any]:
+    """The shipped :func:`report` of the full run (512 renders of :data:`REPORT_SEED`), as the book shows it.
+
+    Made with ``stylerig-lite judge --report --json``; ``readings`` holds the per-reading numbers.
+    """
+    path = Path(str(importlib.resources.files("stylerig_lite") / "data" / "judge_report.json"))
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------

@@ -35,6 +35,8 @@ __all__ = [
     "export",
     "face_estimator",
     "generator",
+    "generator_by_name",
+    "GENERATOR_NAMES",
     "MANIFEST",
     "photoreal_generator",
     "read_manifest",
@@ -115,6 +117,21 @@ def photoreal_generator(data_dir: Optional[Union[str, os.PathLike]] = None, devi
     G = load_mobilestylegan(data_dir, device=device)
     G.requires_grad_(False)
     return G
+
+
+#: The generators the book rigs, by name: FaceWorld's StyleGAN2 (embedded) and the photoreal MobileStyleGAN.
+GENERATOR_NAMES = ("faceworld", "ffhq")
+
+
+def generator_by_name(name: str, device=None):
+    """``'faceworld'`` (:func:`generator`) or ``'ffhq'`` (:func:`photoreal_generator`); another name is a ``KeyError``."""
+    if name == "faceworld":
+        G = generator()
+        return G.to(device) if device is not None else G
+    if name == "ffhq":
+        return photoreal_generator(device=device)
+    raise KeyError(f"unknown generator {name!r}; expected one of {list(GENERATOR_NAMES)} "
+                   "(or load a checkpoint with pretrained.generator(path))")
 
 
 def face_estimator(path: Optional[Union[str, os.PathLike]] = None):

@@ -83,3 +83,12 @@ def test_the_command_refuses_a_tiny_count(capsys):
 
     assert main(["judge", "--report", "--count", "0"]) == 2
     assert "at least 8" in capsys.readouterr().err
+
+
+def test_the_shipped_report_meets_the_goals_and_matches_the_calibration_split():
+    shipped = judge_module.reported()
+    assert shipped["seed"] == judge_module.REPORT_SEED and shipped["count"] == 512
+    readings = shipped["readings"]
+    assert set(readings) == set(READINGS)
+    assert readings["yaw"]["judge_error_median"] <= 2.0
+    assert all(r["error_correlation_with_F"] <= 0.3 for r in readings.values())

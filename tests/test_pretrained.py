@@ -148,22 +148,63 @@ def test_embedded_pose_rignet_turns_heads(rig_evalset):
     error = result["target_error"]
     assert error["yaw_deg"] < 3.0 and error["yaw_deg"] < 0.5 * none["yaw_deg"]
     assert error["pitch_deg"] < 3.0 and error["roll_deg"] < 2.0
-    assert result["preservation"]["outside_face_mae_255"] < 20.0 and result["preservation"]["albedo_rmse"] < 0.25
+    assert result["preservation"]["albedo_rmse"] < 0.25
     sweep = evaluate.yaw_sweep(pose.rig, rig_evalset, (-30, 0, 30), count=32)
     low, mid, high = sweep["median_reached_deg"]
     assert low < -19 and high > 19 and abs(mid) < 3
 
 
-@pytest.mark.parametrize("component, key, measured, none_measured", [
-    ("expression", "jaw_open_mae", 0.120, 0.181),
-    ("light", "light_rmse", 0.185, 0.282),
+# The goals below are those the first embedded RigNets met (outside-face change < 14 levels, jaw error
+# < 1.2 x 0.080, a head turn < 2.5 deg while editing expression or light). The RigNets of the 1,032,192-image
+# generator miss some of them; the tests hold the goals and say so (strict xfail: a model that meets a goal
+# again turns the xfail into a failure, so the mark must then be removed), instead of loosening them.
+MISSES = {
+    "outside": "measured 17.7 levels on these 64 pairs (goal < 14): the pose RigNet of the current generator "
+               "moves hair and background more",
+    "jaw": "measured jaw error 0.120 on these 64 pairs (goal < 0.096 = 1.2 x 0.080)",
+    "turn": "measured a head turn of 3.0 deg on these 64 pairs (goal < 2.5 deg; the light RigNet's 2.45 meets it)",
+}
+
+
+@pytest.mark.xfail(strict=True, reason=MISSES["outside"])
+def test_pose_edits_keep_the_outside_of_the_face(rig_evalset):
+    from stylerig_lite import evaluate
+
+    result = evaluate.evaluate_method(pretrained.rignet("pose").rig, rig_evalset, "pose")
+    assert result["preservation"]["outside_face_mae_255"] < 14.0
+
+
+@pytest.mark.parametrize("component, key, goal, none_measured", [
+    pytest.param("expression", "jaw_open_mae", 0.080, 0.181, marks=pytest.mark.xfail(strict=True, reason=MISSES["jaw"])),
+    ("light", "light_rmse", 0.178, 0.282),
 ])
-def test_embedded_rignets_move_toward_the_target_and_keep_the_pose(rig_evalset, component, key, measured, none_measured):
-    """Measured on these 64 pairs (the values in the parameters); the head turns by 2.4-3.0 deg on average."""
+def test_embedded_rignets_move_toward_the_target(rig_evalset, component, key, goal, none_measured):
+    """E's error of the edit, against the goal (1.2 x the first RigNets' error) and against doing nothing."""
     from stylerig_lite import evaluate
 
     none = evaluate.evaluate_method("none", rig_evalset, component)["target_error"][key]
     result = evaluate.evaluate_method(pretrained.rignet(component).rig, rig_evalset, component)
     assert none == pytest.approx(none_measured, rel=0.02)  # the same evaluation set as when measured
-    assert result["target_error"][key] < 1.2 * measured and result["target_error"][key] < 0.8 * none
-    assert result["preservation"]["yaw_deg"] < 4.0
+    assert result["target_error"][key] < 1.2 * goal and result["target_error"][key] < 0.8 * none
+
+
+@pytest.mark.parametrize("component", [
+    pytest.param("expression", marks=pytest.mark.xfail(strict=True, reason=MISSES["turn"])), "light"])
+def test_expression_and_light_edits_keep_the_head_still(rig_evalset, component):
+    from stylerig_lite import evaluate
+
+    result = evaluate.evaluate_method(pretrained.rignet(component).rig, rig_evalset, component)
+    assert result["preservation"]["yaw_deg"] < 2.5
+
+
+def test_embedded_pose_rignet_beats_the_linear_baseline(rig_evalset):
+    """Read by the independent judge on the fixed 64 pairs. Measured: RigNet turns the head by 1.04x the
+    asked yaw change (relative error 3.8 deg); the linear baseline by 0.05x (10.8 deg)."""
+    from stylerig_lite import evaluate
+
+    context = evaluate.MethodContext(rig_evalset)
+    judged = {name: evaluate.evaluate_method(evaluate.METHODS[name](context, "pose"), rig_evalset, "pose")["judge"]
+              for name in ("rignet", "linear")}
+    assert judged["rignet"]["detected"] >= 0.95
+    assert judged["rignet"]["relative_error"]["yaw_median"] < 0.5 * judged["linear"]["relative_error"]["yaw_median"]
+    assert abs(judged["rignet"]["gain"]["yaw"] - 1) < 0.2 and judged["linear"]["gain"]["yaw"] < 0.5

@@ -122,8 +122,15 @@ def test_notebook_installs_package_only_on_colab(path: Path) -> None:
             f"{path.name}: `{lines[i].strip()}` must be indented inside the google.colab guard, "
             f"so that the package is installed only on Colab"
         )
-        # The package is not on PyPI: Colab must install it from this repository.
+        # The package is not on PyPI: Colab must install it from this repository. The only other line
+        # allowed installs the pins of requirements/nodeps.txt with --no-deps (as make venv does).
         requirements = pip_install_requirements(lines[i])
+        if "--no-deps" in lines[i].split():
+            nodeps = {line.strip() for line in (REPO / "requirements" / "nodeps.txt").read_text().splitlines()
+                      if line.strip() and not line.startswith("#")}
+            assert set(requirements) == nodeps, (
+                f"{path.name}: `{lines[i].strip()}` must install exactly requirements/nodeps.txt: {sorted(nodeps)}")
+            continue
         assert requirements, f"{path.name}: `{lines[i].strip()}` installs nothing"
         for requirement in requirements:
             assert re.search(rf"git\+https://github\.com/{re.escape(owner)}/{re.escape(name)}(\.git)?(@[\w./-]+)?$",

@@ -5,7 +5,9 @@
 Reads ``rignet_<component>.pt``, ``ablate_<term>.pt``, ``pose_2000.pt`` and the layer-mask variants
 ``pose_layers<K>.pt`` / ``pose_all_layers.pt`` from ``--runs`` (those present), scores them next to
 the references (none, random, the linear baseline fitted on ``--corpus``, a perfect FaceWorld edit)
-on 500 pairs (seed 2020) judged by the evaluation estimator E, writes ``<runs>/../eval_results.json``
+on 500 pairs (seed 2020), the ablations and layer-mask variants on the validation split (500 pairs,
+seed 2021: choices are made there, never on the evaluation set), read by the judge, dlib's identity
+descriptor and E; writes ``<runs>/../eval_results.json``
 and prints the tables. ``--export`` then embeds each RigNet with these metrics (``pretrained.export``: fp16 file, sha256, command, seed and the
 generator it was trained on go into ``stylerig_lite/weights/manifest.json``).
 """
@@ -78,11 +80,14 @@ def main() -> None:
                 results[name][c]["yaw_sweep"] = ev.yaw_sweep("none" if name == "none" else method, evalset)
     for c in () if args.reuse_methods else ev.COMPONENTS:
         results.setdefault("perfect (FaceWorld)", {})[c] = ev.faceworld_oracle(E, c, args.count)
+    # Choices (layer masks, step counts, ablations) are compared on the validation split, never on
+    # the evaluation set the reported numbers come from.
+    validation = ev.EvalSet.build(G, F, E, args.count, ev.VALIDATION_SEED)
     ablations = {}
     for variant, file in [("all terms", "pose_2000.pt")] + [(f"without L_{t}", f"ablate_{t}.pt") for t in ("rec", "edit", "consist")]:
         path = args.runs / file
         if path.exists():
-            ablations[variant] = pose_result(RigNet.load(path).rig, evalset, int(training_state(path)["step"]))
+            ablations[variant] = pose_result(RigNet.load(path).rig, validation, int(training_state(path)["step"]))
     layer_masks = {}
     masked = sorted((p for p in args.runs.glob("pose_layers*.pt") if p.stem.removeprefix("pose_layers").isdigit()),
                     key=lambda p: -int(p.stem.removeprefix("pose_layers")))  # pose_layers<K>.pt, most layers first
@@ -91,7 +96,7 @@ def main() -> None:
             rig = RigNet.load(path)
             edit_layers = rig.config.edit_layers
             variant = "all layers" if edit_layers is None else f"first {edit_layers} layers"
-            layer_masks[variant] = pose_result(rig.rig, evalset, int(training_state(path)["step"]))
+            layer_masks[variant] = pose_result(rig.rig, validation, int(training_state(path)["step"]))
     out.write_text(json.dumps({"methods": results, "ablations": ablations, "layer_masks": layer_masks}, indent=1))
     print(ev.format_table(results))
     for table in (ablations, layer_masks):
@@ -102,7 +107,9 @@ def main() -> None:
     images_seen = pretrained.read_manifest()["generator"]["images_seen"]
     for c in trained:
         metrics = {"evaluate": {m: results[m][c] for m in results if c in results[m]},
-                   "measured_with": f"python training/export_rignets.py ({args.count} pairs, seed {ev.DEFAULT_SEED}, judged by E)"}
+                   "measured_with": f"python training/export_rignets.py ({args.count} pairs, seed {ev.DEFAULT_SEED}; "
+                                    f"ablations and layer masks on the validation split, seed {ev.VALIDATION_SEED}; "
+                                    "read by the judge, dlib identity and E)"}
         if c == "pose" and ablations:
             metrics["ablations"] = ablations
             metrics["ablation_command"] = ABLATE
