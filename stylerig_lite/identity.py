@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from .checks import assert_shape
+from .checks import images_to_unit
 
 __all__ = ["FALLBACK_BOX", "MIN_SIZE", "SAME_PERSON_THRESHOLD", "IdentityError", "IdentityMeter"]
 
@@ -60,14 +60,7 @@ class IdentityMeter:
         self._rectangle = dlib.rectangle
 
     def _pixels(self, images: torch.Tensor, value_range: Tuple[float, float]) -> np.ndarray:
-        assert_shape(images, [None, 3, None, None], "images")
-        low, high = value_range
-        x = (images.detach().float().cpu() - low) / (high - low)
-        if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or inf: identity distances need finite images")
-        if x.min() < -1.0 or x.max() > 2.0:  # generators overshoot a little; 8-bit values are far off
-            raise ValueError(f"images are outside value_range {value_range} (min {float(images.min()):.3g}, "
-                             f"max {float(images.max()):.3g}); pass the range they are in")
+        x = images_to_unit(images, value_range)
         size = max(self.min_size, images.shape[-1])
         if images.shape[-1] != size or images.shape[-2] != size:
             x = nnf.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)

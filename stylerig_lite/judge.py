@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from .checks import assert_shape
+from .checks import assert_shape, images_to_unit
 from .io_utils import atomic_write_json
 from .params import SLICES, expression_index, matrix_to_euler
 from .shading import NUM_SH, sh_basis
@@ -217,14 +217,7 @@ class Judge:
     # -- landmarks -----------------------------------------------------------------
     def landmarks(self, images: torch.Tensor, value_range: Tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
         """MediaPipe's 468 points ``[N, 468, 3]`` (x, y in [0, 1] of the image, z depth), NaN where no face."""
-        assert_shape(images, [None, 3, None, None], "images")
-        low, high = value_range
-        x = (images.detach().float().cpu() - low) / (high - low)
-        if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or inf: the judge reads only finite images")
-        if x.min() < -1.0 or x.max() > 2.0:  # generators overshoot a little; 8-bit values are far off
-            raise ValueError(f"images are outside value_range {value_range} (min {float(images.min()):.3g}, "
-                             f"max {float(images.max()):.3g}); pass the range they are in")
+        x = images_to_unit(images, value_range)
         x = nnf.interpolate(x.clamp(0, 1), size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
         pixels = (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
         out = np.full((len(pixels), _NUM_POINTS, 3), np.nan)
@@ -291,8 +284,7 @@ class Judge:
         eyes = np.linalg.norm(world[:, _EYE_CORNERS[0]] - world[:, _EYE_CORNERS[1]], axis=1)
         lips = np.mean([np.linalg.norm(world[:, a] - world[:, b], axis=1) for a, b in _LIP_PAIRS], axis=0) / eyes
         chin = np.linalg.norm(world[:, _BRIDGE_CHIN[0]] - world[:, _BRIDGE_CHIN[1]], axis=1) / eyes
-        low, high = value_range
-        light = self.light_fit(((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1), points)
+        light = self.light_fit(images_to_unit(images, value_range).clamp(0, 1), points)
         grey = light.reshape(-1, 3, NUM_SH).mean(1)
         return {"yaw": angles[:, :1], "pitch": angles[:, 1:2], "roll": angles[:, 2:3],
                 "jaw_open": np.stack([lips, chin], 1), "light_x": grey[:, 3:4], "light_y": grey[:, 1:2]}

@@ -61,7 +61,7 @@ def test_no_face_reads_as_nan_and_bad_images_are_refused(judge):
     assert all(torch.isnan(read[name]).all() for name in READINGS)
     with pytest.raises(ValueError, match="NaN"):
         judge.read(torch.full((1, 3, 64, 64), float("nan")))
-    with pytest.raises(ValueError, match="value_range"):
+    with pytest.raises(ValueError, match="0..255 values"):
         judge.read(torch.full((1, 3, 64, 64), 200.0))  # 8-bit values passed as [0, 1]
     with pytest.raises(ValueError, match="images"):
         judge.read(torch.zeros(3, 64, 64))

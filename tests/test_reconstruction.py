@@ -296,13 +296,6 @@ def test_photometric_term_trains_through_the_renderer(tmp_path, world, dataset):
         train_f.train(dataclasses.replace(config, out=str(tmp_path / "g.pt")), world=world, dataset=no_masks, progress=False)
 
 
-def test_batches_cover_each_epoch_once():
-    seen = torch.cat([train_f.batch_indices(0, step, 6, 20) for step in range(10)])  # 60 draws = 3 epochs
-    for epoch in range(3):
-        assert sorted(seen[20 * epoch : 20 * (epoch + 1)].tolist()) == list(range(20))
-    assert torch.equal(train_f.batch_indices(0, 4, 6, 20), train_f.batch_indices(0, 4, 6, 20))
-
-
 def test_learning_rate_schedule():
     config = train_f.make_config("default", steps=1000, warmup_steps=100, lr=1e-3)
     assert train_f.learning_rate(config, 0) == pytest.approx(1e-5)
