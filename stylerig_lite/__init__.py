@@ -41,6 +41,7 @@ Floor 2, networks: the models, each one readable file (``stylegan2`` a package o
 Floor 3, data: what the networks are trained and judged on.
   - ``datasets``         FaceWorld shards with exact labels (ch. 3, appendix A)
   - ``corpus``           the (w, I_w) corpus of the frozen generator (ch. 2, 4)
+  - ``landmarks``        dlib's 68 iBUG landmarks, the latent F's sparse supervision (ch. 3)
 
 Floor 4, evaluation: control, preservation and quality, measured.
   - ``judge``            the independent judge: MediaPipe landmarks read by geometry, calibrated (ch. 4)
