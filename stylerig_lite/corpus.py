@@ -9,23 +9,38 @@ chapters read the same pairs instead of re-running G and F every epoch::
     stylerig-lite make-corpus --count 20000 --out corpus/      # resumable
     data = CorpusDataset("corpus/")                            # a torch Dataset
     item = data[0]   # {'w': [num_ws, w_dim], 'image': [3, H, W] in [-1, 1],
-                     #  'params': [196] F's estimate, 'landmarks': [68, 2], 'index': int}
+                     #  'params': [196] F's estimate, 'landmarks': [68, 2],
+                     #  'detected_landmarks': [68, 2], 'landmark_confidence': float,
+                     #  'face_found': bool, 'index': int}
 
-Layout of a corpus folder: ``manifest.json`` (count, seed, shard size,
-truncation, hashes of G and F, format version) and ``shard_00000.npz``, ...
-each holding ``shard_size`` consecutive items with the arrays ``z`` float32
-``[n, z_dim]``, ``w`` float32 ``[n, num_ws, w_dim]`` (the mapping output, so
-W+ corpora of edited latents fit the same format), ``images`` uint8
-``[n, H, W, 3]`` (as :class:`~stylerig_lite.datasets.FaceWorldShards`),
-``params`` float32 ``[n, 196]``, ``landmarks`` float32 ``[n, 68, 2]`` (pixels
-of F's input image) and ``index`` int64 ``[n]``.
+Layout of a corpus folder (format version 2): ``manifest.json`` (count, seed,
+shard size, truncation, hashes of G and F, format version, the landmark
+detector, and two figures measured while making it: ``seconds_per_1000``, the
+wall time per 1,000 pairs of G + F + detector + writing, and
+``face_found_fraction``, the fraction of images the detector found a face in)
+and ``shard_00000.npz``, ... each holding ``shard_size`` consecutive items with
+the arrays ``z`` float32 ``[n, z_dim]``, ``w`` float32 ``[n, num_ws, w_dim]``
+(the mapping output, so W+ corpora of edited latents fit the same format),
+``images`` uint8 ``[n, H, W, 3]`` (as :class:`~stylerig_lite.datasets.FaceWorldShards`),
+``params`` float32 ``[n, 196]``, ``landmarks`` float32 ``[n, 68, 2]`` (F's
+estimate, pixels of F's input image), ``detected_landmarks`` float32
+``[n, 68, 2]`` (dlib's 68 iBUG points detected on the stored image, pixels of
+that image; NaN where no face was found: see :mod:`stylerig_lite.landmarks`),
+``landmark_confidence`` float32 ``[n]`` (the detector's HOG score; NaN where no
+face was found or it was found only by the upsampled fallback pass),
+``face_found`` bool ``[n]`` and ``index`` int64 ``[n]``. Images without a
+detected face are recorded (``face_found`` False), never dropped: item ``k`` is
+always row ``k``. A version-1 corpus (without the detected landmarks) is
+refused: re-make it with ``stylerig-lite make-corpus ... --overwrite``.
 
 Reproducibility: item ``k`` of a corpus with seed ``s`` has its own latent
 ``z_k ~ N(0, I)`` drawn from a generator seeded by :func:`latent_seed` ``(s, k)``,
 and images are synthesised with constant noise (``noise_mode='const'``), so an
 item is a pure function of ``(G, F, s, k, truncation)``: an interrupted shard is
 re-made identically, a larger ``--count`` extends a corpus, and ``G.synthesis(w)``
-reproduces the stored image (up to its 8-bit quantisation).
+reproduces the stored image (up to its 8-bit quantisation). The detector is
+deterministic and reads the stored 8-bit image, so the detected landmarks are a
+function of the item too.
 
 Under ``torchrun --nproc_per_node=N`` the shards still to make are dealt out
 round-robin (shard ``i`` of the to-do list to rank ``i mod N``: no overlap, no
@@ -38,9 +53,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -53,6 +70,7 @@ from . import distributed
 from .checks import assert_finite, assert_shape, assert_value_range, positive_int
 from .devices import add_device_argument, configure_cuda
 from .io_utils import FolderLockedError, atomic_write_json, folder_lock, module_sha256, sha256_file  # noqa: F401  (module_sha256 re-exported)
+from .landmarks import NUM_POINTS as NUM_DETECTED_POINTS
 from .morphable import NUM_PARAMS
 from .params import NUM_LANDMARKS
 from .seeding import latent_seed, sample_z  # noqa: F401  (re-exported: the corpus's latents)
@@ -68,6 +86,9 @@ __all__ = [
     "DEFAULT_COUNT",
     "DEFAULT_SHARD_SIZE",
     "DEFAULT_TRUNCATION",
+    "detect_stored",
+    "detector_name",
+    "DETECTOR_NAME",
     "device_of",
     "estimate_images",
     "FORMAT",
@@ -90,13 +111,16 @@ __all__ = [
 ]
 
 FORMAT = "stylerig_lite.corpus"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: detected_landmarks, landmark_confidence, face_found (issue 21)
 DEFAULT_COUNT = 20_000  # the paper used 200k; a tenth is hours, not days, on a CPU
 QUICK_COUNT = 256  # STYLERIG_LITE_QUICK=1: enough to exercise every code path
 DEFAULT_SHARD_SIZE = 1000  # about 22 MB per shard for the 10 x 256 W+ of the embedded GAN
 QUICK_SHARD_SIZE = 128
 DEFAULT_TRUNCATION = 1.0  # the paper samples the mapping network untruncated: RigNet should see all of W
-SHARD_KEYS = ("z", "w", "images", "params", "landmarks", "index")
+SHARD_KEYS = ("z", "w", "images", "params", "landmarks", "detected_landmarks", "landmark_confidence", "face_found",
+              "index")
+#: The manifest's ``landmarks_detector`` for :class:`~stylerig_lite.landmarks.LandmarkDetector` (the default).
+DETECTOR_NAME = "dlib 68-point (face_recognition_models 0.3.0)"
 
 PathLike = Union[str, os.PathLike]
 
@@ -175,6 +199,52 @@ def from_uint8(images: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
                         "float images need no conversion (GAN images are in [-1, 1]; [0, 1] ones: images * 2 - 1)")
     assert_shape(images, [None, None, None, 3], "images (uint8 [B, H, W, 3], channels last)")
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@functools.lru_cache(maxsize=1)
+def _default_detector() -> Any:
+    from .landmarks import LandmarkDetector
+
+    return LandmarkDetector()
+
+
+def detector_name(detector: Any) -> str:
+    """The manifest's ``landmarks_detector`` for a detector: :data:`DETECTOR_NAME` for dlib's, else its ``name``."""
+    from .landmarks import LandmarkDetector
+
+    if type(detector) is LandmarkDetector and detector.min_size == _default_min_size():
+        return DETECTOR_NAME
+    if isinstance(detector, LandmarkDetector):
+        return f"{DETECTOR_NAME}, min_size {detector.min_size}"
+    return str(getattr(detector, "name", None) or type(detector).__qualname__)
+
+
+def _default_min_size() -> int:
+    from .landmarks import MIN_SIZE
+
+    return MIN_SIZE
+
+
+def detect_stored(detector: Any, images: np.ndarray) -> Dict[str, np.ndarray]:
+    """The detector on stored images (uint8 ``[n, H, W, 3]``): the shard's ``detected_landmarks`` (float32
+    ``[n, 68, 2]``, NaN where no face), ``landmark_confidence`` (float32 ``[n]``, NaN where no face or a fallback
+    box) and ``face_found`` (bool ``[n]``). ``detector`` has ``detect(images, value_range) -> Detections``."""
+    n = len(images)
+    if n == 0:
+        return {"detected_landmarks": np.zeros((0, NUM_DETECTED_POINTS, 2), np.float32),
+                "landmark_confidence": np.zeros(0, np.float32), "face_found": np.zeros(0, bool)}
+    found_ = detector.detect(from_uint8(images), value_range=(-1.0, 1.0))
+    points = torch.as_tensor(found_.points).detach().float().cpu().numpy().copy()
+    confidence = torch.as_tensor(found_.confidence).detach().float().cpu().numpy().copy()
+    found = torch.as_tensor(found_.found).detach().cpu().numpy().astype(bool)
+    for name, array, shape in (("points", points, (n, NUM_DETECTED_POINTS, 2)), ("confidence", confidence, (n,)),
+                               ("found", found, (n,))):
+        if array.shape != shape:
+            raise ValueError(f"landmark detector returned {name} of shape {array.shape}, expected {shape}")
+    points[~found] = np.nan  # a missing face is recorded, never invented
+    confidence[~found] = np.nan
+    return {"detected_landmarks": points.astype(np.float32), "landmark_confidence": confidence.astype(np.float32),
+            "face_found": found}
 
 
 @torch.no_grad()
@@ -256,8 +326,12 @@ def _resolve_network(network: Any, kind: str) -> Tuple[Any, Optional[str]]:
 
 
 def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, truncation: float,
-                    generator_file_sha256: Optional[str] = None, estimator_file_sha256: Optional[str] = None) -> Dict[str, Any]:
-    """The manifest a corpus of these settings has (see the module docstring)."""
+                    generator_file_sha256: Optional[str] = None, estimator_file_sha256: Optional[str] = None,
+                    landmarks_detector: str = DETECTOR_NAME) -> Dict[str, Any]:
+    """The manifest a corpus of these settings has (see the module docstring).
+
+    ``seconds_per_1000`` and ``face_found_fraction`` are None here; :func:`make_corpus` fills them in as it writes.
+    """
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -276,12 +350,16 @@ def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, t
         "estimator_sha256": module_sha256(F),
         "generator_file_sha256": generator_file_sha256,
         "estimator_file_sha256": estimator_file_sha256,
+        "landmarks_detector": str(landmarks_detector),
+        # Measured while making the corpus (rank 0's shards of this run; G + F + detector + writing):
+        "seconds_per_1000": None,
+        "face_found_fraction": None,  # over all shards written so far (all of them once make_corpus returns)
     }
 
 
 # Settings that define the items; a folder made with other values holds other pairs.
 _IDENTITY_KEYS = ("format", "version", "seed", "shard_size", "truncation", "noise_mode", "num_ws", "w_dim", "z_dim",
-                  "image_size", "generator_sha256", "estimator_sha256")
+                  "image_size", "generator_sha256", "estimator_sha256", "landmarks_detector")
 
 
 def _check_manifest(existing: Dict[str, Any], wanted: Dict[str, Any], out: Path) -> None:
@@ -293,7 +371,8 @@ def _check_manifest(existing: Dict[str, Any], wanted: Dict[str, Any], out: Path)
                 for k in differ
             )
 
-        what = "generator" if "generator_sha256" in differ else "estimator" if "estimator_sha256" in differ else "settings"
+        what = ("generator" if "generator_sha256" in differ else "estimator" if "estimator_sha256" in differ
+                else "landmark detector" if "landmarks_detector" in differ else "settings")
         raise CorpusError(
             f"{out} holds a corpus of another {what} ({show(existing)}); asked for {show(wanted)}. "
             f"Use a new --out folder, or --overwrite to replace this corpus"
@@ -337,11 +416,16 @@ def read_shard(path: PathLike, manifest: Dict[str, Any], index: int) -> Dict[str
         "images": (n, size, size, 3),
         "params": (n, NUM_PARAMS),
         "landmarks": (n, NUM_LANDMARKS, 2),
+        "detected_landmarks": (n, NUM_DETECTED_POINTS, 2),
+        "landmark_confidence": (n,),
+        "face_found": (n,),
         "index": (n,),
     }
     for key, shape in expected.items():
         if arrays[key].shape != shape:
             raise CorpusError(f"corrupt corpus shard {path}: {key} has shape {arrays[key].shape}, expected {shape}; {fix}")
+    if arrays["face_found"].dtype != np.bool_:
+        raise CorpusError(f"corrupt corpus shard {path}: face_found has dtype {arrays['face_found'].dtype}, expected bool; {fix}")
     start = index * manifest["shard_size"]
     if not np.array_equal(arrays["index"], np.arange(start, start + n)):
         raise CorpusError(f"corrupt corpus shard {path}: it does not hold items {start}..{start + n - 1}; {fix}")
@@ -362,6 +446,7 @@ def make_corpus(
     progress: bool = True,
     on_shard: Optional[Callable[[int, Path], None]] = None,
     device: Any = None,
+    detector: Any = None,
 ) -> Path:
     """Sample ``count`` (w, I_w) pairs with F's estimates into ``out`` (resumable).
 
@@ -377,6 +462,13 @@ def make_corpus(
     shards first. Each shard is written to a temporary file and renamed, so an
     interruption never leaves a half-written shard. ``on_shard(index, path)``
     is called after each shard is written (tests interrupt a run with it).
+    ``detector`` (default: dlib's :class:`~stylerig_lite.landmarks.LandmarkDetector`, loaded once per process)
+    finds the ``detected_landmarks`` on each stored image; any object with
+    ``detect(images, value_range) -> Detections`` will do (tests pass a fake; its ``name`` attribute, or its
+    class name, is the manifest's ``landmarks_detector``, and a folder made with another detector is refused).
+    While writing, rank 0 updates the manifest's ``seconds_per_1000`` (its shards of this run) and
+    ``face_found_fraction`` (the shards written so far) after each shard, and the fraction over all shards
+    at the end.
     While it writes, ``out/.lock`` is held (:func:`~stylerig_lite.io_utils.folder_lock`): a second
     writer on the same folder, with ``overwrite=True`` too, fails at once with
     :class:`~stylerig_lite.io_utils.FolderLockedError` naming the folder and the first writer's pid.
@@ -401,20 +493,51 @@ def make_corpus(
             if device is not None and torch.device(device) != device_of(net):
                 net.to(device)
 
+    if detector is None:
+        detector = _default_detector()
+    elif not callable(getattr(detector, "detect", None)):
+        raise TypeError(f"detector must have a detect(images, value_range) method, got {type(detector).__name__}")
+
     root = Path(out)
     manifest = corpus_manifest(G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
-                               generator_file_sha256=g_file, estimator_file_sha256=f_file)
+                               generator_file_sha256=g_file, estimator_file_sha256=f_file,
+                               landmarks_detector=detector_name(detector))
     # In a process group rank 0 prepares the folder and lists the shards to make; every rank gets the
     # list (or rank 0's error, so that no rank waits for a rank that gave up). Rank 0 holds the folder's
     # lock (io_utils.folder_lock) until the corpus is complete: a second make-corpus on the same folder
     # (with --overwrite too) fails at once instead of writing the same shards.
     with contextlib.ExitStack() as lock:
-        return _make(root, manifest, lock, G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
-                     batch=batch, overwrite=overwrite, progress=progress, on_shard=on_shard)
+        return _make(root, manifest, lock, G, F, detector, count=count, seed=seed, shard_size=shard_size,
+                     truncation=truncation, batch=batch, overwrite=overwrite, progress=progress, on_shard=on_shard)
 
 
-def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: Any, F: Any, *, count: int, seed: int,
-          shard_size: int, truncation: float, batch: int, overwrite: bool, progress: bool,
+def _found_counts(root: Path, manifest: Dict[str, Any], cache: Dict[int, Tuple[int, int]]) -> Tuple[int, int]:
+    """``(faces found, images)`` over the shards of ``root`` that exist (each shard read once into ``cache``)."""
+    for i in range(num_shards(manifest["count"], manifest["shard_size"])):
+        if i in cache:
+            continue
+        try:
+            with np.load(shard_path(root, i), allow_pickle=False) as data:
+                found = data["face_found"]
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            continue  # not written yet (or being re-made)
+        cache[i] = (int(found.sum()), int(found.size))
+    return sum(f for f, _ in cache.values()), sum(n for _, n in cache.values())
+
+
+def _update_measurements(root: Path, seconds: float, items: int, found_cache: Dict[int, Tuple[int, int]]) -> None:
+    """Rank 0: the manifest's ``seconds_per_1000`` (when this run made items) and ``face_found_fraction``."""
+    path = root / "manifest.json"
+    written = json.loads(path.read_text())
+    if items:
+        written["seconds_per_1000"] = round(1000.0 * seconds / items, 3)
+    found, total = _found_counts(root, written, found_cache)
+    written["face_found_fraction"] = round(found / total, 6) if total else None
+    atomic_write_json(path, written)
+
+
+def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: Any, F: Any, detector: Any, *,
+          count: int, seed: int, shard_size: int, truncation: float, batch: int, overwrite: bool, progress: bool,
           on_shard: Optional[Callable[[int, Path], None]]) -> Path:
     """:func:`make_corpus` once the networks are loaded: lock, prepare the folder, write the missing shards."""
     plan: Any = None
@@ -443,17 +566,22 @@ def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: A
         total = count if world == 1 else sum(_shard_length(manifest, i) for i in todo)
         bar = tqdm(total=total, initial=done if world == 1 else 0, desc=desc, unit="pair", dynamic_ncols=True)
     completed = False
+    seconds, made = 0.0, 0  # this rank's shards of this run: the manifest's seconds_per_1000
+    found_cache: Dict[int, Tuple[int, int]] = {}  # shard -> (faces found, images), for face_found_fraction
     try:
         for i in todo:
             n = _shard_length(manifest, i)
+            started = time.perf_counter()
             items = sample_pairs(G, F, n, seed=seed, start=i * shard_size, truncation=truncation, batch=batch,
                                  on_batch=bar.update if bar is not None else None)
+            images = to_uint8(items["images"])
             arrays = {
                 "z": items["z"].float().numpy(),
                 "w": items["w"].float().numpy(),
-                "images": to_uint8(items["images"]),
+                "images": images,
                 "params": items["params"].float().numpy(),
                 "landmarks": items["landmarks"].float().numpy(),
+                **detect_stored(detector, images),  # on the stored 8-bit pixels, as a reader sees them
                 "index": items["index"].numpy(),
             }
             path = shard_path(root, i)
@@ -461,6 +589,11 @@ def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: A
             with open(tmp, "wb") as handle:  # a file object: np.savez would append '.npz' to a name
                 np.savez(handle, **arrays)
             os.replace(tmp, path)
+            seconds += time.perf_counter() - started
+            made += n
+            if distributed.is_main():
+                found_cache.pop(i, None)
+                _update_measurements(root, seconds, made, found_cache)
             if on_shard is not None:
                 on_shard(i, path)
         completed = True
@@ -468,7 +601,10 @@ def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: A
         if bar is not None:
             bar.close()
     if completed:
-        distributed.barrier()  # the corpus is complete when any rank returns
+        distributed.barrier()  # every shard exists
+        if distributed.is_main():
+            _update_measurements(root, seconds, made, {})  # the fraction over all shards, whoever made them
+        distributed.barrier()  # the corpus (manifest included) is complete when any rank returns
     return root
 
 
@@ -519,6 +655,10 @@ def _read_manifest(root: Path) -> Dict[str, Any]:
         raise CorpusError(f"{path} is not valid JSON ({error}); remake the corpus with --overwrite") from None
     if manifest.get("format") != FORMAT:
         raise CorpusError(f"{root} is not a (w, I_w) corpus (manifest format {manifest.get('format')!r}, expected {FORMAT!r})")
+    if manifest.get("version") == 1:
+        raise CorpusError(f"{root} is a corpus of format version 1, without the detected landmarks (detected_landmarks, "
+                          f"landmark_confidence, face_found) that version {FORMAT_VERSION} records; re-make it with "
+                          f"`stylerig-lite make-corpus --out {root} ... --overwrite` (the same --count/--seed/... as before)")
     if manifest.get("version") != FORMAT_VERSION:
         raise CorpusError(f"{root}: corpus format version {manifest.get('version')!r}; this code reads version {FORMAT_VERSION}. "
                           f"Remake it with `stylerig-lite make-corpus --overwrite --out {root}`")
@@ -534,10 +674,13 @@ class CorpusDataset(torch.utils.data.Dataset):
 
     ``dataset[i]`` is a dict: ``'w'`` float32 ``[num_ws, w_dim]``, ``'image'``
     float32 ``[3, H, W]`` in [-1, 1] (from the stored uint8), ``'params'``
-    ``[196]`` and ``'landmarks'`` ``[68, 2]`` (F's estimates) and ``'index'``
-    (int). The whole arrays are attributes too, for code that wants them at
-    once (the linear baseline): ``w``, ``z``, ``images`` (uint8 ``[N, H, W, 3]``),
-    ``params``, ``landmarks``. ``manifest`` is the folder's manifest.
+    ``[196]`` and ``'landmarks'`` ``[68, 2]`` (F's estimates), ``'detected_landmarks'``
+    ``[68, 2]`` (dlib's, NaN where no face was found), ``'landmark_confidence'``
+    (a float32 scalar tensor, NaN where no face or a fallback box), ``'face_found'``
+    (a bool scalar tensor) and ``'index'`` (int). The whole arrays are attributes too,
+    for code that wants them at once (the linear baseline): ``w``, ``z``, ``images``
+    (uint8 ``[N, H, W, 3]``), ``params``, ``landmarks``, ``detected_landmarks``,
+    ``landmark_confidence``, ``face_found``. ``manifest`` is the folder's manifest.
     """
 
     def __init__(self, root: PathLike):
@@ -560,7 +703,10 @@ class CorpusDataset(torch.utils.data.Dataset):
         self.w = cat("w")  # [N, num_ws, w_dim]
         self.images = cat("images")  # [N, H, W, 3] uint8
         self.params = cat("params")  # [N, 196]
-        self.landmarks = cat("landmarks")  # [N, 68, 2]
+        self.landmarks = cat("landmarks")  # [N, 68, 2] F's estimate
+        self.detected_landmarks = cat("detected_landmarks")  # [N, 68, 2] dlib's; NaN where no face was found
+        self.landmark_confidence = cat("landmark_confidence")  # [N]; NaN where no face or a fallback box
+        self.face_found = cat("face_found")  # [N] bool
         self.index = cat("index")  # [N]
 
     def __len__(self) -> int:
@@ -574,6 +720,9 @@ class CorpusDataset(torch.utils.data.Dataset):
             "image": from_uint8(self.images[index][None])[0],
             "params": self.params[index],
             "landmarks": self.landmarks[index],
+            "detected_landmarks": self.detected_landmarks[index],
+            "landmark_confidence": self.landmark_confidence[index],
+            "face_found": self.face_found[index],
             "index": int(self.index[index]),
         }
 

@@ -47,6 +47,15 @@ def F() -> ReconstructionNet:
     return tiny_estimator()
 
 
+MEASURED = ("seconds_per_1000", "face_found_fraction")  # manifest fields that vary from run to run
+
+
+def settings(root):
+    """A corpus's manifest without the figures measured while making it."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    return {key: value for key, value in manifest.items() if key not in MEASURED}
+
+
 def shard_arrays(root, index):
     with np.load(shard_path(root, index)) as data:
         return {key: data[key].copy() for key in data.files}
@@ -67,18 +76,18 @@ def test_interrupted_run_resumes_to_identical_shards(tmp_path, G, F):
     with pytest.raises(Interrupt):
         make_corpus(partial, 10, generator=G, estimator=F, shard_size=4, progress=False, on_shard=stop_after_first)
     assert shard_path(partial, 0).exists() and not shard_path(partial, 1).exists()
-    manifest_before = json.loads((partial / "manifest.json").read_text())
+    manifest_before = settings(partial)
 
     written = []
     make_corpus(partial, 10, generator=G, estimator=F, shard_size=4, progress=False,
                 on_shard=lambda index, path: written.append(index))
     assert written == [1, 2]  # the complete shard was skipped
-    assert json.loads((partial / "manifest.json").read_text()) == manifest_before
-    assert manifest_before == json.loads((full / "manifest.json").read_text())
+    assert settings(partial) == manifest_before
+    assert manifest_before == settings(full)
     for i in range(3):
         a, b = shard_arrays(full, i), shard_arrays(partial, i)
         assert sorted(a) == sorted(b)
-        for key in a:
+        for key in a:  # NaN (no face detected) equals NaN
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"shard {i} {key}")
     data = CorpusDataset(partial)
     assert len(data) == 10
@@ -294,3 +303,101 @@ def test_train_rignet_refuses_a_corpus_of_another_generator(tmp_path, G, F):
     with pytest.raises(GeneratorMismatchError, match=rf"the corpus {root} was made with the generator with sha256 "
                                                      rf"{module_sha256(G)[:12]}"):
         train_rignet.PairSource(tiny_generator(seed=1), F, config)
+
+
+# ----------------------------------------------------------------------------------------- detected landmarks
+
+
+class FakeDetector:
+    """Finds a 'face' in the images whose stored pixels sum to an even number: deterministic, no dlib."""
+
+    name = "fake (pixel-sum parity)"
+
+    def __init__(self):
+        self.calls = 0
+
+    @staticmethod
+    def found_in(uint8_images) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(uint8_images).reshape(len(uint8_images), -1).sum(1) % 2 == 0)
+
+    def detect(self, images, value_range=(-1.0, 1.0)):
+        from stylerig_lite.landmarks import Detections
+
+        assert value_range == (-1.0, 1.0) and images.shape[1:] == (3, 64, 64)
+        self.calls += 1
+        stored = corpus_mod.to_uint8(images)  # the detector reads the stored pixels: this is exact
+        found = self.found_in(stored)
+        n = len(images)
+        points = torch.arange(68 * 2, dtype=torch.float32).reshape(1, 68, 2).repeat(n, 1, 1) / 4
+        points[~found] = 123.0  # garbage where not found: the corpus must record NaN instead
+        confidence = torch.linspace(-1, 1, n)
+        return Detections(points, confidence, found)
+
+
+def test_shards_hold_detected_landmarks(tmp_path, G, F):
+    root = make_corpus(tmp_path / "c", 6, generator=G, estimator=F, shard_size=4, progress=False)
+    arrays = shard_arrays(root, 1)
+    assert sorted(arrays) == sorted(corpus_mod.SHARD_KEYS)
+    assert arrays["detected_landmarks"].shape == (2, 68, 2) and arrays["detected_landmarks"].dtype == np.float32
+    assert arrays["landmark_confidence"].shape == (2,) and arrays["landmark_confidence"].dtype == np.float32
+    assert arrays["face_found"].shape == (2,) and arrays["face_found"].dtype == np.bool_
+    assert arrays["landmarks"].shape == (2, 68, 2)  # F's estimate is still there
+    data = CorpusDataset(root)
+    assert data.detected_landmarks.shape == (6, 68, 2) and data.detected_landmarks.dtype == torch.float32
+    assert data.landmark_confidence.shape == (6,) and data.face_found.dtype == torch.bool
+    # Where no face is found the points and the confidence are NaN; where one is, the points are finite.
+    assert torch.isnan(data.detected_landmarks[~data.face_found]).all()
+    assert torch.isnan(data.landmark_confidence[~data.face_found]).all()
+    assert torch.isfinite(data.detected_landmarks[data.face_found]).all()
+    item = data[3]
+    assert item["detected_landmarks"].shape == (68, 2) and item["face_found"].dtype == torch.bool
+    assert item["landmark_confidence"].shape == ()
+    # The manifest names the detector and the figures measured while making the corpus.
+    manifest = data.manifest
+    assert manifest["version"] == 2
+    assert manifest["landmarks_detector"] == "dlib 68-point (face_recognition_models 0.3.0)"
+    assert manifest["seconds_per_1000"] > 0
+    assert manifest["face_found_fraction"] == pytest.approx(float(data.face_found.float().mean()))
+
+
+def test_images_without_a_face_are_recorded_not_dropped(tmp_path, G, F):
+    detector = FakeDetector()
+    root = make_corpus(tmp_path / "c", 10, generator=G, estimator=F, shard_size=4, progress=False, detector=detector)
+    assert detector.calls == 3  # once per shard
+    data = CorpusDataset(root)
+    assert len(data) == 10 and data.index.tolist() == list(range(10))  # count unchanged, no gaps
+    expected = FakeDetector.found_in(data.images)
+    assert 0 < int(expected.sum()) < 10  # both cases occur
+    assert torch.equal(data.face_found, expected)
+    missing = ~data.face_found
+    assert torch.isnan(data.detected_landmarks[missing]).all() and torch.isnan(data.landmark_confidence[missing]).all()
+    torch.testing.assert_close(data.detected_landmarks[~missing],
+                               (torch.arange(136, dtype=torch.float32).reshape(68, 2) / 4).expand(int((~missing).sum()), 68, 2))
+    assert torch.equal(data.landmark_confidence[~missing], torch.cat([torch.linspace(-1, 1, 4), torch.linspace(-1, 1, 4),
+                                                                          torch.linspace(-1, 1, 2)])[~missing])
+    manifest = data.manifest
+    assert manifest["landmarks_detector"] == FakeDetector.name
+    assert manifest["face_found_fraction"] == pytest.approx(float(expected.float().mean()))
+    assert manifest["seconds_per_1000"] > 0
+    # Resuming needs the same detector: a corpus of another detector is not mixed with this one.
+    with pytest.raises(CorpusError, match="another landmark detector"):
+        make_corpus(root, 12, generator=G, estimator=F, shard_size=4, progress=False)
+    with pytest.raises(TypeError, match="detect"):
+        make_corpus(tmp_path / "d", 4, generator=G, estimator=F, progress=False, detector=object())
+
+
+def test_version_1_corpus_is_refused_with_a_fix(tmp_path, G, F):
+    root = make_corpus(tmp_path / "c", 4, generator=G, estimator=F, shard_size=4, progress=False,
+                       detector=FakeDetector())
+    manifest = json.loads((root / "manifest.json").read_text())
+    for key in ("landmarks_detector", "seconds_per_1000", "face_found_fraction"):
+        manifest.pop(key)
+    manifest["version"] = 1
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    fix = r"format version 1.*re-make it with `stylerig-lite make-corpus --out .* --overwrite`"
+    with pytest.raises(CorpusError, match=fix):
+        CorpusDataset(root)
+    with pytest.raises(CorpusError, match=fix):
+        make_corpus(root, 4, generator=G, estimator=F, shard_size=4, progress=False, detector=FakeDetector())
+    make_corpus(root, 4, generator=G, estimator=F, shard_size=4, progress=False, detector=FakeDetector(), overwrite=True)
+    assert CorpusDataset(root).manifest["version"] == 2

@@ -385,13 +385,17 @@ def test_make_corpus_from_two_processes_equals_one(tmp_path, networks):
     results = run_ranks(argv + ["--out", tmp_path / "two"])
     assert "corpus of 10 pairs" in results[0][1] and not results[1][1]  # rank 0 reports, once
     one, two = tmp_path / "one", tmp_path / "two"
-    assert json.loads((one / "manifest.json").read_text()) == json.loads((two / "manifest.json").read_text())
+    manifests = [json.loads((root / "manifest.json").read_text()) for root in (one, two)]
+    assert all(m["seconds_per_1000"] > 0 for m in manifests)  # measured (by rank 0, on its shards): differs run to run
+    assert [{k: v for k, v in m.items() if k != "seconds_per_1000"} for m in manifests] == [
+        {k: v for k, v in manifests[0].items() if k != "seconds_per_1000"}] * 2  # face_found_fraction: over all shards
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())  # 4 shards, no temporaries
     for shard in sorted(one.glob("shard_*.npz")):
         with np.load(shard) as a, np.load(two / shard.name) as b:
             assert a.files == b.files
             for key in a.files:
-                assert np.array_equal(a[key], b[key]), f"{shard.name}: {key}"
+                floats = a[key].dtype.kind == "f"  # NaN: no face detected
+                assert np.array_equal(a[key], b[key], equal_nan=floats), f"{shard.name}: {key}"
     assert len(CorpusDataset(two)) == 10
 
 
