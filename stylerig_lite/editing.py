@@ -58,10 +58,8 @@ from .render_points import PREVIEW_PARTS, PreviewRenderer  # noqa: F401  (re-exp
 from .seeding import latents_for_seeds
 from .shading import gamma_to_light, light_direction, light_to_gamma  # noqa: F401  (re-exported)
 
-#: The components a rig can control, in the order the rigs are applied, and the parameter
-#: component each one edits.
-#: (A rig component is named after the parameter block it edits; "illumination" is accepted for "light".)
-PARAM_COMPONENT: Dict[str, str] = {name: name for name in RIG_COMPONENTS}
+# The components a rig can control, in the order the rigs are applied, are params.RIG_COMPONENTS; each is
+# named after the parameter block it edits ("illumination" is accepted for "light").
 
 Rig = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -413,7 +411,7 @@ class EditorState:
                            "('illumination' is accepted for 'light')")
         component = rig_component(component)
         other = self._estimate(self._synthesize(latents_for_seeds(self.generator, [other_seed], self.truncation_psi)))
-        key = PARAM_COMPONENT[component]
+        key = component  # the parameter block the rig edits has the rig's name
         with self._lock:
             self.target = self.target.replace(**{key: other.component(key).clone()})
             if key == "light":
@@ -447,8 +445,8 @@ class EditorState:
             cached = self._source_values = (self.source, self.source.to_vector().tolist())
         values, source = vector.tolist(), cached[1]
         return tuple(c for c in RIG_COMPONENTS
-                     if [row[SLICES[PARAM_COMPONENT[c]]] for row in values]
-                     != [row[SLICES[PARAM_COMPONENT[c]]] for row in source])
+                     if [row[SLICES[c]] for row in values]
+                     != [row[SLICES[c]] for row in source])
 
     @torch.no_grad()
     def edited_latent(self, target: Optional[FaceParams] = None) -> Tuple[torch.Tensor, Tuple[str, ...]]:

@@ -311,25 +311,27 @@ def _default_scorers(judge: Any, identity: Any) -> Tuple[Any, Any]:
     """Build the judge and the identity meter for ``'default'`` (None, with a warning, when not installed)."""
     import warnings
 
-    if isinstance(judge, str):
+    def build(given: Any, make: Callable[[], Any], missing: type, what: str) -> Any:
+        if not isinstance(given, str):
+            return given
         try:
-            judge = Judge()
-        except JudgeError as error:
-            warnings.warn(f"evaluating without the judge: {error}")
-            judge = None
-    if isinstance(identity, str):
-        try:
-            identity = IdentityMeter()
-        except IdentityError as error:
-            warnings.warn(f"evaluating without identity distances: {error}")
-            identity = None
-    return judge, identity
+            return make()
+        except missing as error:
+            warnings.warn(f"evaluating without {what}: {error}")
+            return None
+
+    return (build(judge, Judge, JudgeError, "the judge"),
+            build(identity, IdentityMeter, IdentityError, "identity distances"))
+
+
+def _cat_readings(parts: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Judge readings of consecutive batches, joined: ``{name: [N]}``."""
+    return {name: torch.cat([p[name] for p in parts]) for name in READINGS}
 
 
 def _judge_read(judge: Any, images: torch.Tensor, batch: int) -> Dict[str, torch.Tensor]:
     """The judge's readings of generator images ``[N, 3, H, W]`` in [-1, 1], batch by batch."""
-    parts = [judge.read(images[index], value_range=(-1.0, 1.0)) for index in _batches(len(images), batch)]
-    return {name: torch.cat([p[name] for p in parts]) for name in READINGS}
+    return _cat_readings([judge.read(images[index], value_range=(-1.0, 1.0)) for index in _batches(len(images), batch)])
 
 
 @dataclasses.dataclass
@@ -508,8 +510,7 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
     if identity:
         preservation["identity_distance"] = _nanmedian(torch.cat(identity))
     if judged:
-        read_hat = {name: torch.cat([j[name] for j in judged]) for name in READINGS}
-        result["judge"] = judge_scores(read_hat, evalset.j_w, target, evalset.p_w, component)
+        result["judge"] = judge_scores(_cat_readings(judged), evalset.j_w, target, evalset.p_w, component)
     return result
 
 
@@ -627,8 +628,8 @@ def faceworld_oracle(E: Any, component: str, count: int = 128, seed: int = DEFAU
     if identity_distances:
         preservation["identity_distance"] = _nanmedian(torch.cat(identity_distances))
     if judged_hat:
-        merge = lambda parts: {name: torch.cat([p[name] for p in parts]) for name in READINGS}  # noqa: E731
-        result["judge"] = judge_scores(merge(judged_hat), merge(judged_w), torch.cat(targets), torch.cat(sources), component)
+        result["judge"] = judge_scores(_cat_readings(judged_hat), _cat_readings(judged_w), torch.cat(targets),
+                                       torch.cat(sources), component)
     return result
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as nnf
 
 from .checks import images_to_unit
+from .landmarks import LandmarkError, require_dlib
 
 __all__ = ["FALLBACK_BOX", "MIN_SIZE", "SAME_PERSON_THRESHOLD", "IdentityError", "IdentityMeter"]
 
@@ -34,25 +35,15 @@ MIN_SIZE = 256  # px; 64 px GAN images are upsampled to this before detection
 FALLBACK_BOX = (0.30, 0.30, 0.71, 0.71)
 
 
-class IdentityError(RuntimeError):
-    """dlib or its face models are not installed."""
-
-
-def _require_dlib():
-    try:
-        import dlib
-        import face_recognition_models
-    except ImportError as error:
-        raise IdentityError("identity distances need dlib and its models: `pip install dlib-bin==20.0.1.post1 "
-                            f"face-recognition-models==0.3.0` (make venv installs both; import failed: {error})") from error
-    return dlib, face_recognition_models
+#: Raised when dlib or its face models are not installed (the error of :func:`~stylerig_lite.landmarks.require_dlib`).
+IdentityError = LandmarkError
 
 
 class IdentityMeter:
     """128-d face descriptors of images ``[N, 3, H, W]`` and the distances between them."""
 
     def __init__(self, min_size: int = MIN_SIZE):
-        dlib, models = _require_dlib()
+        dlib, models = require_dlib("identity distances")
         self.min_size = int(min_size)
         self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(models.pose_predictor_five_point_model_location())

@@ -217,8 +217,11 @@ class Judge:
     # -- landmarks -----------------------------------------------------------------
     def landmarks(self, images: torch.Tensor, value_range: Tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
         """MediaPipe's 468 points ``[N, 468, 3]`` (x, y in [0, 1] of the image, z depth), NaN where no face."""
-        x = images_to_unit(images, value_range)
-        x = nnf.interpolate(x.clamp(0, 1), size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
+        return self._landmarks_of_unit(images_to_unit(images, value_range).clamp(0, 1))
+
+    def _landmarks_of_unit(self, x: torch.Tensor) -> np.ndarray:
+        """:meth:`landmarks` of checked images already in [0, 1]."""
+        x = nnf.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
         pixels = (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
         out = np.full((len(pixels), _NUM_POINTS, 3), np.nan)
         for i, image in enumerate(pixels):
@@ -274,7 +277,8 @@ class Judge:
                      template: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
         """The uncalibrated features ``{reading: [N, k]}`` that :attr:`calibration` maps to readings."""
         template = self.calibration.template if template is None else template
-        points = self.landmarks(images, value_range)
+        unit = images_to_unit(images, value_range).clamp(0, 1)  # checked and converted once
+        points = self._landmarks_of_unit(unit)
         rotations = self.rotations(points, template)
         angles = np.full((len(points), 3), np.nan)
         ok = ~np.isnan(rotations[:, 0, 0])
@@ -284,7 +288,7 @@ class Judge:
         eyes = np.linalg.norm(world[:, _EYE_CORNERS[0]] - world[:, _EYE_CORNERS[1]], axis=1)
         lips = np.mean([np.linalg.norm(world[:, a] - world[:, b], axis=1) for a, b in _LIP_PAIRS], axis=0) / eyes
         chin = np.linalg.norm(world[:, _BRIDGE_CHIN[0]] - world[:, _BRIDGE_CHIN[1]], axis=1) / eyes
-        light = self.light_fit(images_to_unit(images, value_range).clamp(0, 1), points)
+        light = self.light_fit(unit, points)
         grey = light.reshape(-1, 3, NUM_SH).mean(1)
         return {"yaw": angles[:, :1], "pitch": angles[:, 1:2], "roll": angles[:, 2:3],
                 "jaw_open": np.stack([lips, chin], 1), "light_x": grey[:, 3:4], "light_y": grey[:, 1:2]}

@@ -91,6 +91,7 @@ __all__ = [
     "Detections",
     "LandmarkDetector",
     "LandmarkError",
+    "require_dlib",
     "landmark_error",
 ]
 
@@ -116,15 +117,16 @@ ICT_CORRESPONDENCE: Tuple[int, ...] = tuple(range(NUM_POINTS))
 
 
 class LandmarkError(RuntimeError):
-    """dlib or its 68-point model is not installed."""
+    """dlib or its models (``face_recognition_models``) are not installed."""
 
 
-def _require_dlib():
+def require_dlib(what: str = "landmarks"):
+    """``(dlib, face_recognition_models)``, or a :class:`LandmarkError` naming ``what`` needs them and the install."""
     try:
         import dlib
         import face_recognition_models
     except ImportError as error:
-        raise LandmarkError("landmarks need dlib and its models: `pip install dlib-bin==20.0.1.post1 "
+        raise LandmarkError(f"{what} need dlib and its models: `pip install dlib-bin==20.0.1.post1 "
                             f"face-recognition-models==0.3.0` (make venv installs both; import failed: {error})") from error
     return dlib, face_recognition_models
 
@@ -147,7 +149,7 @@ class LandmarkDetector:
     def __init__(self, min_size: int = MIN_SIZE):
         if int(min_size) < 1:
             raise ValueError(f"min_size must be positive, got {min_size}")
-        dlib, models = _require_dlib()
+        dlib, models = require_dlib()
         self.min_size = int(min_size)
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(models.pose_predictor_model_location())

@@ -93,3 +93,31 @@ def face_shards(tmp_path_factory) -> Path:
                  params=(0.3 * g.standard_normal((shard, 196))).astype(np.float32),
                  landmarks=(16 + 32 * g.random((shard, 68, 2))).astype(np.float32))
     return folder
+
+
+# -- the FaceWorld shard cache (test_datasets, test_reconstruction) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_chunks():
+    """Tiny chunks and shards (2 images, 2 chunks a shard) so cache tests render a handful of images."""
+    from stylerig_lite import datasets
+
+    saved = datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS
+    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = 2, 2
+    yield
+    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = saved
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("faceworld_cache")
+
+
+@pytest.fixture(scope="module")
+def dataset(world, small_chunks, cache_dir):
+    """16 FaceWorld images (seed 0) in the cache; ``world`` comes from the test module."""
+    from stylerig_lite import datasets
+
+    return datasets.load_or_render_dataset(world, 16, 0, cache_dir=cache_dir, progress=False)
+

@@ -21,26 +21,6 @@ def world() -> FaceWorld:
     return FaceWorld(morphable.load_face_model(progress=False))
 
 
-@pytest.fixture(scope="module")
-def small_chunks():
-    """Tiny chunks and shards (2 images, 2 chunks a shard) so cache tests render a handful of images."""
-    saved = datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS
-    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = 2, 2
-    yield
-    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = saved
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("faceworld_cache")
-
-
-@pytest.fixture(scope="module")
-def dataset(world, small_chunks, cache_dir) -> datasets.FaceDataset:
-    """16 FaceWorld images (seed 0) in the cache."""
-    return datasets.load_or_render_dataset(world, 16, 0, cache_dir=cache_dir, progress=False)
-
-
 # -- render_shards folders ----------------------------------------------------------
 
 

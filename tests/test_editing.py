@@ -464,8 +464,8 @@ def test_editor_chains_rignets_then_calls_plain_rigs() -> None:
 def test_changed_components_compares_like_torch_equal(state: EditorState) -> None:
     def reference(target: FaceParams):
         return tuple(c for c in editing.RIG_COMPONENTS
-                     if not torch.equal(target.component(editing.PARAM_COMPONENT[c]),
-                                        state.source.component(editing.PARAM_COMPONENT[c])))
+                     if not torch.equal(target.component(c),
+                                        state.source.component(c)))
 
     assert state.changed_components() == reference(state.target_params()) == ()
     state.set_slider("smile", 0.5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stylerig_lite import reconstruction as rec
-from stylerig_lite import datasets, evaluate, train_f
+from stylerig_lite import evaluate, train_f
 from stylerig_lite.camera import Camera
 from stylerig_lite.morphable import NUM_PARAMS, SLICES, FaceParams
 
@@ -24,30 +24,10 @@ def random_images(batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def small_chunks():
-    """Tiny chunks and shards (2 images, 2 chunks a shard) so cache tests render a handful of images."""
-    saved = datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS
-    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = 2, 2
-    yield
-    datasets.CHUNK_SIZE, datasets.SHARD_CHUNKS = saved
-
-
-@pytest.fixture(scope="module")
 def world():
     from stylerig_lite.world import FaceWorld
 
     return FaceWorld()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("faceworld_cache")
-
-
-@pytest.fixture(scope="module")
-def dataset(world, small_chunks, cache_dir) -> datasets.FaceDataset:
-    """16 FaceWorld images (seed 0) shared by the training tests."""
-    return datasets.load_or_render_dataset(world, 16, 0, cache_dir=cache_dir, progress=False)
 
 
 # -- the network ----------------------------------------------------------------
