@@ -34,6 +34,7 @@ Floor 2, networks: the models, each one readable file (``stylegan2`` a package o
   - ``stylegan2``        StyleGAN2: ops, networks, checkpoint, legacy import (ch. 2)
   - ``mobilestylegan``   the photoreal MobileStyleGAN (FFHQ), ported from OpenVINO IR (ch. 2)
   - ``reconstruction``   F, the face reconstruction network (ch. 3)
+  - ``latent_f``         the paper's F: W+ latents -> 3DMM parameters, an MLP (ch. 3)
   - ``rignet``           RigNet (ch. 4)
   - ``baselines``        the linear latent-direction baseline, a peer of RigNet (ch. 2, 4)
   - ``pretrained``       the embedded, hash-checked weights of all of them (ch. 2-5)
@@ -47,10 +48,12 @@ Floor 4, evaluation: control, preservation and quality, measured.
   - ``judge``            the independent judge: MediaPipe landmarks read by geometry, calibrated (ch. 4)
   - ``identity``         identity distance with dlib's face descriptor (ch. 4)
   - ``evaluate``         the evaluation pairs, the method table, the scores (ch. 2, 3, 4)
+  - ``evaluate_f``       the latent F scored on held-out pairs: landmark NME, colour error, yaw (ch. 3)
 
 Floor 5, training: the loops behind the commands, resumable and distributed.
   - ``train_gan``        ``stylerig-lite train-gan`` (ch. 2)
   - ``train_f``          ``stylerig-lite train-f`` (ch. 3)
+  - ``train_latent_f``   ``stylerig-lite train-latent-f``: the latent F, self-supervised (ch. 3)
   - ``train_rignet``     ``stylerig-lite train-rignet`` (ch. 4)
 
 Floor 6, app: what a reader sees and touches.

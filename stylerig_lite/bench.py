@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|distributed|gan] [--json] [--quick]``.
+"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|rignet|distributed|gan|photoreal] [--json]``.
 
 Each benchmark is a subcommand registered in ``BENCHMARKS``; without one, all run.
 
@@ -39,6 +39,13 @@ gives ``torch_ms_1024``, ``openvino_ms_1024``, ``ratio`` (ours / OpenVINO, media
 truncation 0.7); ``*_min_ms`` and the load average show how busy the machine was. Without
 ``random-face`` it reports ``skipped``; without ``openvino``, the OpenVINO fields are None.
 
+``rignet``: one RigNet training step (the siamese losses, backward, Adam) for the FaceWorld generator
+at ``--batch`` pairs, the paper's way (the latent F reads ŵ: no generator pass) and the image-F way
+(``F(G(ŵ))``), interleaved ``--repeats`` times in the same process on the same pairs (their
+preparation, a corpus read or a no-grad G + F pass, is not timed). ``--json`` gives
+``latent_f_step_ms``, ``image_f_step_ms`` (medians) and ``speedup`` (image / latent). The embedded
+networks when present; otherwise random ones of the same shapes (speed does not depend on the weights).
+
 ``distributed``: data-parallel speed-up of ``stylerig-lite train-f`` (the embedded F's width and
 batch by default) on this machine: 1 process with 1 thread, 1 process with N threads and N processes
 with 1 thread each (Gloo on loopback, launched with torchrun's variables), interleaved, ``--repeats``
@@ -73,6 +80,7 @@ __all__ = [
     "bench_gan",
     "bench_photoreal",
     "bench_render",
+    "bench_rignet",
     "bench_world",
     "BENCHMARKS",
     "main",
@@ -757,6 +765,80 @@ def _add_photoreal_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the 256-px PSNR (default 3)")
 
 
+def bench_rignet(args: argparse.Namespace) -> dict:
+    """A RigNet training step through the latent F vs through G and the image F, same pairs, interleaved."""
+    from stylerig_lite import pretrained
+    from stylerig_lite.face_render import default_camera
+    from stylerig_lite.latent_f import LatentF, LatentFConfig
+    from stylerig_lite.losses import RenderLoss
+    from stylerig_lite.morphable import load_face_model
+    from stylerig_lite.rignet import LossWeights, RigNet, RigNetConfig, RigSample, describe, freeze, rig_losses
+
+    G = freeze(pretrained.generator())
+    F_image = freeze(pretrained.face_estimator())
+    try:
+        F_latent = freeze(pretrained.latent_f("faceworld"))
+        latent_source = "embedded"
+    except (pretrained.WeightsError, KeyError, FileNotFoundError):
+        F_latent = freeze(LatentF(LatentFConfig.for_generator(G)))
+        latent_source = "random (no embedded latent F)"
+    model = load_face_model(progress=False)
+    size = F_image.config.image_size
+    render = RenderLoss(model, default_camera(size))
+    B = args.batch
+    with torch.no_grad():
+        z = torch.randn(2 * B, G.z_dim, generator=torch.Generator().manual_seed(0))
+        w = G.mapping(z, None)
+        image_sample = describe(G, F_image, w)
+        latent_sample = RigSample(w, image_sample.image, F_latent(w), image_sample.landmarks)
+
+    def halves(sample: RigSample):
+        return (RigSample(sample.w[:B], sample.image[:B], sample.params[:B], sample.landmarks[:B]),
+                RigSample(sample.w[B:], sample.image[B:], sample.params[B:], sample.landmarks[B:]))
+
+    cases = {"latent_f": (F_latent, None, halves(latent_sample)), "image_f": (F_image, G, halves(image_sample))}
+    nets = {}
+    for name in cases:
+        torch.manual_seed(0)
+        nets[name] = RigNet(RigNetConfig.for_generator(G, "pose"))
+    optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-3) for name, net in nets.items()}
+
+    def step(name: str) -> None:
+        F, G_used, (sample_w, sample_v) = cases[name]
+        loss, _ = rig_losses(nets[name], G_used, F, render, sample_w, sample_v, LossWeights())
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[name].step()
+
+    for name in cases:  # warm-up
+        step(name)
+    times: Dict[str, List[float]] = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name in cases:
+            start = time.perf_counter()
+            step(name)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    latent_ms, image_ms = statistics.median(times["latent_f"]), statistics.median(times["image_f"])
+    return {"batch_pairs": B, "repeats": args.repeats, "threads": torch.get_num_threads(),
+            "latent_f": latent_source, "render_size": size,
+            "latent_f_step_ms": round(latent_ms, 2), "image_f_step_ms": round(image_ms, 2),
+            "speedup": round(image_ms / latent_ms, 2), "goal_speedup": 10.0,
+            "latent_f_min_ms": round(min(times["latent_f"]), 2), "image_f_min_ms": round(min(times["image_f"]), 2)}
+
+
+def _print_rignet(result: dict) -> None:
+    print(f"rignet: one pose-RigNet step, {result['batch_pairs']} pairs (both directions), FaceWorld, "
+          f"{result['threads']} threads, median of {result['repeats']}")
+    print(f"  latent F (no G in the loop) {result['latent_f_step_ms']:8.1f} ms")
+    print(f"  image F, F(G(w_hat))        {result['image_f_step_ms']:8.1f} ms   -> {result['speedup']:.1f}x "
+          f"(goal >= {result['goal_speedup']:.0f}x)")
+
+
+def _add_rignet_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=8, help="pairs per step (default 8, the cpu preset's)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps of each (default 7)")
+
+
 # name -> (run, print, help, add arguments)
 BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None], str, Callable]] = {
     "render": (bench_render, _print_render_table, "our rasterizer vs pytorch3d on the full ICT head", None),
@@ -766,6 +848,8 @@ BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict
     "distributed": (bench_distributed, _print_distributed, "train-f speed-up: N processes (torch.distributed) vs 1",
                     _add_distributed_args),
     "gan": (bench_gan, _print_gan, "train-gan step images/s (cpu64), optionally vs a reference tree", _add_gan_args),
+    "rignet": (bench_rignet, _print_rignet, "RigNet training step: latent F vs image F (G in the loop)",
+               _add_rignet_args),
     "photoreal": (bench_photoreal, _print_photoreal, "MobileStyleGAN 1024 px: ours vs OpenVINO f32, and our 256 px",
                   _add_photoreal_args),
 }

@@ -22,8 +22,9 @@ and ``shard_00000.npz``, ... each holding ``shard_size`` consecutive items with
 the arrays ``z`` float32 ``[n, z_dim]``, ``w`` float32 ``[n, num_ws, w_dim]``
 (the mapping output, so W+ corpora of edited latents fit the same format),
 ``images`` uint8 ``[n, H, W, 3]`` (as :class:`~stylerig_lite.datasets.FaceWorldShards`),
-``params`` float32 ``[n, 196]``, ``landmarks`` float32 ``[n, 68, 2]`` (F's
-estimate, pixels of F's input image), ``detected_landmarks`` float32
+``params`` float32 ``[n, 196]``, ``landmarks`` float32 ``[n, 68, 2]`` (the image F's
+estimate, pixels of F's input image; NaN in a corpus made without one, ``estimator_sha256``
+None: the photoreal generator's, ``make-corpus --generator ffhq``, stored at 256 px), ``detected_landmarks`` float32
 ``[n, 68, 2]`` (dlib's 68 iBUG points detected on the stored image, pixels of
 that image; NaN where no face was found: see :mod:`stylerig_lite.landmarks`),
 ``landmark_confidence`` float32 ``[n]`` (the detector's HOG score; NaN where no
@@ -84,6 +85,8 @@ __all__ = [
     "CorpusDataset",
     "CorpusError",
     "DEFAULT_COUNT",
+    "DEFAULT_IMAGE_SIZE",
+    "NO_ESTIMATOR",
     "DEFAULT_SHARD_SIZE",
     "DEFAULT_TRUNCATION",
     "detect_stored",
@@ -151,15 +154,30 @@ def device_of(module: Any) -> torch.device:
 
 
 @torch.no_grad()
-def synthesize(G: Any, ws: torch.Tensor) -> torch.Tensor:
-    """``G.synthesis(ws)`` with constant noise, clamped to [-1, 1]: ``[B, num_ws, w_dim] -> [B, 3, H, W]``.
+def synthesize(G: Any, ws: torch.Tensor, image_size: Optional[int] = None) -> torch.Tensor:
+    """``G.synthesis(ws)`` with constant noise, clamped to [-1, 1]: ``[B, num_ws, w_dim] -> [B, 3, S, S]``.
 
     Constant noise makes the image a function of ``ws`` alone. The clamp is the
     range images are stored and shown in; a GAN overshoots it slightly.
+    ``image_size`` S (default the generator's ``img_resolution``): a generator that
+    lists S in its ``resolutions`` makes it directly (the photoreal MobileStyleGAN's
+    256-px path, :mod:`stylerig_lite.mobilestylegan`); otherwise the image is
+    area-averaged down to S, which must divide the generator's resolution.
     """
     assert_shape(ws, [None, G.num_ws, G.w_dim], "ws (W+ latents)")
     assert_finite(ws, "ws (W+ latents)")
-    images = G.synthesis(ws.to(device_of(G)), noise_mode="const")
+    native = int(getattr(G, "img_resolution", 0) or 0)
+    ws = ws.to(device_of(G))
+    if image_size is None or int(image_size) == native:
+        images = G.synthesis(ws, noise_mode="const")
+    elif int(image_size) in tuple(getattr(G, "resolutions", ())):
+        images = G.synthesis(ws, noise_mode="const", resolution=int(image_size))
+    elif native and int(image_size) < native and native % int(image_size) == 0:
+        images = nnf.avg_pool2d(G.synthesis(ws, noise_mode="const"), native // int(image_size))
+    else:
+        raise ValueError(f"image_size {image_size} is not a resolution this generator makes ({native} px"
+                         f"{', or ' + str(tuple(G.resolutions)) if hasattr(G, 'resolutions') else ''}) nor a divisor "
+                         f"of it; pass one of those")
     return images.clamp(-1.0, 1.0)
 
 
@@ -259,13 +277,17 @@ def sample_pairs(
     batch: int = 64,
     stream: str = "corpus",
     on_batch: Optional[Callable[[int], None]] = None,
+    image_size: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
     """Items ``start .. start + count - 1`` of the corpus of ``seed``, in memory.
 
     Returns ``{'z' [N, z_dim], 'w' [N, num_ws, w_dim], 'images' [N, 3, H, W]
     in [-1, 1] (float, before 8-bit storage), 'params' [N, 196],
     'landmarks' [N, 68, 2], 'index' [N]}``. ``params`` are F's estimates on the
-    float images. This is what :func:`make_corpus` writes, shard by shard; the
+    float images (NaN when ``F`` is None: no image F for this generator, e.g. the
+    photoreal one, whose faces FaceWorld's F was never trained on). ``image_size``:
+    the stored resolution (default the generator's; see :func:`synthesize`).
+    This is what :func:`make_corpus` writes, shard by shard; the
     evaluation fits its linear baseline on it when no corpus folder is given.
     ``on_batch(n)`` is called after every ``n`` items (progress bars).
     """
@@ -278,8 +300,12 @@ def sample_pairs(
     device = device_of(G)
     for i in range(0, count, batch):
         ws = G.mapping(z[i : i + batch].to(device), None, truncation_psi=truncation)  # [b, num_ws, w_dim]
-        images = synthesize(G, ws)
-        params, landmarks = estimate_images(F, images)
+        images = synthesize(G, ws, image_size=image_size)
+        if F is None:
+            params = torch.full((ws.shape[0], NUM_PARAMS), float("nan"))
+            landmarks = torch.full((ws.shape[0], NUM_LANDMARKS, 2), float("nan"))
+        else:
+            params, landmarks = estimate_images(F, images)
         out["w"].append(ws.float().cpu())
         out["images"].append(images.float().cpu())
         out["params"].append(params)
@@ -287,7 +313,7 @@ def sample_pairs(
         if on_batch is not None:
             on_batch(ws.shape[0])
     if count == 0:
-        res = getattr(G, "img_resolution", 64)
+        res = image_size or getattr(G, "img_resolution", 64)
         return {"z": z, "w": torch.zeros(0, G.num_ws, G.w_dim), "images": torch.zeros(0, 3, res, res),
                 "params": torch.zeros(0, NUM_PARAMS), "landmarks": torch.zeros(0, NUM_LANDMARKS, 2),
                 "index": torch.zeros(0, dtype=torch.long)}
@@ -301,10 +327,30 @@ def sample_pairs(
 # Writing a corpus.
 
 
+#: ``estimator=NO_ESTIMATOR``: store no image-F estimates (NaN ``params``/``landmarks``). The default
+#: for the photoreal generator, whose faces FaceWorld's image F was never trained on.
+NO_ESTIMATOR = "none"
+#: Stored resolution per generator name when ``image_size`` is not given: the photoreal corpus is kept
+#: at 256 px (what its latent F trains on and its editor shows), FaceWorld's at its native 64 px.
+DEFAULT_IMAGE_SIZE: Dict[str, int] = {"faceworld": 64, "ffhq": 256}
+
+
 def _resolve_network(network: Any, kind: str) -> Tuple[Any, Optional[str]]:
-    """``(module, file sha256 or None)`` for a module, a path, or None (the embedded default)."""
+    """``(module, file sha256 or None)`` for a module, a path, a generator name, or None (the embedded default).
+
+    Generators by name (``'faceworld'``, ``'ffhq'``, see :func:`stylerig_lite.pretrained.generator_by_name`);
+    the file sha256 of the photoreal one is the combined sha256 of its IR files. ``estimator`` may be
+    :data:`NO_ESTIMATOR` (``(None, None)``).
+    """
     from . import pretrained
 
+    if kind == "estimator" and network == NO_ESTIMATOR:
+        return None, None
+    if kind == "generator" and isinstance(network, str) and network in pretrained.GENERATOR_NAMES:
+        if network == "ffhq":
+            G = pretrained.photoreal_generator()
+            return G, G.generator_sha256
+        network = None
     if network is not None and not isinstance(network, (str, os.PathLike)):
         return network, None
     if network is None:
@@ -320,15 +366,20 @@ def _resolve_network(network: Any, kind: str) -> Tuple[Any, Optional[str]]:
     else:
         path = Path(network)
         if not path.is_file():
-            raise FileNotFoundError(f"{kind} checkpoint not found: {path}")
+            names = f" or a name ({', '.join(pretrained.GENERATOR_NAMES)})" if kind == "generator" else (
+                f" or {NO_ESTIMATOR!r}")
+            raise FileNotFoundError(f"{kind} checkpoint not found: {path} (expected a checkpoint file{names})")
     module = pretrained.generator(path) if kind == "generator" else pretrained.face_estimator(path)
     return module, sha256_file(path)
 
 
 def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, truncation: float,
                     generator_file_sha256: Optional[str] = None, estimator_file_sha256: Optional[str] = None,
-                    landmarks_detector: str = DETECTOR_NAME) -> Dict[str, Any]:
+                    landmarks_detector: str = DETECTOR_NAME, image_size: Optional[int] = None) -> Dict[str, Any]:
     """The manifest a corpus of these settings has (see the module docstring).
+
+    ``F`` None: no image-F estimates (``estimator_sha256`` None). ``image_size``: the stored resolution
+    (default the generator's).
 
     ``seconds_per_1000`` and ``face_found_fraction`` are None here; :func:`make_corpus` fills them in as it writes.
     """
@@ -343,11 +394,11 @@ def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, t
         "num_ws": int(G.num_ws),
         "w_dim": int(G.w_dim),
         "z_dim": int(G.z_dim),
-        "image_size": int(getattr(G, "img_resolution", 64)),
+        "image_size": int(image_size or getattr(G, "img_resolution", 64)),
         # The state hashes identify the networks; the file hashes (when loaded from a file)
         # match weights/manifest.json and `sha256sum`.
         "generator_sha256": module_sha256(G),
-        "estimator_sha256": module_sha256(F),
+        "estimator_sha256": None if F is None else module_sha256(F),
         "generator_file_sha256": generator_file_sha256,
         "estimator_file_sha256": estimator_file_sha256,
         "landmarks_detector": str(landmarks_detector),
@@ -447,11 +498,15 @@ def make_corpus(
     on_shard: Optional[Callable[[int, Path], None]] = None,
     device: Any = None,
     detector: Any = None,
+    image_size: Optional[int] = None,
 ) -> Path:
     """Sample ``count`` (w, I_w) pairs with F's estimates into ``out`` (resumable).
 
     ``generator`` / ``estimator``: a network, a checkpoint path, or None for the
-    embedded FaceWorld StyleGAN2 and F. ``count`` / ``shard_size`` default to
+    embedded FaceWorld StyleGAN2 and F; ``generator='ffhq'`` is the photoreal
+    MobileStyleGAN (its corpus defaults to ``estimator=NO_ESTIMATOR`` and
+    ``image_size=256``, :data:`DEFAULT_IMAGE_SIZE`), ``'faceworld'`` the embedded one.
+    ``image_size``: the stored resolution (see :func:`synthesize`). ``count`` / ``shard_size`` default to
     :data:`DEFAULT_COUNT` / :data:`DEFAULT_SHARD_SIZE` (:data:`QUICK_COUNT` /
     :data:`QUICK_SHARD_SIZE` under ``STYLERIG_LITE_QUICK=1``).
 
@@ -483,8 +538,19 @@ def make_corpus(
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     if not 0.0 <= float(truncation) <= 1.0:
         raise ValueError(f"truncation psi must be in [0, 1], got {truncation}")
+    if isinstance(generator, str) and generator in DEFAULT_IMAGE_SIZE:
+        image_size = DEFAULT_IMAGE_SIZE[generator] if image_size is None else image_size
+        if generator == "ffhq" and estimator is None:
+            estimator = NO_ESTIMATOR
     G, g_file = _resolve_network(generator, "generator")
     F, f_file = _resolve_network(estimator, "estimator")
+    if image_size is not None:
+        image_size = int(image_size)
+        native = int(getattr(G, "img_resolution", 0) or 0)
+        if image_size not in tuple(getattr(G, "resolutions", ())) and not (
+                native and image_size <= native and native % image_size == 0):
+            raise ValueError(f"image_size {image_size} is not a resolution this generator makes ({native} px) nor a "
+                             f"divisor of it")
     for net in (G, F):
         if isinstance(net, torch.nn.Module):
             net.eval()
@@ -501,14 +567,15 @@ def make_corpus(
     root = Path(out)
     manifest = corpus_manifest(G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
                                generator_file_sha256=g_file, estimator_file_sha256=f_file,
-                               landmarks_detector=detector_name(detector))
+                               landmarks_detector=detector_name(detector), image_size=image_size)
     # In a process group rank 0 prepares the folder and lists the shards to make; every rank gets the
     # list (or rank 0's error, so that no rank waits for a rank that gave up). Rank 0 holds the folder's
     # lock (io_utils.folder_lock) until the corpus is complete: a second make-corpus on the same folder
     # (with --overwrite too) fails at once instead of writing the same shards.
     with contextlib.ExitStack() as lock:
         return _make(root, manifest, lock, G, F, detector, count=count, seed=seed, shard_size=shard_size,
-                     truncation=truncation, batch=batch, overwrite=overwrite, progress=progress, on_shard=on_shard)
+                     truncation=truncation, batch=batch, overwrite=overwrite, progress=progress, on_shard=on_shard,
+                     image_size=image_size)
 
 
 def _found_counts(root: Path, manifest: Dict[str, Any], cache: Dict[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -538,7 +605,7 @@ def _update_measurements(root: Path, seconds: float, items: int, found_cache: Di
 
 def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: Any, F: Any, detector: Any, *,
           count: int, seed: int, shard_size: int, truncation: float, batch: int, overwrite: bool, progress: bool,
-          on_shard: Optional[Callable[[int, Path], None]]) -> Path:
+          on_shard: Optional[Callable[[int, Path], None]], image_size: Optional[int] = None) -> Path:
     """:func:`make_corpus` once the networks are loaded: lock, prepare the folder, write the missing shards."""
     plan: Any = None
     if distributed.is_main():
@@ -573,7 +640,7 @@ def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: A
             n = _shard_length(manifest, i)
             started = time.perf_counter()
             items = sample_pairs(G, F, n, seed=seed, start=i * shard_size, truncation=truncation, batch=batch,
-                                 on_batch=bar.update if bar is not None else None)
+                                 on_batch=bar.update if bar is not None else None, image_size=image_size)
             images = to_uint8(items["images"])
             arrays = {
                 "z": items["z"].float().numpy(),
@@ -748,8 +815,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truncation", type=float, default=DEFAULT_TRUNCATION,
                         help=f"truncation psi of the mapping network (default {DEFAULT_TRUNCATION}: untruncated, as in the paper)")
     parser.add_argument("--shard-size", type=positive_int, help=f"pairs per shard file (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded FaceWorld StyleGAN2)")
-    parser.add_argument("--estimator", help="F checkpoint whose estimates are stored (default: the embedded F)")
+    parser.add_argument("--generator", help="'faceworld' (the embedded FaceWorld StyleGAN2, the default), 'ffhq' (the "
+                                            "photoreal MobileStyleGAN) or a StyleGAN2 checkpoint")
+    parser.add_argument("--estimator", help=f"image-F checkpoint whose estimates are stored (default: the embedded F; "
+                                            f"'{NO_ESTIMATOR}' for none, the default with --generator ffhq)")
+    parser.add_argument("--image-size", type=positive_int,
+                        help="stored resolution in px (default: 64 for faceworld, 256 for ffhq)")
     parser.add_argument("--batch", type=positive_int, default=64, help="images per G/F batch (default 64)")
     parser.add_argument("--overwrite", action="store_true", help="delete a corpus already in --out first")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -769,7 +840,8 @@ def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int
     try:
         root = make_corpus(args.out, args.count, generator=args.generator, estimator=args.estimator, seed=args.seed,
                            shard_size=args.shard_size, truncation=args.truncation, batch=args.batch,
-                           overwrite=args.overwrite, progress=not args.quiet, device=device)
+                           overwrite=args.overwrite, progress=not args.quiet, device=device,
+                           image_size=getattr(args, "image_size", None))
     except (ValueError, FileNotFoundError, FolderLockedError) as error:  # bad options, foreign or locked folder, missing weights
         print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
         return 2

@@ -46,6 +46,8 @@ __all__ = [
     "folder_lock",
     "load_checkpoint_file",
     "module_sha256",
+    "GeneratorBinding",
+    "GeneratorMismatchError",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -358,3 +360,99 @@ def image_png(image: torch.Tensor, *, value_range: Tuple[float, float] = (0.0, 1
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
             + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + _png_chunk(b"IEND", b""))
+
+
+# ----------------------------------------------------------------------------
+# Networks that belong to one generator (RigNet, the latent F).
+
+
+class GeneratorMismatchError(ValueError):
+    """A network (RigNet, latent F) or a corpus is used with another generator than the one it was made with."""
+
+
+class GeneratorBinding:
+    """Mixin: a network that reads or writes one generator's latents records that generator and checks it.
+
+    A RigNet's edits and a latent F's readings are functions of one generator's W+ space: with
+    another generator's latents they are silently wrong. The class mixing this in calls
+    ``self.record_generator(None)`` in ``__init__`` and defines ``_binding_label()`` (e.g. "pose
+    RigNet") and ``_binding_fix()`` (what to do instead); ``binding_fields()`` go into its checkpoint.
+    """
+
+    generator_sha256: Optional[str]
+    generator_file_sha256: Optional[str]
+
+    def _binding_label(self) -> str:
+        return type(self).__name__
+
+    def _binding_fix(self) -> str:
+        return "train one for this generator"
+
+    def record_generator(self, sha256: Optional[str] = None, *, file_sha256: Optional[str] = None,
+                         sha256_from: Optional[Callable[[], str]] = None):
+        """Record the generator this network was trained on (returns ``self``).
+
+        ``sha256``: :func:`module_sha256` of the generator (the identity :meth:`check_generator`
+        compares); ``file_sha256``: the sha256 of its checkpoint file (or, for the photoreal generator,
+        the combined sha256 of its IR files), when known; ``sha256_from``: a function that computes
+        ``sha256`` when first needed (hashing a generator costs a load). Saved with the checkpoint.
+        """
+        self.generator_sha256 = sha256
+        self.generator_file_sha256 = file_sha256
+        self._generator_sha256_from = sha256_from if sha256 is None else None
+        return self
+
+    def trained_generator_sha256(self) -> Optional[str]:
+        """:func:`module_sha256` of the generator this network was trained on, or None."""
+        if self.generator_sha256 is None and getattr(self, "_generator_sha256_from", None) is not None:
+            self.generator_sha256 = self._generator_sha256_from()
+            self._generator_sha256_from = None
+        return self.generator_sha256
+
+    def binding_fields(self) -> dict:
+        """The checkpoint keys that record the generator (``generator_sha256``, ``generator_file_sha256``)."""
+        data = {}
+        trained = self.trained_generator_sha256()
+        if trained is not None:
+            data["generator_sha256"] = trained
+        if self.generator_file_sha256 is not None:
+            data["generator_file_sha256"] = self.generator_file_sha256
+        return data
+
+    def check_generator(self, G: Any, *, file_sha256: Optional[str] = None) -> None:
+        """Raise :class:`GeneratorMismatchError` unless ``G`` is the generator this network was trained on.
+
+        ``G``: the generator (a network; compared by :func:`module_sha256`); ``file_sha256``: the
+        sha256 of the file it was loaded from, if known (a match is enough; the photoreal generator
+        carries its own as ``G.generator_sha256``). A network without a record is not checked.
+        """
+        if (self.generator_sha256 is None and self.generator_file_sha256 is None
+                and getattr(self, "_generator_sha256_from", None) is None):
+            return
+        if file_sha256 is None:
+            file_sha256 = getattr(G, "generator_sha256", None) if isinstance(getattr(G, "generator_sha256", None),
+                                                                             str) else None
+        if file_sha256 is not None and file_sha256 == self.generator_file_sha256:
+            return
+        label = self._binding_label()
+        trained = self.trained_generator_sha256()
+        given: Optional[str] = None
+        if trained is not None:
+            try:
+                given = module_sha256(G)
+            except TypeError:
+                raise GeneratorMismatchError(
+                    f"this {label} belongs to the generator with sha256 {trained[:12]}..., and "
+                    f"{type(G).__name__} is no network whose weights can be compared with it (no state_dict)") from None
+            if given == trained:
+                return
+        elif file_sha256 is None:
+            raise GeneratorMismatchError(
+                f"this {label} belongs to the generator file with sha256 "
+                f"{str(self.generator_file_sha256)[:12]}...; pass file_sha256= of the generator's file to check it")
+        trained_text = (f"{trained[:12]}..." if trained else "?") + (
+            f" (file sha256 {self.generator_file_sha256[:12]}...)" if self.generator_file_sha256 else "")
+        given_text = (f"{given[:12]}..." if given else "?") + (f" (file sha256 {file_sha256[:12]}...)" if file_sha256 else "")
+        raise GeneratorMismatchError(
+            f"this {label} was trained on the generator with sha256 {trained_text}; you passed "
+            f"a generator with sha256 {given_text}. {self._binding_fix()}")

@@ -22,6 +22,8 @@ __all__ = [
     "overlay_landmarks",
     "overview_figure",
     "reconstruction_figure",
+    "figure4",
+    "latent_f_curves",
     "rignet_diagram",
     "slider_edits_figure",
     "SLIDER_SWEEPS",
@@ -171,33 +173,53 @@ def overview_figure(world=None, *, seeds: Sequence[int] = (3, 14, 15, 92, 65), i
 def reconstruction_figure(images: torch.Tensor, estimator, model, *, value_range=(0.0, 1.0), true_landmarks=None):
     """A picture like StyleRig's Figure 4: input, F's re-rendering, and the overlay with landmarks.
 
-    ``images [N, 3, H, W]`` in ``value_range``; ``estimator`` is F (``.estimate``); ``model`` the face
-    model. Rows: the input, the 3DMM rendering of F's parameters (face only, on white), the
+    ``images [N, 3, H, W]`` in ``value_range``; ``estimator`` is the image F (``.estimate``); ``model``
+    the face model. Rows: the input, the 3DMM rendering of F's parameters (face only, on white), the
     rendering pasted over the input where its mask is, with F's landmarks (lime) and, if given, the
-    true ones (magenta). Returns the figure.
+    true ones (magenta). Returns the figure. :func:`figure4` draws it from parameters (the latent F).
+    """
+    with torch.no_grad():
+        params, landmarks = estimator.estimate(images, value_range=value_range)
+    lo, hi = value_range
+    unit = ((images - lo) / (hi - lo)).clamp(0, 1)
+    return figure4(unit, params, model, reference_landmarks=true_landmarks,
+                   row_labels=("input I", "render of F(I)", "overlay"))
+
+
+def figure4(images: torch.Tensor, params, model, *, reference_landmarks=None, reference_colour: str = "magenta",
+            row_labels: Sequence[str] = ("I_w", "render of F(w)", "overlay"), titles: Optional[Sequence[str]] = None,
+            scale: float = 1.45):
+    """StyleRig's Figure-4 picture from 3DMM parameters: input, rendering, overlay with landmarks.
+
+    ``images [N, 3, S, S]`` in [0, 1]; ``params``: :class:`~stylerig_lite.morphable.FaceParams` or
+    ``[N, 196]`` (rendered at S px with the book's camera, face region only); ``reference_landmarks``
+    ``[N, 68, 2]`` pixels (the truth, or a detector's; NaN rows are skipped) in ``reference_colour``,
+    beside the parameters' projected landmarks in lime. ``titles``: one per column. Returns the figure.
     """
     import matplotlib.pyplot as plt
 
     from .face_render import default_camera, render_face
+    from .morphable import FaceParams
 
+    if isinstance(params, torch.Tensor):
+        params = FaceParams.from_vector(params)
     with torch.no_grad():
-        params, landmarks = estimator.estimate(images, value_range=value_range)
-        lo, hi = value_range
-        unit = ((images - lo) / (hi - lo)).clamp(0, 1)
         render = render_face(model, params, default_camera(images.shape[-1]), parts=("face",), background=1.0)
-        mask = render.mask.reshape(unit.shape[0], 1, *unit.shape[-2:])  # [N, 1, H, W]
-        overlay = torch.where(mask > 0, render.image, unit)
+        mask = render.mask.reshape(images.shape[0], 1, *images.shape[-2:])  # [N, 1, S, S]
+        overlay = torch.where(mask > 0, render.image, images)
     n = images.shape[0]
-    fig, axes = plt.subplots(3, n, figsize=(1.45 * n, 4.6), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(scale * n, 3.2 * scale), squeeze=False)
     for c in range(n):
-        for r, picture in enumerate([unit[c], render.image[c], overlay[c]]):
+        for r, picture in enumerate([images[c], render.image[c], overlay[c]]):
             axes[r, c].imshow(to_numpy_image(picture))
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
-        if true_landmarks is not None:
-            overlay_landmarks(axes[2, c], true_landmarks[c], colour="magenta", size=3)
-        overlay_landmarks(axes[2, c], landmarks[c], size=3)
-    for r, label in enumerate(["input I", "render of F(I)", "overlay"]):
+        if reference_landmarks is not None and bool(torch.isfinite(reference_landmarks[c]).all()):
+            overlay_landmarks(axes[2, c], reference_landmarks[c], colour=reference_colour, size=3)
+        overlay_landmarks(axes[2, c], render.landmarks[c], size=3)
+        if titles is not None:
+            axes[0, c].set_title(titles[c], fontsize=8)
+    for r, label in enumerate(row_labels):
         axes[r, 0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
     return fig
@@ -399,3 +421,35 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(main())
+
+
+def latent_f_curves(logs: dict, *, goal: Optional[float] = None, floors: Optional[dict] = None):
+    """The latent F's validation curves: landmark NME and photometric error against training step.
+
+    ``logs``: name -> a shipped training log (``training/latent_f_<generator>.json``: ``history``
+    entries with ``step`` and ``validation``). ``goal``: a horizontal line on the NME panel;
+    ``floors``: name -> NME of a reference reader (dotted, same colour). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.2))
+    for k, (name, log) in enumerate(logs.items()):
+        colour = f"C{k}"
+        rows = [h for h in log["history"] if "validation" in h]
+        steps = [h["step"] for h in rows]
+        axes[0].plot(steps, [h["validation"]["landmark_nme_median"] for h in rows], color=colour,
+                     label=f"{name}: 66 points")
+        axes[0].plot(steps, [h["validation"]["landmark_nme_inner_median"] for h in rows], color=colour,
+                     linestyle="--", label=f"{name}: without the contour")
+        axes[1].plot(steps, [h["validation"]["photometric_mae_255"] for h in rows], color=colour, label=name)
+        if floors and name in floors:
+            axes[0].axhline(floors[name], color=colour, linestyle=":", label=f"{name}: image F (reference)")
+    if goal is not None:
+        axes[0].axhline(goal, color="black", linewidth=0.8, label=f"goal {goal}")
+    axes[0].set_ylabel("landmark error / inter-ocular distance\n(median, validation split)")
+    axes[1].set_ylabel("colour error on the face mask\n(mean, 8-bit units)")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -37,6 +37,7 @@ __all__ = [
     "generator",
     "generator_by_name",
     "GENERATOR_NAMES",
+    "latent_f",
     "MANIFEST",
     "photoreal_generator",
     "read_manifest",
@@ -56,6 +57,9 @@ EMBEDDED = {
     "evaluation_estimator": ("evaluation_estimator.pt", "reconstruction"),
     # One RigNet per controlled component: rignet_pose, rignet_expression, rignet_light.
     **{f"rignet_{component}": (f"rignet_{component}.pt", "rignet") for component in RIG_COMPONENTS},
+    # The latent F (W+ -> 3DMM parameters) of each generator: latent_f_faceworld, latent_f_ffhq.
+    "latent_f_faceworld": ("latent_f_faceworld.pt", "latent_f"),
+    "latent_f_ffhq": ("latent_f_ffhq.pt", "latent_f"),
 }
 
 
@@ -171,6 +175,18 @@ def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None):
     return net
 
 
+def latent_f(generator: str = "faceworld", path: Optional[Union[str, os.PathLike]] = None):
+    """The latent F of a generator (``'faceworld'`` or ``'ffhq'``): W+ -> 3DMM parameters, eval mode, frozen.
+
+    It records the generator it was trained on; ``F.check_generator(G)`` refuses another's.
+    """
+    from .latent_f import LatentF
+
+    if generator not in GENERATOR_NAMES:
+        raise KeyError(f"unknown generator {generator!r}; expected one of {list(GENERATOR_NAMES)}")
+    return LatentF.load(path if path is not None else embedded_path(f"latent_f_{generator}"))
+
+
 @functools.lru_cache(maxsize=4)
 def embedded_generator_sha256(file_sha256: Optional[str] = None) -> str:
     """:func:`~stylerig_lite.io_utils.module_sha256` of the embedded generator (loaded once, then cached).
@@ -228,6 +244,13 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         save_generator_only(out, load_generator(checkpoint, search_dirs=[WEIGHTS_DIR]), step=payload["step"],
                             images_seen=payload["images_seen"])
         extra = {"images_seen": int(payload["images_seen"])}
+    elif EMBEDDED[name][1] == "latent_f":
+        from .latent_f import LatentF
+
+        net = LatentF.load(checkpoint)
+        net.save(out, half=True)
+        # The network's own record (the generator's module sha256 and file sha256) travels in the file too.
+        extra = {"generator_module_sha256": net.generator_sha256, "generator_file_sha256": net.generator_file_sha256}
     elif EMBEDDED[name][1] == "rignet":
         from .rignet import RigNet
 

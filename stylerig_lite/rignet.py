@@ -75,7 +75,8 @@ from torch import nn
 from . import morphable
 from .checks import assert_finite, assert_shape
 from .morphable import NUM_PARAMS, FaceParams
-from .io_utils import CheckpointError, atomic_torch_save, load_checkpoint_file, module_sha256
+from .io_utils import (CheckpointError, GeneratorBinding, GeneratorMismatchError, atomic_torch_save,  # noqa: F401
+                       load_checkpoint_file)
 from .params import RIG_SLICES, rig_component
 from .params import NUM_LANDMARKS
 
@@ -214,11 +215,7 @@ class RigNetConfig:
         return cls(**data)
 
 
-class GeneratorMismatchError(ValueError):
-    """A RigNet (or a corpus) is used with another generator than the one it was made with."""
-
-
-class RigNet(nn.Module):
+class RigNet(nn.Module, GeneratorBinding):
     """``ŵ = w + Dec([Enc(w), p])`` with one linear encoder and decoder per W+ layer.
 
     ``forward(w [B, num_ws, w_dim], p [B, P]) -> ŵ [B, num_ws, w_dim]`` where
@@ -260,69 +257,17 @@ class RigNet(nn.Module):
         layer_mask = torch.zeros(config.num_ws, 1, 1)
         layer_mask[: config.num_edited] = 1.0
         self.register_buffer("layer_mask", layer_mask, persistent=False)
-        # The generator it was trained on (see record_generator); None: not recorded, not checked.
-        self.generator_sha256: Optional[str] = None  # module_sha256 of the generator (weights + config)
-        self.generator_file_sha256: Optional[str] = None  # sha256 of the generator's file, when known
-        self._generator_sha256_from: Optional[Callable[[], str]] = None  # computes generator_sha256 on demand
+        self.record_generator(None)  # the generator it was trained on: not recorded, not checked
 
-    # -- the generator it belongs to ------------------------------------------------
-    def record_generator(self, sha256: Optional[str] = None, *, file_sha256: Optional[str] = None,
-                         sha256_from: Optional[Callable[[], str]] = None) -> "RigNet":
-        """Record the generator this RigNet was trained on (returns ``self``).
+    # -- the generator it belongs to: record_generator / check_generator (io_utils.GeneratorBinding) --
+    def _binding_label(self) -> str:
+        return f"{self.config.component} RigNet"
 
-        ``sha256``: :func:`~stylerig_lite.io_utils.module_sha256` of the generator (the identity
-        :meth:`check_generator` compares); ``file_sha256``: the sha256 of its checkpoint file, when it
-        came from one; ``sha256_from``: a function that computes ``sha256`` when first needed (the
-        embedded RigNets know their generator's file from the weights manifest, and hashing its
-        network costs a load). Saved with the checkpoint.
-        """
-        self.generator_sha256 = sha256
-        self.generator_file_sha256 = file_sha256
-        self._generator_sha256_from = sha256_from if sha256 is None else None
-        return self
-
-    def trained_generator_sha256(self) -> Optional[str]:
-        """:func:`~stylerig_lite.io_utils.module_sha256` of the generator this RigNet was trained on, or None."""
-        if self.generator_sha256 is None and self._generator_sha256_from is not None:
-            self.generator_sha256 = self._generator_sha256_from()
-            self._generator_sha256_from = None
-        return self.generator_sha256
-
-    def check_generator(self, G: Any, *, file_sha256: Optional[str] = None) -> None:
-        """Raise :class:`GeneratorMismatchError` unless ``G`` is the generator this RigNet was trained on.
-
-        ``G``: the generator (a network; compared by :func:`~stylerig_lite.io_utils.module_sha256`);
-        ``file_sha256``: the sha256 of the file it was loaded from, if known (a match is enough).
-        A RigNet without a recorded generator is not checked.
-        """
-        if self.generator_sha256 is None and self.generator_file_sha256 is None and self._generator_sha256_from is None:
-            return
-        if file_sha256 is not None and file_sha256 == self.generator_file_sha256:
-            return
-        trained = self.trained_generator_sha256()
-        given: Optional[str] = None
-        if trained is not None:
-            try:
-                given = module_sha256(G)
-            except TypeError:
-                raise GeneratorMismatchError(
-                    f"this {self.config.component} RigNet belongs to the generator with sha256 {trained[:12]}..., and "
-                    f"{type(G).__name__} is no network whose weights can be compared with it (no state_dict)") from None
-            if given == trained:
-                return
-        elif file_sha256 is None:
-            raise GeneratorMismatchError(
-                f"this {self.config.component} RigNet belongs to the generator file with sha256 "
-                f"{str(self.generator_file_sha256)[:12]}...; pass file_sha256= of the generator's file to check it")
-        trained_text = (f"{trained[:12]}..." if trained else "?") + (
-            f" (file sha256 {self.generator_file_sha256[:12]}...)" if self.generator_file_sha256 else "")
-        given_text = (f"{given[:12]}..." if given else "?") + (f" (file sha256 {file_sha256[:12]}...)" if file_sha256 else "")
-        raise GeneratorMismatchError(
-            f"this {self.config.component} RigNet was trained on the generator with sha256 {trained_text}; you passed "
-            f"a generator with sha256 {given_text}. Its edits are offsets in the W+ space of the generator it was "
-            f"trained on, meaningless in another's: train a RigNet for this generator with `stylerig-lite "
-            f"train-rignet --component {self.config.component} --generator CHECKPOINT --out rignet_"
-            f"{self.config.component}.pt`")
+    def _binding_fix(self) -> str:
+        c = self.config.component
+        return (f"Its edits are offsets in the W+ space of the generator it was trained on, meaningless in "
+                f"another's: train a RigNet for this generator with `stylerig-lite train-rignet --component {c} "
+                f"--generator CHECKPOINT --out rignet_{c}.pt`")
 
     # -- input checks -----------------------------------------------------------
     def _check_latents(self, w: torch.Tensor) -> None:
@@ -465,13 +410,8 @@ class RigNet(nn.Module):
     # -- checkpoints ----------------------------------------------------------------
     def checkpoint(self) -> Dict[str, Any]:
         """The network as a plain dict (its config, and the generator it was trained on, travel with it)."""
-        data = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict()}
-        trained = self.trained_generator_sha256()
-        if trained is not None:
-            data["generator_sha256"] = trained
-        if self.generator_file_sha256 is not None:
-            data["generator_file_sha256"] = self.generator_file_sha256
-        return data
+        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": self.state_dict(),
+                **self.binding_fields()}
 
     def save(self, path: Union[str, os.PathLike], *, extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write config + weights + normalisation atomically to ``path`` (``extra``: more top-level keys)."""
@@ -742,6 +682,9 @@ def rig_losses(
     Every pair is edited both ways (``w → v`` and ``v → w``) in one batch of
     ``2B``. ``G`` and ``F`` must be frozen (see :func:`freeze`); terms with
     weight 0 are not computed (an ablation of edit *and* consist skips G and F).
+    ``F`` is the image F (``p̂ = F(G(ŵ))``: a generator pass per edit) or, as in the paper, the
+    latent F (:class:`~stylerig_lite.latent_f.LatentF`, ``reads_latents``: ``p̂ = F(ŵ)``, ``G``
+    unused and may be None); the samples then carry corpus images and detected landmarks.
     """
     weights = weights or LossWeights()
     component = rignet.component
@@ -754,8 +697,11 @@ def rig_losses(
         total = total + weights.rec * parts["rec"].mean()
     if weights.edit > 0 or weights.consist > 0:
         w_hat = rignet(source.w, component.take(target.params))  # [2B, num_ws, w_dim]
-        images = G.synthesis(w_hat, noise_mode="const")  # gradients reach RigNet through G ...
-        p_hat = F(estimator_input(images, F.config.image_size)).params  # ... and through F
+        if getattr(F, "reads_latents", False):
+            p_hat = F(w_hat)  # the paper's way: the latent F reads ŵ, no generator pass
+        else:
+            images = G.synthesis(w_hat, noise_mode="const")  # gradients reach RigNet through G ...
+            p_hat = F(estimator_input(images, F.config.image_size)).params  # ... and through the image F
         if weights.edit > 0:
             terms = edit_loss(render, component, p_hat, target.params, target.image, target.landmarks)
             parts.update(edit=terms.total, edit_photo=terms.photometric, edit_land=terms.landmark)

@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 from . import distributed
@@ -144,8 +145,11 @@ class TrainConfig:
     ablate: List[str] = dataclasses.field(default_factory=list)  # terms dropped (weight 0): rec, edit, consist
     truncation_psi: float = 1.0  # on-the-fly sampling only
     corpus: Optional[str] = None  # folder of a stylerig_lite.corpus.CorpusDataset; None = sample w on the fly
-    generator: Optional[str] = None  # None = the embedded FaceWorld generator
-    estimator: Optional[str] = None  # None = the embedded F
+    generator: Optional[str] = None  # None = the embedded FaceWorld generator; 'faceworld', 'ffhq' or a checkpoint
+    f: str = "latent"  # "latent": the paper's F(ŵ) on a corpus, no G in the loop; "image": F(G(ŵ))
+    estimator: Optional[str] = None  # the image F (f="image"); None = the embedded one
+    latent_f: Optional[str] = None  # the latent F (f="latent"); None = the embedded one of the generator
+    render_size: Optional[int] = None  # f="latent": render/compare size (None: the corpus's, at most 128 px)
     log_every: int = 10
     checkpoint_seconds: float = 60.0
     minutes: float = 0.0  # stop (and checkpoint) after this long in this process; 0 = no limit
@@ -160,6 +164,8 @@ class TrainConfig:
         for name in self.ablate:
             if name not in ABLATIONS:
                 raise ValueError(f"unknown --ablate {name!r}; expected one of {list(ABLATIONS)}")
+        if self.f not in ("latent", "image"):
+            raise ValueError(f"f must be 'latent' (the paper's F, reading W+) or 'image', got {self.f!r}")
         if self.optimizer not in ("adadelta", "adam"):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
         if self.edit_layers is not None and not (isinstance(self.edit_layers, int) and self.edit_layers >= 1):
@@ -224,6 +230,19 @@ class PairSource:
         self.corpus = corpus
         if corpus is not None and len(corpus) < 2:
             raise ValueError(f"the corpus holds {len(corpus)} latents; pairs need at least 2")
+        self.latent = bool(getattr(F, "reads_latents", False))
+        if self.latent:
+            if corpus is None:
+                raise ValueError("the latent F trains RigNet on corpus images (no generator in the loop): pass a "
+                                 "corpus (--corpus DIR, made with `stylerig-lite make-corpus`), or use --f image")
+            # Pairs are drawn among the images where the detector found a face (their landmarks are targets).
+            self.rows = torch.nonzero(torch.as_tensor(corpus.face_found).bool()).flatten()
+            if len(self.rows) < 2:
+                raise ValueError(f"the corpus has {len(self.rows)} images with a detected face; pairs need at least 2")
+            stored = int(corpus.images.shape[1])
+            self.render_size = int(config.render_size or min(stored, 128))
+            if stored % self.render_size:
+                raise ValueError(f"render_size {self.render_size} must divide the corpus's {stored} px")
         made_with = (getattr(corpus, "manifest", None) or {}).get("generator_sha256")
         if made_with is not None:
             generator_sha256 = generator_sha256 or module_sha256(G)
@@ -244,7 +263,10 @@ class PairSource:
         rows = slice(0, B) if rows is None else rows
         pick = torch.cat([torch.arange(B)[rows], B + torch.arange(B)[rows]])  # pair i is (item i, item B + i)
         b = len(pick) // 2
-        if self.corpus is not None:
+        if self.latent:
+            index = self.rows[batch_indices(derive_seed(self.config.seed, 3), step, 2 * B, len(self.rows))[pick]]
+            sample = self._latent_sample(index)
+        elif self.corpus is not None:
             index = batch_indices(derive_seed(self.config.seed, 3), step, 2 * B, len(self.corpus))[pick]
             items = [self.corpus[int(i)] for i in index]
             w = torch.stack([torch.as_tensor(item["w"]) for item in items]).float()  # [2b, num_ws, w_dim]
@@ -261,6 +283,20 @@ class PairSource:
             sample = describe(self.G, self.F, w)
         halves = [RigSample(*(getattr(sample, f.name)[k * b : (k + 1) * b] for f in dataclasses.fields(RigSample))) for k in (0, 1)]
         return halves[0], halves[1]
+
+    def _latent_sample(self, index: torch.Tensor) -> RigSample:
+        """Corpus rows as the latent F's losses see them: ``p_w = F(w)``, the image and its detected landmarks."""
+        from .corpus import from_uint8
+
+        stored = int(self.corpus.images.shape[1])
+        w = self.corpus.w[index].float()
+        images = (from_uint8(self.corpus.images[index]) + 1) / 2  # [n, 3, S, S] in [0, 1]
+        if self.render_size != stored:
+            images = nnf.interpolate(images, size=(self.render_size, self.render_size), mode="area")
+        landmarks = self.corpus.detected_landmarks[index].float() * (self.render_size / stored)
+        if self.device.type != "cpu":
+            w, images, landmarks = w.to(self.device), images.to(self.device), landmarks.to(self.device)
+        return RigSample(w, images, self.F(w), landmarks)
 
 
 class SiameseObjective(nn.Module):
@@ -338,7 +374,9 @@ def load_train_state(path: Union[str, os.PathLike], config: TrainConfig, device:
     data = load_checkpoint_file(path, "train-rignet checkpoint", f"delete it, or pass --fresh to start over (it overwrites {path})")
     if not isinstance(data, dict) or "train" not in data:
         raise ValueError(f"{path} holds a RigNet without training state; it cannot be resumed (use --fresh to overwrite)")
-    saved, current = data["train"]["config"], dataclasses.asdict(config)
+    # Checkpoints from before the latent F trained with the image F (and had no latent-F settings).
+    saved = {"f": "image", "latent_f": None, "render_size": None, **data["train"]["config"]}
+    current = dataclasses.asdict(config)
     differences = [
         f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
         for k in current
@@ -411,10 +449,27 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
     if G is None or F is None:
         from . import pretrained
 
+        name = config.generator if config.generator in pretrained.GENERATOR_NAMES else None
         if G is None:
-            G = pretrained.generator(config.generator)
-            generator_file_sha256 = sha256_file(config.generator or pretrained.embedded_path("generator"))
-        F = F if F is not None else pretrained.face_estimator(config.estimator)
+            if name is not None:
+                G = pretrained.generator_by_name(name)
+                generator_file_sha256 = (G.generator_sha256 if name == "ffhq"
+                                         else sha256_file(pretrained.embedded_path("generator")))
+            else:
+                G = pretrained.generator(config.generator)
+                generator_file_sha256 = sha256_file(config.generator or pretrained.embedded_path("generator"))
+        if F is None and config.f == "latent":
+            if config.latent_f is None and config.generator is not None and name is None:
+                raise ValueError("a generator from a checkpoint has no embedded latent F: train one with "
+                                 "`stylerig-lite train-latent-f` and pass it with --latent-f PATH")
+            F = pretrained.latent_f(name or "faceworld", config.latent_f)
+        elif F is None:
+            F = pretrained.face_estimator(config.estimator)
+    if bool(getattr(F, "reads_latents", False)) != (config.f == "latent"):
+        raise ValueError(f"config.f is {config.f!r} but the F passed is "
+                         f"{'a latent' if getattr(F, 'reads_latents', False) else 'an image'} F; make them agree")
+    if config.f == "latent":
+        F.check_generator(G, file_sha256=generator_file_sha256)  # a latent F reads one generator's W+
     # The RigNet belongs to this generator: recorded in its checkpoint, checked on resume and against a corpus.
     generator_sha256 = module_sha256(G)
     device = (torch.device("cpu") if device is None else
@@ -427,8 +482,14 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
         G.to(device)
         F.to(device)
         face_model.to(device)
-    render = RenderLoss(face_model, default_camera(F.config.image_size))
     pairs = PairSource(G, F, config, corpus, device=device, generator_sha256=generator_sha256)
+    if pairs.latent:  # the latent F's own landmark weighting: the paper's 66, the contour lighter
+        from .train_latent_f import landmark_term_weights
+
+        render = RenderLoss(face_model, default_camera(pairs.render_size),
+                            landmark_weights=landmark_term_weights(0.25).to(device))
+    else:
+        render = RenderLoss(face_model, default_camera(F.config.image_size))
     main = distributed.is_main()  # in a process group: rank 0 logs and writes the checkpoint and the log file
     if not main:
         progress, log = False, (lambda message: None)
@@ -565,8 +626,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint path (overwritten atomically; an existing one is resumed)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="starting values (tiny: a seconds-long smoke run)")
     parser.add_argument("--corpus", help="folder of (w, image) pairs (stylerig_lite.corpus); default: sample w = G.mapping(z) on the fly")
-    parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded FaceWorld generator)")
-    parser.add_argument("--estimator", help="F checkpoint (default: the embedded F)")
+    parser.add_argument("--generator", help="'faceworld' (the embedded FaceWorld generator, the default), 'ffhq' (the "
+                                            "photoreal MobileStyleGAN) or a StyleGAN2 checkpoint")
+    parser.add_argument("--f", dest="f", choices=("latent", "image"),
+                        help="latent (default): the paper's F(ŵ) on a --corpus, no generator in the loop; "
+                             "image: F(G(ŵ)), the image F on generated images")
+    parser.add_argument("--latent-f", dest="latent_f", help="latent-F checkpoint (default: the generator's embedded one)")
+    parser.add_argument("--render-size", dest="render_size", type=int,
+                        help="--f latent: render size in px (default: the corpus's, at most 128)")
+    parser.add_argument("--estimator", help="image-F checkpoint for --f image (default: the embedded F)")
     parser.add_argument("--ablate", action="append", choices=ABLATIONS, help="drop a loss term (repeatable), for the ablation table")
     parser.add_argument("--edit-layers", type=int, metavar="K",
                         help="layer mask: edit only the first K (coarsest) W+ layers; the others keep w (default: all)")
@@ -601,7 +669,8 @@ def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int
     overrides = {
         name: getattr(args, name, None)
         for name in (
-            "out", "component", "corpus", "generator", "estimator", "ablate", "seed", "steps", "batch", "optimizer", "lr",
+            "out", "component", "corpus", "generator", "f", "estimator", "latent_f", "render_size", "ablate", "seed",
+            "steps", "batch", "optimizer", "lr",
             "edit_layers", "w_rec", "w_edit", "w_consist", "truncation_psi", "log_every", "minutes", "threads",
         )
     }

@@ -206,7 +206,7 @@ def _rignet_run(out, networks, steps, *extra):
     from stylerig_lite.cli import main
 
     assert main(["train-rignet", "--component", "pose", "--out", str(out), "--preset", "tiny", "--generator", str(networks["G"]),
-                 "--estimator", str(networks["F"]), "--steps", str(steps), "--batch", "2", "--log-every", "3",
+                 "--f", "image", "--estimator", str(networks["F"]), "--steps", str(steps), "--batch", "2", "--log-every", "3",
                  "--threads", "1", "--quiet", *extra]) == 0
 
 
@@ -247,7 +247,7 @@ def test_train_rignet_resumes_onto_another_device(tmp_path, monkeypatch, rig_net
     monkeypatch.chdir(tmp_path)
     _rignet_run("rig.pt", rig_networks, 2, "--device", "cpu")
     config = train_rignet.make_config("tiny", out="rig.pt", component="pose", steps=2, batch=2, log_every=3, threads=1,
-                                      generator=str(rig_networks["G"]), estimator=str(rig_networks["F"]))
+                                      generator=str(rig_networks["G"]), estimator=str(rig_networks["F"]), f="image")
     state = train_rignet.load_train_state("rig.pt", config, device=torch.device("meta"))
     assert {p.device.type for p in state.rignet.parameters()} == {"meta"}
     moments = [v for s in state.optimizer.state.values() for k, v in s.items() if k != "step"]

@@ -313,7 +313,7 @@ def _f_state(out: Path) -> dict:
 
 def _rignet_argv(out: Path, networks: dict, steps: int) -> list:
     return ["train-rignet", "--component", "pose", "--out", out, "--preset", "tiny", "--generator", networks["G16"],
-            "--estimator", networks["F16"], "--steps", steps, "--batch", 3, "--log-every", 1, "--threads", 1, "--quiet"]
+            "--f", "image", "--estimator", networks["F16"], "--steps", steps, "--batch", 3, "--log-every", 1, "--threads", 1, "--quiet"]
 
 
 def _rignet_state(out: Path) -> dict:

@@ -446,7 +446,8 @@ def test_gradients_reach_rignet_only(render, tiny_setup):
 
 
 def _tiny_config(tmp_path, name: str, **overrides) -> train_rignet.TrainConfig:
-    values = dict(out=str(tmp_path / name), component="pose", batch=2, steps=6, log_every=2, checkpoint_seconds=1e9)
+    values = dict(out=str(tmp_path / name), component="pose", batch=2, steps=6, log_every=2, checkpoint_seconds=1e9,
+                  f="image")
     values.update(overrides)
     return train_rignet.make_config("tiny", **values)
 
@@ -543,7 +544,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     f_path = tiny_F(G).save(tmp_path / "f.pt")
     out = tmp_path / "rig_expr.pt"
     argv = ["train-rignet", "--component", "expression", "--out", str(out), "--preset", "tiny", "--steps", "2",
-            "--generator", str(g_path), "--estimator", str(f_path), "--ablate", "rec", "--edit-layers", "3", "--quiet"]
+            "--generator", str(g_path), "--f", "image", "--estimator", str(f_path), "--ablate", "rec", "--edit-layers", "3", "--quiet"]
     assert cli.main(argv) == 0
     assert RigNet.load(out).config.component == "expression"
     assert train_rignet.log_path(out).exists()
@@ -625,7 +626,7 @@ def test_cli_refuses_a_corrupt_out_and_a_corpus_of_another_generator(tmp_path, c
     f_path = F.save(tmp_path / "f.pt")
     out = tmp_path / "rig.pt"
     argv = ["train-rignet", "--component", "pose", "--out", str(out), "--preset", "tiny", "--steps", "1",
-            "--generator", str(g_path), "--estimator", str(f_path), "--quiet"]
+            "--generator", str(g_path), "--f", "image", "--estimator", str(f_path), "--quiet"]
     good = RigNet(RigNetConfig.for_generator(G, "pose")).save(tmp_path / "good.pt").read_bytes()
     for content, words in ((b"", "is empty"), (good[: len(good) // 2], "truncated or corrupt")):
         out.write_bytes(content)
