@@ -42,7 +42,9 @@ truncation 0.7); ``*_min_ms`` and the load average show how busy the machine was
 ``rignet``: one RigNet training step (the siamese losses, backward, Adam) for the FaceWorld generator
 at ``--batch`` pairs, the paper's way (the latent F reads ŵ: no generator pass) and the image-F way
 (``F(G(ŵ))``), interleaved ``--repeats`` times in the same process on the same pairs (their
-preparation, a corpus read or a no-grad G + F pass, is not timed). ``--json`` gives
+preparation, a corpus read or a no-grad G + F pass, is not timed), each with its training
+default renderer (the latent path: the decimated face, ``losses.DEFAULT_CELL_CM``; the image
+path: the full face region). ``--json`` gives
 ``latent_f_step_ms``, ``image_f_step_ms`` (medians) and ``speedup`` (image / latent). The embedded
 networks when present; otherwise random ones of the same shapes (speed does not depend on the weights).
 
@@ -770,7 +772,7 @@ def bench_rignet(args: argparse.Namespace) -> dict:
     from stylerig_lite import pretrained
     from stylerig_lite.face_render import default_camera
     from stylerig_lite.latent_f import LatentF, LatentFConfig
-    from stylerig_lite.losses import RenderLoss
+    from stylerig_lite.losses import DEFAULT_CELL_CM, RenderLoss
     from stylerig_lite.morphable import load_face_model
     from stylerig_lite.rignet import LossWeights, RigNet, RigNetConfig, RigSample, describe, freeze, rig_losses
 
@@ -784,7 +786,8 @@ def bench_rignet(args: argparse.Namespace) -> dict:
         latent_source = "random (no embedded latent F)"
     model = load_face_model(progress=False)
     size = F_image.config.image_size
-    render = RenderLoss(model, default_camera(size))
+    render = RenderLoss(model, default_camera(size))  # the image F's (full face region)
+    coarse = RenderLoss(model, default_camera(size), mesh_cell_cm=DEFAULT_CELL_CM)  # the latent path's default
     B = args.batch
     with torch.no_grad():
         z = torch.randn(2 * B, G.z_dim, generator=torch.Generator().manual_seed(0))
@@ -796,7 +799,8 @@ def bench_rignet(args: argparse.Namespace) -> dict:
         return (RigSample(sample.w[:B], sample.image[:B], sample.params[:B], sample.landmarks[:B]),
                 RigSample(sample.w[B:], sample.image[B:], sample.params[B:], sample.landmarks[B:]))
 
-    cases = {"latent_f": (F_latent, None, halves(latent_sample)), "image_f": (F_image, G, halves(image_sample))}
+    cases = {"latent_f": (F_latent, None, halves(latent_sample), coarse),
+             "image_f": (F_image, G, halves(image_sample), render)}
     nets = {}
     for name in cases:
         torch.manual_seed(0)
@@ -804,8 +808,8 @@ def bench_rignet(args: argparse.Namespace) -> dict:
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-3) for name, net in nets.items()}
 
     def step(name: str) -> None:
-        F, G_used, (sample_w, sample_v) = cases[name]
-        loss, _ = rig_losses(nets[name], G_used, F, render, sample_w, sample_v, LossWeights())
+        F, G_used, (sample_w, sample_v), loss_fn = cases[name]
+        loss, _ = rig_losses(nets[name], G_used, F, loss_fn, sample_w, sample_v, LossWeights())
         optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
         optimizers[name].step()

@@ -84,6 +84,7 @@ __all__ = [
     "corpus_manifest",
     "CorpusDataset",
     "CorpusError",
+    "corpus_runs",
     "DEFAULT_COUNT",
     "DEFAULT_IMAGE_SIZE",
     "NO_ESTIMATOR",
@@ -702,6 +703,18 @@ def _prepare_folder(root: Path, manifest: Dict[str, Any], overwrite: bool) -> li
                 print(f"make-corpus: re-making {path.name}: {error}", file=sys.stderr)
         todo.append(i)
     return todo
+
+
+def corpus_runs() -> Dict[str, Dict[str, Any]]:
+    """The manifests of the book's two full corpora, as they were made (``stylerig_lite/data/corpus_runs.json``).
+
+    ``{'faceworld': manifest, 'ffhq': manifest}``, each with the ``command`` that made it and the figures measured
+    while making it (``seconds_per_1000``, ``face_found_fraction``): chapter 2 quotes them in every mode.
+    """
+    import importlib.resources
+
+    path = importlib.resources.files("stylerig_lite") / "data" / "corpus_runs.json"
+    return json.loads(path.read_text())
 
 
 def remove_corpus(root: PathLike) -> None:

@@ -368,6 +368,7 @@ class EvalSet:
     identity: Any = dataclasses.field(repr=False, default=None)
     j_w: Optional[Dict[str, torch.Tensor]] = dataclasses.field(repr=False, default=None)  # the judge on G(w)
     id_w: Optional[torch.Tensor] = dataclasses.field(repr=False, default=None)  # dlib descriptors of G(w) [N, 128]
+    image_size: Optional[int] = None  # the resolution G is drawn at (None: its own)
 
     @classmethod
     @torch.no_grad()
@@ -384,8 +385,13 @@ class EvalSet:
         face_mask: Union[str, None, Callable[[torch.Tensor], torch.Tensor]] = "render",
         judge: Any = "default",
         identity: Any = "default",
+        image_size: Optional[int] = None,
     ) -> "EvalSet":
         """Sample ``count`` pairs with ``seed`` and run G, F and E on them.
+
+        The photoreal generator: ``F`` its latent F (targets ``F(w)``, :mod:`~stylerig_lite.latent_f`),
+        ``E`` None (no second estimator exists for photographs: the judge and the identity meter score,
+        and the face mask comes from F's reading), ``image_size`` 256 (what its editor shows).
 
         ``G``: a generator (``mapping``/``synthesis`` API of
         :mod:`stylerig_lite.stylegan2`); ``F``, ``E``: estimators with
@@ -405,19 +411,22 @@ class EvalSet:
         for net in (G, F, E):
             if isinstance(net, torch.nn.Module):
                 net.eval()
+        if getattr(F, "reads_latents", False):
+            F.check_generator(G)  # a latent F reads one generator's W+
+        size = int(image_size or getattr(G, "img_resolution", 64))
         if isinstance(face_mask, str):
             if face_mask != "render":
                 raise ValueError(f"face_mask must be 'render', a callable or None, got {face_mask!r}")
-            face_mask = RenderedFaceMask(getattr(G, "img_resolution", 64), device=device_of(G))  # renders beside G
+            face_mask = RenderedFaceMask(size, device=device_of(G))  # renders beside G
         device = device_of(G)
         out: Dict[str, List[torch.Tensor]] = {k: [] for k in ("w", "v", "p_w", "p_v", "e_w", "e_v", "images_w", "mask_w")}
         for name in ("w", "v"):
             z = sample_z(G.z_dim, seed, 0, count, stream=f"eval-{name}")
             for index in _batches(count, batch):
                 ws = G.mapping(z[index].to(device), None, truncation_psi=truncation)
-                images = synthesize(G, ws)
-                p, _ = estimate_images(F, images)
-                e, _ = estimate_images(E, images)
+                images = synthesize(G, ws, image_size=size)
+                p = _f_estimates(F, ws, images)
+                e = p if E is None else estimate_images(E, images)[0]
                 out[name].append(ws.float().cpu())
                 out[f"p_{name}"].append(p)
                 out[f"e_{name}"].append(e)
@@ -430,7 +439,7 @@ class EvalSet:
         j_w = _judge_read(judge, data["images_w"], batch) if judge is not None else None
         id_w = identity.descriptors(data["images_w"]) if identity is not None else None
         return cls(**data, seed=int(seed), truncation=float(truncation), G=G, F=F, E=E, face_mask=face_mask, batch=batch,
-                   judge=judge, identity=identity, j_w=j_w, id_w=id_w)
+                   judge=judge, identity=identity, j_w=j_w, id_w=id_w, image_size=size)
 
     def __len__(self) -> int:
         return self.w.shape[0]
@@ -442,6 +451,13 @@ class EvalSet:
     def score(self, method: Union[str, EditMethod], component: str) -> Dict[str, Any]:
         """:func:`evaluate_method` on this set."""
         return evaluate_method(method, self, component)
+
+
+def _f_estimates(F: Any, ws: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``[B, 196]``: a latent F's reading of ``ws`` (``reads_latents``), else an image F's of ``images``."""
+    if getattr(F, "reads_latents", False):
+        return F(ws.float().to(device_of(F))).float().cpu()
+    return estimate_images(F, images)[0]
 
 
 def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -490,8 +506,9 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
                 raise TypeError(f"method {name} returned {type(w_hat).__name__}; expected a tensor [B, num_ws, w_dim]")
             assert_shape(w_hat, list(w.shape), f"latents returned by method {name}")
             assert_finite(w_hat, f"latents returned by method {name}")
-        images = synthesize(G, w_hat.to(w.dtype))
-        e_hat, _ = estimate_images(E, images)
+        images = synthesize(G, w_hat.to(w.dtype), image_size=evalset.image_size)
+        # Without E (the photoreal generator) F's reading of the edit only places the face mask.
+        e_hat = _f_estimates(evalset.F, w_hat, images) if E is None else estimate_images(E, images)[0]
         estimates.append(e_hat)
         if evalset.judge is not None and evalset.j_w is not None:
             judged.append(evalset.judge.read(images, value_range=(-1.0, 1.0)))
@@ -502,11 +519,13 @@ def evaluate_method(method: Union[str, EditMethod], evalset: EvalSet, component:
                                         _check_mask(evalset.face_mask(e_hat), images))
             changed, outside = changed + c, outside + n
     e_hat = torch.cat(estimates)
-    preservation = preservation_errors(e_hat, evalset.e_w, component)
+    preservation = preservation_errors(e_hat, evalset.e_w, component) if E is not None else {}
     if evalset.face_mask is not None and evalset.mask_w is not None:
         # [-1, 1] image units -> 0..255 levels: x 127.5.
         preservation["outside_face_mae_255"] = 127.5 * changed / outside if outside else math.nan
-    result = {"target_error": target_errors(e_hat, target, component), "preservation": preservation, "count": len(evalset)}
+    result = {"preservation": preservation, "count": len(evalset)}
+    if E is not None:  # E's readings: a second opinion beside the judge (FaceWorld only)
+        result = {"target_error": target_errors(e_hat, target, component), **result}
     if identity:
         preservation["identity_distance"] = _nanmedian(torch.cat(identity))
     if judged:
@@ -547,7 +566,7 @@ def yaw_sweep(method: Union[str, EditMethod], evalset: EvalSet, yaws_deg: Sequen
         for index in _batches(n, evalset.batch):
             w_hat = w_all[index] if method == "none" else method(w_all[index].clone(), target[index].clone())
             assert_shape(w_hat, list(w_all[index].shape), "latents returned by the method")
-            images = synthesize(evalset.G, w_hat.to(w_all.dtype))
+            images = synthesize(evalset.G, w_hat.to(w_all.dtype), image_size=evalset.image_size)
             if evalset.judge is not None:
                 read.append(evalset.judge.read(images, value_range=(-1.0, 1.0))["yaw"])
             else:
@@ -758,14 +777,27 @@ class MethodContext:
                 if data.manifest["generator_sha256"] != module_sha256(G):
                     raise CorpusError(f"the corpus {self.corpus} was sampled from another generator than the one "
                                       f"evaluated; make one with `stylerig-lite make-corpus --generator ...`")
-                if F is not None and data.manifest["estimator_sha256"] != module_sha256(F):
-                    print(f"warning: the corpus {self.corpus} holds another estimator's parameters than F", file=sys.stderr)
-                self._pairs = (data.w, data.params)
+                if getattr(F, "reads_latents", False):  # the latent F reads the corpus's latents themselves
+                    self._pairs = (data.w, _latent_estimates(F, data.w, self.evalset.batch))
+                else:
+                    if F is not None and data.manifest["estimator_sha256"] != module_sha256(F):
+                        print(f"warning: the corpus {self.corpus} holds another estimator's parameters than F",
+                              file=sys.stderr)
+                    self._pairs = (data.w, data.params)
+            elif getattr(F, "reads_latents", False):
+                items = sample_pairs(G, None, self.fit_count, seed=self.fit_seed, truncation=self.evalset.truncation,
+                                     batch=self.evalset.batch, image_size=self.evalset.image_size)
+                self._pairs = (items["w"], _latent_estimates(F, items["w"], self.evalset.batch))
             else:
                 items = sample_pairs(G, F, self.fit_count, seed=self.fit_seed, truncation=self.evalset.truncation,
                                      batch=self.evalset.batch)
                 self._pairs = (items["w"], items["params"])
         return self._pairs
+
+
+@torch.no_grad()
+def _latent_estimates(F: Any, ws: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([F(ws[i : i + batch].float()) for i in range(0, len(ws), batch)]) if len(ws) else ws.new_zeros(0, NUM_PARAMS)
 
 
 MethodFactory = Callable[[MethodContext, str], Union[str, EditMethod]]
@@ -787,7 +819,7 @@ def _rignet_factory(context: MethodContext, component: str) -> EditMethod:
 
     folder = context.options.get("rignet_dir")
     path = Path(folder) / f"rignet_{component}.pt" if folder else None
-    net = pretrained.rignet(component, path)
+    net = pretrained.rignet(component, path, generator=context.options.get("generator_name") or "faceworld")
     net.check_generator(context.evalset.G, file_sha256=context.options.get("generator_file_sha256"))
     return net.rig
 
@@ -956,7 +988,10 @@ def _load_networks(args: argparse.Namespace) -> Tuple[Any, Any, Any]:
         except pretrained.WeightsError as error:
             raise FileNotFoundError(f"{error}; or pass {flag} PATH") from None
 
-    G = load(pretrained.generator, args.generator, "--generator")
+    if args.generator == "ffhq":  # the photoreal generator: its latent F, no E (see EvalSet.build)
+        return pretrained.photoreal_generator(), pretrained.latent_f("ffhq"), None
+    generator = None if args.generator == "faceworld" else args.generator
+    G = load(pretrained.generator, generator, "--generator")
     F = load(pretrained.face_estimator, args.face_estimator, "--face-estimator")
     E = load(pretrained.evaluation_estimator, args.evaluation_estimator, "--evaluation-estimator")
     return G, F, E
@@ -978,7 +1013,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-count", type=positive_int, help=f"in-memory fitting pairs without --corpus (default {DEFAULT_FIT_COUNT})")
     parser.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help=f"linear baseline ridge, relative (default {DEFAULT_RIDGE})")
     parser.add_argument("--rignet-dir", help="folder with rignet_<component>.pt for --methods rignet (default: the embedded RigNets)")
-    parser.add_argument("--generator", help="StyleGAN2 checkpoint (default: the embedded one)")
+    parser.add_argument("--generator", help="'faceworld' (the embedded FaceWorld StyleGAN2, the default), 'ffhq' (the "
+                                            "photoreal MobileStyleGAN: its latent F gives the targets, the judge and "
+                                            "dlib's identity score; 256-px images) or a StyleGAN2 checkpoint")
     parser.add_argument("--face-estimator", help="F checkpoint, the estimator methods see (default: the embedded F)")
     parser.add_argument("--evaluation-estimator", help="E checkpoint, the judge (default: the embedded one)")
     parser.add_argument("--batch", type=positive_int, default=64, help="images per batch (default 64)")
@@ -1127,11 +1164,15 @@ def run_from_args(args: argparse.Namespace) -> int:
         components = list(COMPONENTS) if args.component == "all" else [check_component(args.component)]
         count = args.count if args.count is not None else (QUICK_COUNT if quick else DEFAULT_COUNT)
         print(f"evaluate: sampling {count} pairs (seed {args.seed}) ...", file=sys.stderr)
-        evalset = EvalSet.build(G, F, E, count, args.seed, truncation=args.truncation, batch=args.batch)
+        photoreal = args.generator == "ffhq"
+        evalset = EvalSet.build(G, F, E, count, args.seed, truncation=args.truncation,
+                                batch=min(args.batch, 16) if photoreal else args.batch,
+                                image_size=256 if photoreal else None)
+        named = args.generator in (None, "faceworld", "ffhq")
         context = MethodContext(evalset, corpus=args.corpus, ridge=args.ridge,
                                 fit_count=args.fit_count or (QUICK_FIT_COUNT if quick else DEFAULT_FIT_COUNT),
-                                options={"rignet_dir": args.rignet_dir,
-                                         "generator_file_sha256": sha256_file(args.generator) if args.generator else None})
+                                options={"rignet_dir": args.rignet_dir, "generator_name": args.generator or "faceworld",
+                                         "generator_file_sha256": None if named else sha256_file(args.generator)})
         results: Dict[str, Dict[str, Any]] = {}
         for name in names:
             results[name] = {}

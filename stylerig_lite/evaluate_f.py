@@ -240,7 +240,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"stylerig-lite evaluate-f: error: {error}", file=sys.stderr)
         return 2
     image_f = pretrained.face_estimator() if args.generator == "faceworld" else None
-    render_size = 128 if args.generator == "ffhq" else None
+    render_size = 64 if args.generator == "ffhq" else None  # the size its latent F trained at
     metrics = latent_f_metrics(F, pairs["w"], pairs["images"], pairs["detected_landmarks"], pairs["face_found"],
                                image_f=image_f, image_size=render_size)
     metrics = {"generator": args.generator, "source": args.corpus or f"held-out pairs, seed {EVAL_SEED}", **metrics}

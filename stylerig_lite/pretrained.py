@@ -60,6 +60,8 @@ EMBEDDED = {
     # The latent F (W+ -> 3DMM parameters) of each generator: latent_f_faceworld, latent_f_ffhq.
     "latent_f_faceworld": ("latent_f_faceworld.pt", "latent_f"),
     "latent_f_ffhq": ("latent_f_ffhq.pt", "latent_f"),
+    # The photoreal generator's RigNets: rignet_ffhq_pose, rignet_ffhq_expression, rignet_ffhq_light.
+    **{f"rignet_ffhq_{component}": (f"rignet_ffhq_{component}.pt", "rignet") for component in RIG_COMPONENTS},
 }
 
 
@@ -152,8 +154,11 @@ def evaluation_estimator(path: Optional[Union[str, os.PathLike]] = None):
     return ReconstructionNet.load(path if path is not None else embedded_path("evaluation_estimator"))
 
 
-def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None):
+def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None, generator: str = "faceworld"):
     """The RigNet for ``component`` ('pose', 'expression', 'light'; 'illumination' is an alias), eval mode, frozen.
+
+    ``generator``: ``'faceworld'`` (default) or ``'ffhq'``, the photoreal generator's RigNets (trained through its
+    latent F).
 
     An embedded RigNet knows the generator it was trained on from the manifest (the file sha256 of the
     embedded generator; its network's hash is computed when first checked), so that
@@ -163,8 +168,12 @@ def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None):
     from .rignet import RigNet
 
     component = rig_component(component)  # a clear KeyError for a misspelt component, before any file lookup
+    if generator not in GENERATOR_NAMES:
+        raise KeyError(f"unknown generator {generator!r}; expected one of {list(GENERATOR_NAMES)}")
     if path is not None:
         return RigNet.load(path)
+    if generator == "ffhq":  # the photoreal generator's RigNets carry their generator's record in the file
+        return RigNet.load(embedded_path(f"rignet_ffhq_{component}"))
     name = f"rignet_{component}"
     net = RigNet.load(embedded_path(name))
     check_rignet_generator(name)
@@ -259,9 +268,14 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         data["state_dict"] = {k: (v if k in ("param_mean", "param_std") else _half(v)) for k, v in data["state_dict"].items()}
         # The generator it was trained on (its own --generator, else the embedded one at export time).
         trained_with = (load_checkpoint_file(checkpoint, "RigNet checkpoint").get("train") or {}).get("config", {})
-        generator_file = trained_with.get("generator") or embedded_path("generator")
         atomic_torch_save(data, out)
-        extra = {"generator_sha256": sha256_file(generator_file)}
+        if trained_with.get("generator") == "ffhq":  # no file of ours: the record in the checkpoint names it
+            extra = {"generator_module_sha256": data.get("generator_sha256"),
+                     "generator_file_sha256": data.get("generator_file_sha256")}
+        else:
+            generator = trained_with.get("generator")
+            generator_file = embedded_path("generator") if generator in (None, "faceworld") else generator
+            extra = {"generator_sha256": sha256_file(generator_file)}
     else:
         net = ReconstructionNet.load(checkpoint)
         data = net.checkpoint()

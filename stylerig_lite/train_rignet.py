@@ -149,7 +149,8 @@ class TrainConfig:
     f: str = "latent"  # "latent": the paper's F(ŵ) on a corpus, no G in the loop; "image": F(G(ŵ))
     estimator: Optional[str] = None  # the image F (f="image"); None = the embedded one
     latent_f: Optional[str] = None  # the latent F (f="latent"); None = the embedded one of the generator
-    render_size: Optional[int] = None  # f="latent": render/compare size (None: the corpus's, at most 128 px)
+    render_size: Optional[int] = None  # f="latent": render/compare size (None: 64 px)
+    mesh_cell_cm: Optional[float] = 1.0  # f="latent": render a decimated face (losses.decimate_face_model); None: full
     log_every: int = 10
     checkpoint_seconds: float = 60.0
     minutes: float = 0.0  # stop (and checkpoint) after this long in this process; 0 = no limit
@@ -240,7 +241,7 @@ class PairSource:
             if len(self.rows) < 2:
                 raise ValueError(f"the corpus has {len(self.rows)} images with a detected face; pairs need at least 2")
             stored = int(corpus.images.shape[1])
-            self.render_size = int(config.render_size or min(stored, 128))
+            self.render_size = int(config.render_size or min(stored, 64))
             if stored % self.render_size:
                 raise ValueError(f"render_size {self.render_size} must divide the corpus's {stored} px")
         made_with = (getattr(corpus, "manifest", None) or {}).get("generator_sha256")
@@ -375,7 +376,7 @@ def load_train_state(path: Union[str, os.PathLike], config: TrainConfig, device:
     if not isinstance(data, dict) or "train" not in data:
         raise ValueError(f"{path} holds a RigNet without training state; it cannot be resumed (use --fresh to overwrite)")
     # Checkpoints from before the latent F trained with the image F (and had no latent-F settings).
-    saved = {"f": "image", "latent_f": None, "render_size": None, **data["train"]["config"]}
+    saved = {"f": "image", "latent_f": None, "render_size": None, "mesh_cell_cm": 1.0, **data["train"]["config"]}
     current = dataclasses.asdict(config)
     differences = [
         f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
@@ -487,7 +488,7 @@ def _train(config: TrainConfig, *, G, F, corpus, face_model, fresh: bool, progre
         from .train_latent_f import landmark_term_weights
 
         render = RenderLoss(face_model, default_camera(pairs.render_size),
-                            landmark_weights=landmark_term_weights(0.25).to(device))
+                            landmark_weights=landmark_term_weights(0.25).to(device), mesh_cell_cm=config.mesh_cell_cm)
     else:
         render = RenderLoss(face_model, default_camera(F.config.image_size))
     main = distributed.is_main()  # in a process group: rank 0 logs and writes the checkpoint and the log file
@@ -633,7 +634,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "image: F(G(ŵ)), the image F on generated images")
     parser.add_argument("--latent-f", dest="latent_f", help="latent-F checkpoint (default: the generator's embedded one)")
     parser.add_argument("--render-size", dest="render_size", type=int,
-                        help="--f latent: render size in px (default: the corpus's, at most 128)")
+                        help="--f latent: render size in px (default 64)")
     parser.add_argument("--estimator", help="image-F checkpoint for --f image (default: the embedded F)")
     parser.add_argument("--ablate", action="append", choices=ABLATIONS, help="drop a loss term (repeatable), for the ablation table")
     parser.add_argument("--edit-layers", type=int, metavar="K",

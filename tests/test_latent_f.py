@@ -298,3 +298,70 @@ def test_train_rignet_with_the_latent_f_from_a_corpus(tmp_path, tiny_corpus, fac
     with pytest.raises(ValueError, match="make them agree"):
         train_rignet.train(train_rignet.make_config("tiny", out=str(tmp_path / "r4.pt"), corpus=str(root),
                                                     f="image"), G=G, F=F, face_model=face_model, progress=False)
+
+
+def test_evaluation_with_a_latent_f_and_no_second_estimator(face_model):
+    """The photoreal generator's path: targets from the latent F, no E, images at another size than G's."""
+    from stylerig_lite import evaluate
+    from stylerig_lite.rignet import RigNet, RigNetConfig
+
+    G = stylegan2.Generator(stylegan2.get_config("tiny", img_resolution=64), seed=0).eval()
+    F = random_latent_f(G)
+    mask = evaluate.RenderedFaceMask(32, model=face_model)
+    evalset = evaluate.EvalSet.build(G, F, None, count=4, seed=5, batch=2, judge=None, identity=None,
+                                     image_size=32, face_mask=mask)
+    assert evalset.images_w.shape == (4, 3, 32, 32)
+    torch.testing.assert_close(evalset.p_w, F(evalset.w))  # targets come from the latent F
+    net = RigNet(RigNetConfig.for_generator(G, "pose"))
+    result = evaluate.evaluate_method(net.rig, evalset, "pose")
+    assert "target_error" not in result  # no second estimator: no E readings are reported
+    assert result["preservation"]["outside_face_mae_255"] == pytest.approx(0.0, abs=1e-6)  # untrained: no edit
+    context = evaluate.MethodContext(evalset, fit_count=6)
+    ws, params = context.training_pairs()
+    torch.testing.assert_close(params, F(ws))
+    other = stylegan2.Generator(stylegan2.get_config("tiny", img_resolution=64), seed=1).eval()
+    with pytest.raises(GeneratorMismatchError):
+        evaluate.EvalSet.build(other, F, None, count=2, judge=None, identity=None, face_mask=None)
+
+
+class ZOnlyGenerator(torch.nn.Module):
+    """A generator with no mapping network: its only latent is z, one W+ row (``w = z``)."""
+
+    z_dim = w_dim = 8
+    num_ws = 1
+    img_resolution = 64
+    c_dim = 0
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.to_image = torch.nn.Linear(8, 3 * 16 * 16)
+
+    def mapping(self, z, c=None, truncation_psi=1.0):
+        return z[:, None, :]  # [B, 1, z_dim]
+
+    def synthesis(self, ws, noise_mode="const"):
+        small = torch.tanh(self.to_image(ws[:, 0])).view(-1, 3, 16, 16)
+        return torch.nn.functional.interpolate(small, size=(64, 64), mode="nearest")
+
+
+def test_a_generator_whose_only_latent_is_z_can_be_rigged(tmp_path, face_model):
+    from stylerig_lite import train_rignet
+    from stylerig_lite.rignet import RigNet
+
+    G = ZOnlyGenerator().eval()
+    detector = FixedDetector(torch.full((68, 2), 32.0) + torch.randn(68, 2, generator=torch.Generator().manual_seed(0)))
+    root = make_corpus(tmp_path / "z", 10, generator=G, estimator=corpus_mod.NO_ESTIMATOR, shard_size=5,
+                       progress=False, detector=detector)
+    F_config = train_latent_f.get_config("tiny", steps=2, validation_items=2)
+    train_latent_f.train(root, tmp_path / "f.pt", F_config, model=face_model, G=G, progress=False)
+    F = LatentF.load(tmp_path / "f.pt")
+    assert (F.config.num_ws, F.config.w_dim) == (1, 8)
+    config = train_rignet.make_config("tiny", out=str(tmp_path / "rig.pt"), corpus=str(root), steps=2, batch=2,
+                                      checkpoint_seconds=1e9)
+    state = train_rignet.train(config, G=G, F=F, face_model=face_model, progress=False, log=lambda m: None)
+    assert state.step == 2
+    rig = RigNet.load(tmp_path / "rig.pt")
+    rig.check_generator(G)
+    w = G.mapping(torch.randn(3, 8))
+    assert rig.rig(w, morphable.sample_params(3, seed=1).to_vector()).shape == (3, 1, 8)

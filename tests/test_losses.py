@@ -246,3 +246,35 @@ def test_render_loss_input_errors_are_clear(model, target):
         losses.render_loss(model, params, out.image, out.landmarks[:, :66])
     with pytest.raises(ValueError, match="loss weights must be >= 0"):
         losses.RenderLoss(model, w_land=-1.0)
+
+
+def test_decimated_face_keeps_landmarks_and_nearly_the_same_picture(model):
+    from stylerig_lite.face_render import default_camera, render_face
+
+    crop = losses.crop_face_model(model)
+    coarse = losses.decimate_face_model(crop)
+    assert coarse.num_vertices < crop.num_vertices / 3 and coarse.faces.shape[0] < crop.faces.shape[0] / 3
+    # every kept vertex is an original one: its neutral position and bases are the original's
+    params = morphable.sample_params(8, seed=4)
+    params.expression[:, morphable.expression_index("jawOpen")] = torch.linspace(0, 1, 8)  # open mouths too
+    full = render_face(crop, params, default_camera(64), parts=("face",))
+    small = render_face(coarse, params, default_camera(64), parts=("face",))
+    torch.testing.assert_close(small.landmarks, full.landmarks)  # identical landmarks
+    a, b = full.mask > 0, small.mask > 0
+    assert float((a & b).sum() / (a | b).sum()) > 0.96  # the documented figure is 0.979
+    both = (a & b).float()
+    assert float(((full.image - small.image).abs() * both).sum() / (3 * both.sum())) * 255 < 4.0
+    # the lips stay apart: an open mouth leaves a hole in the face mask in both meshes
+    jaw = morphable.FaceParams.neutral(1)
+    jaw.expression[:, morphable.expression_index("jawOpen")] = 1.0
+    holes = [render_face(m, jaw, default_camera(64), parts=("face",)).mask[0, 0, 36:44, 28:36].sum()
+             for m in (crop, coarse)]
+    assert holes[1] <= holes[0] + 4  # no more covered pixels inside the mouth than the full mesh
+    with pytest.raises(ValueError, match="cell_cm"):
+        losses.decimate_face_model(crop, 0.0)
+    # the loss with the decimated mesh: same landmark term, a nearby photometric term
+    image, landmarks = full.image.detach(), full.landmarks.detach()
+    exact = losses.render_loss(model, params, image, landmarks)
+    approx = losses.render_loss(model, params, image, landmarks, mesh_cell_cm=losses.DEFAULT_CELL_CM)
+    torch.testing.assert_close(approx.landmark, exact.landmark)
+    assert float(approx.photometric.max()) < 0.05
