@@ -279,7 +279,10 @@ class EditorState:
             ``generator``; one trained on another generator raises
             :class:`~stylerig_lite.rignet.GeneratorMismatchError`.
         estimator: F, ``estimate(images, value_range=(-1, 1)) -> (FaceParams, landmarks)``; it
-            gives the source parameters ``p_w = F(G(w))`` that the sliders start from.
+            gives the source parameters ``p_w = F(G(w))`` that the sliders start from. A latent F
+            (:class:`~stylerig_lite.latent_f.LatentF`, the photoreal generator's) reads ``w`` instead.
+        image_size: the side of the frames (None: the generator's; the photoreal generator draws 256 px
+            directly, see :func:`stylerig_lite.corpus.synthesize`).
         face_model: the 3DMM for the target rendering, or None to show no rendering.
         seed: the initial face; ``truncation_psi``: truncation of the mapping (0.7 = typical faces).
         preview_size: side of the 3DMM rendering in pixels (see :class:`PreviewRenderer`).
@@ -288,7 +291,8 @@ class EditorState:
     """
 
     def __init__(self, generator, rigs: Mapping[str, Rig], estimator, face_model: Optional[FaceModel] = None, *,
-                 seed: int = 0, truncation_psi: float = 0.7, preview_size: int = 40, estimate_shown: bool = False):
+                 seed: int = 0, truncation_psi: float = 0.7, preview_size: int = 40, estimate_shown: bool = False,
+                 image_size: Optional[int] = None):
         unknown = [name for name in rigs if RIG_ALIASES.get(name, name) not in RIG_COMPONENTS]
         if unknown:
             raise KeyError(f"unknown rig component(s) {sorted(unknown)}; expected keys among {list(RIG_COMPONENTS)}")
@@ -296,7 +300,10 @@ class EditorState:
             check = getattr(rig, "check_generator", None)
             if callable(check):
                 check(generator)
+        if getattr(estimator, "reads_latents", False):
+            estimator.check_generator(generator)
         self.generator = generator
+        self.image_size = image_size
         self.rigs = {rig_component(name): as_rig(rig, name) for name, rig in rigs.items()}
         self.estimator = estimator
         self.face_model = face_model
@@ -326,14 +333,21 @@ class EditorState:
             self.w = w.detach().clone()
             self._bound.clear()
             self.source_image = self._synthesize(self.w)  # [1, 3, R, R]
-            self.source = self._estimate(self.source_image).detach()
+            self.source = self._estimate(self.source_image, self.w).detach()
             self.reset()
 
     def _synthesize(self, w: torch.Tensor) -> torch.Tensor:
-        return self.generator.synthesis(w, noise_mode="const")
+        if self.image_size is None:
+            return self.generator.synthesis(w, noise_mode="const")
+        from .corpus import synthesize
 
-    def _estimate(self, images: torch.Tensor) -> FaceParams:
-        """F on GAN images ``[B, 3, R, R]`` in [-1, 1], resized to F's input size if needed."""
+        return synthesize(self.generator, w, image_size=self.image_size)
+
+    def _estimate(self, images: torch.Tensor, w: Optional[torch.Tensor] = None) -> FaceParams:
+        """F on GAN images ``[B, 3, R, R]`` in [-1, 1], resized to F's input size if needed (a latent F reads ``w``)."""
+        if getattr(self.estimator, "reads_latents", False):
+            with torch.no_grad():
+                return self.estimator.estimate(w).to("cpu")
         images = images.clamp(-1, 1)  # F judges what the user sees (an untrained G can overshoot far)
         size = getattr(getattr(self.estimator, "config", None), "image_size", None)
         if size is not None and images.shape[-1] != size:
@@ -520,7 +534,7 @@ class EditorState:
         estimated = None
         if self.estimate_shown if estimate is None else estimate:
             t = time.perf_counter()
-            estimated = self._estimate(image)
+            estimated = self._estimate(image, w_hat)
             times["estimate_ms"] = (time.perf_counter() - t) * 1e3
         times["total_ms"] = (time.perf_counter() - start) * 1e3
         return Frame(image[0].detach().cpu(), render, target, w_hat, applied, estimated, times, version)
@@ -569,11 +583,12 @@ class EditorApp:
 
     def __init__(self, generator, rigs: Mapping[str, Rig], estimator, face_model: Optional[FaceModel] = None, *,
                  seed: int = 0, truncation_psi: float = 0.7, preview_size: int = 40, display_size: int = 256,
-                 show_estimate: bool = True, background: bool = True, save_dir: Union[str, Path] = "edits"):
+                 show_estimate: bool = True, background: bool = True, save_dir: Union[str, Path] = "edits",
+                 image_size: Optional[int] = None):
         import ipywidgets as W
 
         self.state = EditorState(generator, rigs, estimator, face_model, seed=seed, truncation_psi=truncation_psi,
-                                 preview_size=preview_size, estimate_shown=show_estimate)
+                                 preview_size=preview_size, estimate_shown=show_estimate, image_size=image_size)
         self.display_size = int(display_size)
         self.save_dir = Path(save_dir)
         self.last_frame: Optional[Frame] = None
@@ -651,8 +666,12 @@ class EditorApp:
 
     # -- construction from the embedded networks ------------------------------------------------
     @classmethod
-    def default(cls, **kwargs: Any) -> "EditorApp":
-        """The editor on the embedded FaceWorld StyleGAN2, F and RigNets (``stylerig_lite.pretrained``)."""
+    def default(cls, generator: str = "faceworld", **kwargs: Any) -> "EditorApp":
+        """The editor on embedded networks (``stylerig_lite.pretrained``).
+
+        ``generator='faceworld'``: the FaceWorld StyleGAN2, its image F and RigNets; ``'ffhq'``: the photoreal
+        MobileStyleGAN at 256 px, its latent F and RigNets.
+        """
         import warnings
 
         from . import pretrained
@@ -662,14 +681,20 @@ class EditorApp:
         if loader is None:
             raise RuntimeError("this version of stylerig_lite.pretrained has no rignet() loader: the embedded "
                                "RigNets are not available yet; build EditorApp(G, rigs, F, face_model) yourself")
+        if generator not in pretrained.GENERATOR_NAMES:
+            raise KeyError(f"unknown generator {generator!r}; expected one of {list(pretrained.GENERATOR_NAMES)}")
         rigs = {}
         for component in RIG_COMPONENTS:
             try:
-                rigs[component] = loader(component)
+                rigs[component] = loader(component, generator=generator)
             except (pretrained.WeightsError, KeyError, FileNotFoundError) as error:  # one missing: edit the others
                 warnings.warn(f"no embedded {component} RigNet ({error}); its sliders move only the 3DMM rendering")
         if not rigs:
             raise pretrained.WeightsError("no embedded RigNet is available (see the warnings above)")
+        if generator == "ffhq":
+            kwargs.setdefault("image_size", 256)
+            return cls(pretrained.photoreal_generator(), rigs, pretrained.latent_f("ffhq"),
+                       load_face_model(progress=False), **kwargs)
         return cls(pretrained.generator(), rigs, pretrained.face_estimator(), load_face_model(progress=False), **kwargs)
 
     # -- events ---------------------------------------------------------------------------------

@@ -365,3 +365,21 @@ def test_a_generator_whose_only_latent_is_z_can_be_rigged(tmp_path, face_model):
     rig.check_generator(G)
     w = G.mapping(torch.randn(3, 8))
     assert rig.rig(w, morphable.sample_params(3, seed=1).to_vector()).shape == (3, 1, 8)
+
+
+def test_editor_with_a_latent_f_and_smaller_frames(face_model):
+    from stylerig_lite.editing import EditorState
+    from stylerig_lite.rignet import RigNet, RigNetConfig
+
+    G = stylegan2.Generator(stylegan2.get_config("tiny", img_resolution=64), seed=0).eval()
+    F = random_latent_f(G)
+    rig = RigNet(RigNetConfig.for_generator(G, "pose")).record_generator(module_sha256(G))
+    state = EditorState(G, {"pose": rig}, F, face_model, image_size=32, estimate_shown=True)
+    torch.testing.assert_close(state.source.to_vector(), F(state.w))  # the sliders start from F(w)
+    assert state.source_image.shape == (1, 3, 32, 32)
+    state.set_slider("yaw", 15.0)
+    frame = state.compute_frame()
+    assert frame.image.shape == (3, 32, 32) and frame.estimate is not None
+    other = stylegan2.Generator(stylegan2.get_config("tiny", img_resolution=64), seed=1).eval()
+    with pytest.raises(GeneratorMismatchError):
+        EditorState(other, {}, F, face_model)

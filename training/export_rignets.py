@@ -27,10 +27,10 @@ from stylerig_lite.rignet import RigNet
 from stylerig_lite.train_rignet import make_config
 
 TRAIN = ("stylerig-lite make-corpus --out runs/corpus --count 20000 --seed 0 --threads 1 && "
-         "stylerig-lite train-rignet --component {c} --preset cpu --corpus runs/corpus{options} --out runs/rignet/rignet_{c}.pt --threads 1")
-LAYER_MASKS = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --edit-layers {K} "
+         "stylerig-lite train-rignet --f image --component {c} --preset cpu --corpus runs/corpus{options} --out runs/rignet/rignet_{c}.pt --threads 1")
+LAYER_MASKS = ("stylerig-lite train-rignet --f image --component pose --preset cpu --corpus runs/corpus --edit-layers {K} "
                "--out runs/rignet/pose_layers{K}.pt --threads 1 (all layers: the same without --edit-layers)")
-ABLATE = ("stylerig-lite train-rignet --component pose --preset cpu --corpus runs/corpus --ablate {rec|edit|consist} "
+ABLATE = ("stylerig-lite train-rignet --f image --component pose --preset cpu --corpus runs/corpus --ablate {rec|edit|consist} "
           "--steps 2000 --out runs/rignet/ablate_{term}.pt --threads 1 (reference: the same without --ablate)")
 
 
