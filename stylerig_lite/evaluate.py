@@ -108,6 +108,8 @@ __all__ = [
     "register_method",
     "RenderedFaceMask",
     "reported_results",
+    "photoreal_results",
+    "photoreal_markdown",
     "run_from_args",
     "scaled",
     "SUMMARY_COLUMNS",
@@ -1110,6 +1112,42 @@ def reported_results() -> Dict[str, Dict[str, Any]]:
             results.setdefault(method, {})[component] = result
     order = ("none", "donor", "linear", "rignet")  # the references first, then the methods (the manifest sorts keys)
     return dict(sorted(results.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
+
+def photoreal_results() -> Dict[str, Any]:
+    """The shipped evaluation of the photoreal generator's RigNets and linear baseline (500 pairs, seed 2020).
+
+    Written by ``training/export_photoreal_rignets.py`` into ``stylerig_lite/data/photoreal_results.json``:
+    ``{'methods': {method: {component: evaluate_method result (+ 'yaw_sweep' for pose)}}, 'count', 'seed', ...}``.
+    """
+    import importlib.resources
+
+    path = importlib.resources.files("stylerig_lite") / "data" / "photoreal_results.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no shipped photoreal evaluation ({path}); it is written by "
+                                "`python training/export_photoreal_rignets.py --export`") from None
+
+
+def photoreal_markdown(results: Dict[str, Any]) -> str:
+    """One markdown table of :func:`photoreal_results`: per method and component, the judge's relative error
+    and gain on what was edited, what else changed (judge), identity distance and the change outside the face."""
+    lines = ["| method | component | relative error (judge) | gain | other readings' change | identity distance | "
+             "outside-face change (0-255) | judge found a face |", "|---|---|---|---|---|---|---|---|"]
+    units = {"yaw": "°", "pitch": "°", "roll": "°", "jaw_open": "", "light_x": "", "light_y": ""}
+    for method, per_component in results["methods"].items():
+        for component, r in per_component.items():
+            judge = r.get("judge", {})
+            rel = ", ".join(f"{k.replace('_median', '')} {v:.2f}{units.get(k.replace('_median', ''), '')}"
+                            for k, v in judge.get("relative_error", {}).items())
+            gain = ", ".join(f"{k} {v:.2f}" for k, v in judge.get("gain", {}).items())
+            other = ", ".join(f"{k.replace('_change_median', '')} {v:.2f}" for k, v in judge.get("preservation", {}).items())
+            pres = r.get("preservation", {})
+            identity, outside = pres.get("identity_distance", math.nan), pres.get("outside_face_mae_255", math.nan)
+            lines.append(f"| {method} | {component} | {rel} | {gain} | {other} | {identity:.3f} | {outside:.1f} | "
+                         f"{judge.get('detected', math.nan):.0%} |")
+    return "\n".join(lines)
 
 
 def summary_markdown(results: Dict[str, Dict[str, Any]]) -> str:

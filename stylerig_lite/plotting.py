@@ -7,7 +7,7 @@ draw; they never compute anything the book reports.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ __all__ = [
     "latent_f_curves",
     "rignet_diagram",
     "slider_edits_figure",
+    "judged_sweeps_figure",
+    "SWEEP_READINGS",
+    "PHOTOREAL_SWEEPS",
     "SLIDER_SWEEPS",
     "to_numpy_image",
     "to_unit",
@@ -402,6 +405,67 @@ def slider_edits_figure(seeds: Sequence[int] = (3, 21), state: Any = None, scale
         titles += [fmt.format(v) for v in values] + [""] * (block - 1) * columns
     fig = image_grid(torch.cat(rows), ncols=columns, titles=titles, row_labels=labels, scale=scale)
     return fig
+
+
+#: The photoreal generator's sweeps: yaw over the issue's ±20° range (its faces are mostly frontal).
+PHOTOREAL_SWEEPS: Tuple[Tuple[str, Tuple[float, ...], str], ...] = (
+    ("yaw", (-20.0, -10.0, 0.0, 10.0, 20.0), "yaw {:+.0f}°"),
+    ("jawOpen", (0.0, 0.25, 0.5, 0.75, 1.0), "jaw {:.2f}"),
+    ("light_azimuth", (-60.0, -30.0, 0.0, 30.0, 60.0), "light {:+.0f}°"),
+)
+
+#: The judge's reading shown under each frame of a sweep, and its format.
+SWEEP_READINGS = {"yaw": ("yaw", "judge {:+.0f}°"), "jawOpen": ("jaw_open", "judge {:.2f}"),
+                  "light_azimuth": ("light_x", "judge x {:+.2f}")}
+
+
+def judged_sweeps_figure(state: Any, seeds: Sequence[int], sweeps=SLIDER_SWEEPS, judge: Any = None,
+                         scale: float = 1.6):
+    """Slider sweeps of an editor state with the independent judge's reading under every frame.
+
+    Rows: per sweep, one row per seed, the first row headed by the slider values; under each frame
+    the judge's reading (:data:`SWEEP_READINGS`: yaw in degrees, jaw opening, the light's x) of that
+    frame, and a second row of the sweep's change ``|frame - first frame|`` (amplified 3x) so that what
+    moved, and what should not have, shows. ``judge``: a :class:`~stylerig_lite.judge.Judge` (default:
+    built). Returns ``(figure, readings)`` with ``readings[slider][seed]`` the list of judge values.
+    """
+    import matplotlib.pyplot as plt
+
+    from .editing import edit_frames
+
+    if judge is None:
+        from .judge import Judge
+
+        judge = Judge()
+    columns = len(sweeps[0][1])
+    rows = sum(2 * len(seeds) for _ in sweeps)
+    fig, axes = plt.subplots(rows, columns, figsize=(scale * columns, scale * 1.08 * rows), squeeze=False)
+    readings: Dict[str, Dict[int, list]] = {}
+    r = 0
+    for slider, values, fmt in sweeps:
+        reading, reading_fmt = SWEEP_READINGS.get(slider, (None, ""))
+        readings[slider] = {}
+        for k, seed in enumerate(seeds):
+            state.set_seed(seed)
+            images, _ = edit_frames(state, slider, values)  # [C, 3, S, S] in [0, 1]
+            state.reset()
+            read = judge.read(images, value_range=(0.0, 1.0))[reading].tolist() if reading else [float("nan")] * columns
+            readings[slider][seed] = read
+            change = ((images - images[:1]).abs() * 3).clamp(0, 1)
+            for c in range(columns):
+                for row, picture in ((r, images[c]), (r + 1, change[c])):
+                    axes[row, c].imshow(to_numpy_image(picture))
+                    axes[row, c].set_xticks([])
+                    axes[row, c].set_yticks([])
+                if k == 0:
+                    axes[r, c].set_title(fmt.format(values[c]), fontsize=8)
+                text = "no face" if read[c] != read[c] else reading_fmt.format(read[c])
+                axes[r, c].set_xlabel(text, fontsize=7, labelpad=1)
+            axes[r, 0].set_ylabel(f"seed {seed}", fontsize=8)
+            axes[r + 1, 0].set_ylabel("|change| x3", fontsize=8)
+            r += 2
+    fig.tight_layout(h_pad=0.4, w_pad=0.2)
+    return fig, readings
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,95 @@
+"""Score the photoreal generator's RigNets (trained through its latent F) and the linear baseline; embed them.
+
+    python training/export_photoreal_rignets.py --runs runs/rignet_ffhq --corpus runs/corpus_ffhq [--count 500] [--export]
+
+Reads ``rignet_<component>.pt`` from ``--runs``, scores each next to the linear baseline (fitted on the
+corpus's latents and the latent F's readings of them) on ``--count`` pairs of the evaluation seed (2020),
+drawn at 256 px and read by the independent judge (MediaPipe) and dlib's identity descriptor (there is no
+second estimator for photographs), plus a yaw sweep over ±20 degrees; ``--split validation`` scores on the
+validation seed instead (where choices are made). Writes ``stylerig_lite/data/photoreal_results.json``
+(``evaluate --generator ffhq`` structure), and with ``--export`` embeds each RigNet in fp16 as
+``rignet_ffhq_<component>`` with its metrics (``pretrained.export``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from stylerig_lite import evaluate as ev
+from stylerig_lite import pretrained
+from stylerig_lite.io_utils import atomic_write_json
+from stylerig_lite.rignet import RigNet
+
+TRAIN = ("stylerig-lite train-rignet --generator ffhq --component {c} --preset cpu --corpus runs/corpus_ffhq "
+         "--out runs/rignet_ffhq/rignet_{c}.pt --threads 1{options}")
+SWEEP_YAWS = (-20, -10, 0, 10, 20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/rignet_ffhq"))
+    parser.add_argument("--corpus", default="runs/corpus_ffhq")
+    parser.add_argument("--count", type=int, default=ev.DEFAULT_COUNT)
+    parser.add_argument("--split", choices=("evaluation", "validation"), default="evaluation")
+    parser.add_argument("--components", default="pose,expression,light")
+    parser.add_argument("--methods", default="linear,rignet")
+    parser.add_argument("--export", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seed = ev.VALIDATION_SEED if args.split == "validation" else ev.DEFAULT_SEED
+    G = pretrained.photoreal_generator()
+    F = pretrained.latent_f("ffhq")
+    started = time.time()
+    evalset = ev.EvalSet.build(G, F, None, args.count, seed, batch=16, image_size=256)
+    print(f"evaluation set: {args.count} pairs in {time.time() - started:.0f} s", file=sys.stderr)
+    context = ev.MethodContext(evalset, corpus=args.corpus)
+    results: dict = {"generator": "ffhq", "split": args.split, "seed": seed, "count": args.count,
+                     "image_size": 256, "methods": {}}
+    for method in args.methods.split(","):
+        results["methods"][method] = {}
+        for component in args.components.split(","):
+            path = args.runs / f"rignet_{component}.pt"
+            if method == "rignet":
+                if not path.exists():
+                    continue
+                net = RigNet.load(path)
+                net.check_generator(G)
+                edit = net.rig
+            else:
+                edit = ev.METHODS[method](context, component)
+            t = time.time()
+            result = ev.evaluate_method(edit, evalset, component)
+            if component == "pose":
+                result["yaw_sweep"] = ev.yaw_sweep(edit, evalset, SWEEP_YAWS)
+            result["seconds"] = round(time.time() - t, 1)
+            results["methods"][method][component] = result
+            print(f"{method}/{component}: {json.dumps(result.get('judge', {}))[:300]} "
+                  f"identity {result['preservation'].get('identity_distance')}", file=sys.stderr)
+    out = Path(__file__).resolve().parents[1] / "stylerig_lite" / "data" / (
+        "photoreal_results.json" if args.split == "evaluation" else "photoreal_validation.json")
+    atomic_write_json(out, results)
+    print(f"wrote {out}")
+    if args.export and args.split == "evaluation":
+        for component in args.components.split(","):
+            path = args.runs / f"rignet_{component}.pt"
+            if not path.exists():
+                continue
+            config = torch.load(path, map_location="cpu", weights_only=True)["train"]["config"]
+            options = "" if config.get("edit_layers") is None else f" --edit-layers {config['edit_layers']}"
+            if config.get("steps") != 4000:
+                options += f" --steps {config['steps']}"
+            metrics = {m: results["methods"][m].get(component) for m in results["methods"]}
+            pretrained.export(f"rignet_ffhq_{component}", path, command=TRAIN.format(c=component, options=options),
+                              seed=int(config.get("seed", 0)), metrics={"evaluate": metrics},
+                              notes="photoreal MobileStyleGAN (FFHQ), trained through its latent F at 64 px")
+            print(f"embedded rignet_ffhq_{component}")
+
+
+if __name__ == "__main__":
+    main()
