@@ -99,6 +99,7 @@ __all__ = [
     "FORMAT_VERSION",
     "from_uint8",
     "make_corpus",
+    "mixing_plan",
     "num_shards",
     "PathLike",
     "QUICK_COUNT",
@@ -279,6 +280,7 @@ def sample_pairs(
     stream: str = "corpus",
     on_batch: Optional[Callable[[int], None]] = None,
     image_size: Optional[int] = None,
+    mixing: float = 0.0,
 ) -> Dict[str, torch.Tensor]:
     """Items ``start .. start + count - 1`` of the corpus of ``seed``, in memory.
 
@@ -287,7 +289,9 @@ def sample_pairs(
     'landmarks' [N, 68, 2], 'index' [N]}``. ``params`` are F's estimates on the
     float images (NaN when ``F`` is None: no image F for this generator, e.g. the
     photoreal one, whose faces FaceWorld's F was never trained on). ``image_size``:
-    the stored resolution (default the generator's; see :func:`synthesize`).
+    the stored resolution (default the generator's; see :func:`synthesize`). ``mixing``: the
+    probability that an item's W+ is style-mixed (:func:`mixing_plan`); 0, the paper's corpus, keeps
+    every W+ row equal.
     This is what :func:`make_corpus` writes, shard by shard; the
     evaluation fits its linear baseline on it when no corpus folder is given.
     ``on_batch(n)`` is called after every ``n`` items (progress bars).
@@ -297,10 +301,16 @@ def sample_pairs(
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
     z = sample_z(G.z_dim, seed, start, count, stream=stream)
+    crossover = mixing_plan(seed, start, count, G.num_ws, mixing) if mixing > 0 else None
+    z_mix = sample_z(G.z_dim, seed, start, count, stream=f"{stream}-mix") if crossover is not None else None
     out: Dict[str, list] = {key: [] for key in ("w", "images", "params", "landmarks")}
     device = device_of(G)
     for i in range(0, count, batch):
         ws = G.mapping(z[i : i + batch].to(device), None, truncation_psi=truncation)  # [b, num_ws, w_dim]
+        if crossover is not None:  # rows from the crossover on come from a second latent
+            other = G.mapping(z_mix[i : i + batch].to(device), None, truncation_psi=truncation)
+            rows = torch.arange(G.num_ws, device=ws.device)[None, :, None]
+            ws = torch.where(rows >= crossover[i : i + batch].to(ws.device)[:, None, None], other, ws)
         images = synthesize(G, ws, image_size=image_size)
         if F is None:
             params = torch.full((ws.shape[0], NUM_PARAMS), float("nan"))
@@ -322,6 +332,20 @@ def sample_pairs(
     result["z"] = z
     result["index"] = torch.arange(start, start + count, dtype=torch.long)
     return result
+
+
+def mixing_plan(seed: int, start: int, count: int, num_ws: int, probability: float) -> torch.Tensor:
+    """Crossover rows ``[count]`` of items ``start ..``: ``num_ws`` (no mixing) with probability ``1 - p``, else
+    uniform in ``1 .. num_ws - 1``; a function of ``(seed, item)`` alone, like the latents."""
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"mixing probability must be in [0, 1], got {probability}")
+    out = torch.full((count,), num_ws, dtype=torch.long)
+    for i in range(count):
+        generator = torch.Generator().manual_seed(latent_seed(seed, start + i, "corpus-mixing"))
+        u, row = torch.rand(1, generator=generator), torch.randint(1, max(num_ws, 2), (1,), generator=generator)
+        if float(u) < probability and num_ws > 1:
+            out[i] = int(row)
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -376,7 +400,8 @@ def _resolve_network(network: Any, kind: str) -> Tuple[Any, Optional[str]]:
 
 def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, truncation: float,
                     generator_file_sha256: Optional[str] = None, estimator_file_sha256: Optional[str] = None,
-                    landmarks_detector: str = DETECTOR_NAME, image_size: Optional[int] = None) -> Dict[str, Any]:
+                    landmarks_detector: str = DETECTOR_NAME, image_size: Optional[int] = None,
+                    mixing: float = 0.0) -> Dict[str, Any]:
     """The manifest a corpus of these settings has (see the module docstring).
 
     ``F`` None: no image-F estimates (``estimator_sha256`` None). ``image_size``: the stored resolution
@@ -391,6 +416,7 @@ def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, t
         "seed": int(seed),
         "shard_size": int(shard_size),
         "truncation": float(truncation),
+        "mixing": float(mixing),
         "noise_mode": "const",
         "num_ws": int(G.num_ws),
         "w_dim": int(G.w_dim),
@@ -410,11 +436,12 @@ def corpus_manifest(G: Any, F: Any, *, count: int, seed: int, shard_size: int, t
 
 
 # Settings that define the items; a folder made with other values holds other pairs.
-_IDENTITY_KEYS = ("format", "version", "seed", "shard_size", "truncation", "noise_mode", "num_ws", "w_dim", "z_dim",
-                  "image_size", "generator_sha256", "estimator_sha256", "landmarks_detector")
+_IDENTITY_KEYS = ("format", "version", "seed", "shard_size", "truncation", "mixing", "noise_mode", "num_ws", "w_dim",
+                  "z_dim", "image_size", "generator_sha256", "estimator_sha256", "landmarks_detector")
 
 
 def _check_manifest(existing: Dict[str, Any], wanted: Dict[str, Any], out: Path) -> None:
+    existing = {"mixing": 0.0, **existing}  # corpora made before the mixing option have equal rows
     differ = [k for k in _IDENTITY_KEYS if existing.get(k) != wanted.get(k)]
     if differ:
         def show(manifest: Dict[str, Any]) -> str:
@@ -500,6 +527,7 @@ def make_corpus(
     device: Any = None,
     detector: Any = None,
     image_size: Optional[int] = None,
+    mixing: float = 0.0,
 ) -> Path:
     """Sample ``count`` (w, I_w) pairs with F's estimates into ``out`` (resumable).
 
@@ -507,7 +535,8 @@ def make_corpus(
     embedded FaceWorld StyleGAN2 and F; ``generator='ffhq'`` is the photoreal
     MobileStyleGAN (its corpus defaults to ``estimator=NO_ESTIMATOR`` and
     ``image_size=256``, :data:`DEFAULT_IMAGE_SIZE`), ``'faceworld'`` the embedded one.
-    ``image_size``: the stored resolution (see :func:`synthesize`). ``count`` / ``shard_size`` default to
+    ``image_size``: the stored resolution (see :func:`synthesize`). ``mixing``: the probability of a
+    style-mixed W+ per item (:func:`mixing_plan`; 0, the default, is the paper's corpus). ``count`` / ``shard_size`` default to
     :data:`DEFAULT_COUNT` / :data:`DEFAULT_SHARD_SIZE` (:data:`QUICK_COUNT` /
     :data:`QUICK_SHARD_SIZE` under ``STYLERIG_LITE_QUICK=1``).
 
@@ -568,7 +597,8 @@ def make_corpus(
     root = Path(out)
     manifest = corpus_manifest(G, F, count=count, seed=seed, shard_size=shard_size, truncation=truncation,
                                generator_file_sha256=g_file, estimator_file_sha256=f_file,
-                               landmarks_detector=detector_name(detector), image_size=image_size)
+                               landmarks_detector=detector_name(detector), image_size=image_size,
+                               mixing=mixing)
     # In a process group rank 0 prepares the folder and lists the shards to make; every rank gets the
     # list (or rank 0's error, so that no rank waits for a rank that gave up). Rank 0 holds the folder's
     # lock (io_utils.folder_lock) until the corpus is complete: a second make-corpus on the same folder
@@ -576,7 +606,7 @@ def make_corpus(
     with contextlib.ExitStack() as lock:
         return _make(root, manifest, lock, G, F, detector, count=count, seed=seed, shard_size=shard_size,
                      truncation=truncation, batch=batch, overwrite=overwrite, progress=progress, on_shard=on_shard,
-                     image_size=image_size)
+                     image_size=image_size, mixing=mixing)
 
 
 def _found_counts(root: Path, manifest: Dict[str, Any], cache: Dict[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -606,7 +636,8 @@ def _update_measurements(root: Path, seconds: float, items: int, found_cache: Di
 
 def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: Any, F: Any, detector: Any, *,
           count: int, seed: int, shard_size: int, truncation: float, batch: int, overwrite: bool, progress: bool,
-          on_shard: Optional[Callable[[int, Path], None]], image_size: Optional[int] = None) -> Path:
+          on_shard: Optional[Callable[[int, Path], None]], image_size: Optional[int] = None,
+          mixing: float = 0.0) -> Path:
     """:func:`make_corpus` once the networks are loaded: lock, prepare the folder, write the missing shards."""
     plan: Any = None
     if distributed.is_main():
@@ -641,7 +672,8 @@ def _make(root: Path, manifest: Dict[str, Any], lock: contextlib.ExitStack, G: A
             n = _shard_length(manifest, i)
             started = time.perf_counter()
             items = sample_pairs(G, F, n, seed=seed, start=i * shard_size, truncation=truncation, batch=batch,
-                                 on_batch=bar.update if bar is not None else None, image_size=image_size)
+                                 on_batch=bar.update if bar is not None else None, image_size=image_size,
+                                 mixing=mixing)
             images = to_uint8(items["images"])
             arrays = {
                 "z": items["z"].float().numpy(),
@@ -832,6 +864,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                             "photoreal MobileStyleGAN) or a StyleGAN2 checkpoint")
     parser.add_argument("--estimator", help=f"image-F checkpoint whose estimates are stored (default: the embedded F; "
                                             f"'{NO_ESTIMATOR}' for none, the default with --generator ffhq)")
+    parser.add_argument("--mixing", type=float, default=0.0,
+                        help="probability of a style-mixed W+ per pair (default 0: every row equal, as in the paper)")
     parser.add_argument("--image-size", type=positive_int,
                         help="stored resolution in px (default: 64 for faceworld, 256 for ffhq)")
     parser.add_argument("--batch", type=positive_int, default=64, help="images per G/F batch (default 64)")
@@ -854,7 +888,7 @@ def _run(args: argparse.Namespace, device: Optional[torch.device] = None) -> int
         root = make_corpus(args.out, args.count, generator=args.generator, estimator=args.estimator, seed=args.seed,
                            shard_size=args.shard_size, truncation=args.truncation, batch=args.batch,
                            overwrite=args.overwrite, progress=not args.quiet, device=device,
-                           image_size=getattr(args, "image_size", None))
+                           image_size=getattr(args, "image_size", None), mixing=getattr(args, "mixing", 0.0))
     except (ValueError, FileNotFoundError, FolderLockedError) as error:  # bad options, foreign or locked folder, missing weights
         print(f"stylerig-lite make-corpus: error: {error}", file=sys.stderr)
         return 2

@@ -383,3 +383,20 @@ def test_editor_with_a_latent_f_and_smaller_frames(face_model):
     other = stylegan2.Generator(stylegan2.get_config("tiny", img_resolution=64), seed=1).eval()
     with pytest.raises(GeneratorMismatchError):
         EditorState(other, {}, F, face_model)
+
+
+def test_style_mixed_corpus_items_are_reproducible_and_mixed(tmp_path):
+    G = stylegan2.Generator(stylegan2.get_config("tiny", img_resolution=64), seed=0).eval()
+    plan = corpus_mod.mixing_plan(0, 0, 200, G.num_ws, 0.5)
+    mixed = plan < G.num_ws
+    assert 0.35 < float(mixed.float().mean()) < 0.65 and int(plan.min()) >= 1
+    torch.testing.assert_close(corpus_mod.mixing_plan(0, 50, 20, G.num_ws, 0.5), plan[50:70])  # per item
+    items = corpus_mod.sample_pairs(G, None, 8, seed=0, mixing=1.0, batch=3)
+    plain = corpus_mod.sample_pairs(G, None, 8, seed=0, batch=5)
+    cross = corpus_mod.mixing_plan(0, 0, 8, G.num_ws, 1.0)
+    for k in range(8):
+        c = int(cross[k])
+        torch.testing.assert_close(items["w"][k, :c], plain["w"][k, :c])  # rows before the crossover: w's own
+        assert not torch.allclose(items["w"][k, c:], plain["w"][k, c:])  # after it: another latent's
+    with pytest.raises(ValueError, match="mixing probability"):
+        corpus_mod.mixing_plan(0, 0, 2, G.num_ws, 1.5)
