@@ -109,6 +109,7 @@ __all__ = [
     "RenderedFaceMask",
     "reported_results",
     "photoreal_results",
+    "shipped",
     "photoreal_markdown",
     "run_from_args",
     "scaled",
@@ -1114,20 +1115,28 @@ def reported_results() -> Dict[str, Dict[str, Any]]:
     return dict(sorted(results.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
 
 
-def photoreal_results() -> Dict[str, Any]:
-    """The shipped evaluation of the photoreal generator's RigNets and linear baseline (500 pairs, seed 2020).
+def shipped(name: str) -> Dict[str, Any]:
+    """A shipped evaluation ``stylerig_lite/data/<name>.json`` (written by the ``training/`` scripts).
 
-    Written by ``training/export_photoreal_rignets.py`` into ``stylerig_lite/data/photoreal_results.json``:
-    ``{'methods': {method: {component: evaluate_method result (+ 'yaw_sweep' for pose)}}, 'count', 'seed', ...}``.
+    ``photoreal_results``: the photoreal RigNets and linear baseline (``training/export_photoreal_rignets.py``);
+    ``faceworld_latent_rignet``: the FaceWorld pose RigNets trained through the latent F (``evaluate`` output).
     """
     import importlib.resources
 
-    path = importlib.resources.files("stylerig_lite") / "data" / "photoreal_results.json"
+    path = importlib.resources.files("stylerig_lite") / "data" / f"{name}.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"no shipped photoreal evaluation ({path}); it is written by "
-                                "`python training/export_photoreal_rignets.py --export`") from None
+        raise FileNotFoundError(f"no shipped evaluation {name!r} ({path}); training/README.md says which script "
+                                "writes it") from None
+
+
+def photoreal_results() -> Dict[str, Any]:
+    """The shipped evaluation of the photoreal generator's RigNets and linear baseline (500 pairs, seed 2020).
+
+    ``{'methods': {method: {component: evaluate_method result (+ 'yaw_sweep' for pose)}}, 'count', 'seed', ...}``.
+    """
+    return shipped("photoreal_results")
 
 
 def photoreal_markdown(results: Dict[str, Any]) -> str:
