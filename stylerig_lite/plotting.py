@@ -29,6 +29,7 @@ __all__ = [
     "judged_sweeps_figure",
     "SWEEP_READINGS",
     "PHOTOREAL_SWEEPS",
+    "photoreal_edits_figure",
     "SLIDER_SWEEPS",
     "to_numpy_image",
     "to_unit",
@@ -468,14 +469,32 @@ def judged_sweeps_figure(state: Any, seeds: Sequence[int], sweeps=SLIDER_SWEEPS,
     return fig, readings
 
 
+def photoreal_edits_figure(seeds: Sequence[int] = (4, 12)):
+    """The README's and the landing page's photoreal picture: :func:`judged_sweeps_figure` of the embedded
+    photoreal generator, latent F and RigNets at 256 px (``python -m stylerig_lite.plotting photoreal-edits
+    book/figures/photoreal_edits.png``)."""
+    from . import pretrained
+    from .editing import EditorState
+    from .morphable import load_face_model
+
+    rigs = {c: pretrained.rignet(c, generator="ffhq") for c in RIG_COMPONENTS}
+    state = EditorState(pretrained.photoreal_generator(), rigs, pretrained.latent_f("ffhq"),
+                        load_face_model(progress=False), image_size=256)
+    fig, _ = judged_sweeps_figure(state, seeds, PHOTOREAL_SWEEPS, scale=1.5)
+    return fig
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m stylerig_lite.plotting", description="Write the book's standalone figures.")
-    parser.add_argument("figure", choices=["overview", "slider-edits"])
+    parser.add_argument("figure", choices=["overview", "slider-edits", "photoreal-edits"])
     parser.add_argument("path")
     args = parser.parse_args(argv)
-    fig = overview_figure() if args.figure == "overview" else slider_edits_figure()
+    if args.figure == "photoreal-edits":
+        fig = photoreal_edits_figure()
+    else:
+        fig = overview_figure() if args.figure == "overview" else slider_edits_figure()
     fig.savefig(args.path, dpi=110)
     print(f"wrote {args.path}")
     return 0
