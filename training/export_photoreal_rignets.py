@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--components", default="pose,expression,light")
     parser.add_argument("--methods", default="linear,rignet")
     parser.add_argument("--export", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="keep the other components' results already in the file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seed = ev.VALIDATION_SEED if args.split == "validation" else ev.DEFAULT_SEED
@@ -73,6 +74,12 @@ def main() -> None:
                   f"identity {result['preservation'].get('identity_distance')}", file=sys.stderr)
     out = Path(__file__).resolve().parents[1] / "stylerig_lite" / "data" / (
         "photoreal_results.json" if args.split == "evaluation" else "photoreal_validation.json")
+    if args.merge and out.exists():  # components scored by separate runs (same pairs) go into one file
+        previous = json.loads(out.read_text())
+        if (previous["seed"], previous["count"]) == (seed, args.count):
+            for method, per_component in previous["methods"].items():
+                for component, result in per_component.items():
+                    results["methods"].setdefault(method, {}).setdefault(component, result)
     atomic_write_json(out, results)
     print(f"wrote {out}")
     if args.export and args.split == "evaluation":
