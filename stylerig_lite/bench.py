@@ -540,7 +540,7 @@ def bench_edit(args: argparse.Namespace) -> dict:
 def _bench_edit_photoreal(args: argparse.Namespace) -> dict:
     """``bench edit --generator ffhq``: the photoreal editor (latent F, its RigNets, 256-px frames), state path.
 
-    ``frame_ms``: slider change -> new 256-px frame (RigNet + generator + preview + PNG encoding), ``generator_ms``:
+    ``frame_ms``: jaw slider change -> new 256-px frame (RigNet + generator + preview + PNG encoding), ``generator_ms``:
     one 256-px generator pass, interleaved; ``overhead_ratio`` = (frame - generator) / generator.
     """
     from stylerig_lite import editing, pretrained
@@ -548,14 +548,14 @@ def _bench_edit_photoreal(args: argparse.Namespace) -> dict:
     from stylerig_lite.morphable import load_face_model
 
     G = pretrained.photoreal_generator()
-    rigs = {c: pretrained.rignet(c, generator="ffhq") for c in editing.RIG_COMPONENTS}
+    rigs = {c: pretrained.rignet(c, generator="ffhq") for c in pretrained.PHOTOREAL_RIGS}
     state = editing.EditorState(G, rigs, pretrained.latent_f("ffhq"), load_face_model(progress=False), seed=0,
                                 preview_size=args.preview_size, image_size=256)
-    yaw0 = min(max(state.slider_value("yaw"), -45.0), 45.0)
-    values, counter, frames = [yaw0 + 10.0, yaw0 - 10.0], iter(range(10**9)), []
+    # the jaw slider (no photoreal pose RigNet is embedded): a RigNet, the generator and the preview per frame
+    values, counter, frames = [0.6, 0.1], iter(range(10**9)), []
 
     def frame_update():
-        state.set_slider("yaw", values[next(counter) % 2])
+        state.set_slider("jawOpen", values[next(counter) % 2])
         frame = state.compute_frame(estimate=False)
         editing.frame_pngs(frame)
         frames.append(frame)

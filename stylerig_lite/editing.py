@@ -684,7 +684,7 @@ class EditorApp:
         if generator not in pretrained.GENERATOR_NAMES:
             raise KeyError(f"unknown generator {generator!r}; expected one of {list(pretrained.GENERATOR_NAMES)}")
         rigs = {}
-        for component in RIG_COMPONENTS:
+        for component in (RIG_COMPONENTS if generator == "faceworld" else pretrained.PHOTOREAL_RIGS):
             try:
                 rigs[component] = loader(component, generator=generator)
             except (pretrained.WeightsError, KeyError, FileNotFoundError) as error:  # one missing: edit the others

@@ -477,10 +477,11 @@ def photoreal_edits_figure(seeds: Sequence[int] = (4, 12)):
     from .editing import EditorState
     from .morphable import load_face_model
 
-    rigs = {c: pretrained.rignet(c, generator="ffhq") for c in RIG_COMPONENTS}
+    rigs = {c: pretrained.rignet(c, generator="ffhq") for c in pretrained.PHOTOREAL_RIGS}
     state = EditorState(pretrained.photoreal_generator(), rigs, pretrained.latent_f("ffhq"),
                         load_face_model(progress=False), image_size=256)
-    fig, _ = judged_sweeps_figure(state, seeds, PHOTOREAL_SWEEPS, scale=1.5)
+    sweeps = [s for s in PHOTOREAL_SWEEPS if s[0] != "yaw"]  # no photoreal pose RigNet is embedded
+    fig, _ = judged_sweeps_figure(state, seeds, sweeps, scale=1.5)
     return fig
 
 

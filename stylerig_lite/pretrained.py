@@ -40,6 +40,7 @@ __all__ = [
     "latent_f",
     "MANIFEST",
     "photoreal_generator",
+    "PHOTOREAL_RIGS",
     "read_manifest",
     "rignet",
     "sha256_of",
@@ -60,9 +61,14 @@ EMBEDDED = {
     # The latent F (W+ -> 3DMM parameters) of each generator: latent_f_faceworld, latent_f_ffhq.
     "latent_f_faceworld": ("latent_f_faceworld.pt", "latent_f"),
     "latent_f_ffhq": ("latent_f_ffhq.pt", "latent_f"),
-    # The photoreal generator's RigNets: rignet_ffhq_pose, rignet_ffhq_expression, rignet_ffhq_light.
-    **{f"rignet_ffhq_{component}": (f"rignet_ffhq_{component}.pt", "rignet") for component in RIG_COMPONENTS},
+    # The photoreal generator's RigNets: rignet_ffhq_expression, rignet_ffhq_light (see PHOTOREAL_RIGS).
+    **{f"rignet_ffhq_{component}": (f"rignet_ffhq_{component}.pt", "rignet") for component in ("expression", "light")},
 }
+
+#: The components with an embedded photoreal RigNet. The pose RigNets trained through the photoreal latent F
+#: failed their validation (the judge found no face in about half of the edited images: chapter 4, section 11),
+#: so none is embedded; the photoreal editor's pose sliders move only the 3DMM preview.
+PHOTOREAL_RIGS = ("expression", "light")
 
 
 class WeightsError(RuntimeError):
@@ -173,6 +179,11 @@ def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None, gener
     if path is not None:
         return RigNet.load(path)
     if generator == "ffhq":  # the photoreal generator's RigNets carry their generator's record in the file
+        if component not in PHOTOREAL_RIGS:
+            raise KeyError(f"no embedded photoreal {component} RigNet: the trained ones failed their validation "
+                           f"(chapter 4, section 11); the photoreal RigNets are {list(PHOTOREAL_RIGS)}. Train one with "
+                           f"`stylerig-lite train-rignet --generator ffhq --component {component} --corpus DIR` and "
+                           "pass path=")
         return RigNet.load(embedded_path(f"rignet_ffhq_{component}"))
     name = f"rignet_{component}"
     net = RigNet.load(embedded_path(name))

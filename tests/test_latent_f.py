@@ -9,6 +9,7 @@ Bad input: W (not W+) latents, NaN, another generator's latents or corpus.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -400,3 +401,14 @@ def test_style_mixed_corpus_items_are_reproducible_and_mixed(tmp_path):
         assert not torch.allclose(items["w"][k, c:], plain["w"][k, c:])  # after it: another latent's
     with pytest.raises(ValueError, match="mixing probability"):
         corpus_mod.mixing_plan(0, 0, 2, G.num_ws, 1.5)
+
+
+def test_evaluate_f_command_prints_the_metrics(capsys):
+    from stylerig_lite import cli
+
+    assert cli.main(["evaluate-f", "--generator", "faceworld", "--count", "6", "--json", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"] == 6 and result["source"].startswith("held-out pairs")
+    for key in ("landmark_nme_median", "photometric_mae_255", "yaw_agreement_deg_median"):
+        assert math.isfinite(result[key]), key
+    assert cli.main(["evaluate-f", "--generator", "faceworld", "--latent-f", "missing.pt"]) == 2

@@ -40,13 +40,24 @@ def scores(held_out):
 
 def test_manifest_lists_every_embedded_file_with_its_hash():
     manifest = pretrained.read_manifest()
-    for name in ("generator", "face_estimator", "evaluation_estimator"):
+    for name in pretrained.EMBEDDED:  # every network the package names is committed, hashed and explained
         entry = manifest[name]
         path = pretrained.WEIGHTS_DIR / entry["file"]
         assert pretrained.sha256_of(path) == entry["sha256"], name
         assert entry["command"] and isinstance(entry["seed"], int)
     total = sum(p.stat().st_size for p in pretrained.WEIGHTS_DIR.iterdir())
-    assert total < 30e6, f"embedded weights take {total / 1e6:.1f} MB; the budget is 30 MB"
+    assert total < 60e6, f"embedded weights take {total / 1e6:.1f} MB; the budget is 60 MB"
+
+
+def test_latent_fs_are_bound_to_their_generators():
+    from stylerig_lite.io_utils import GeneratorMismatchError
+
+    faceworld = pretrained.latent_f("faceworld")
+    faceworld.check_generator(pretrained.generator())
+    with pytest.raises(GeneratorMismatchError, match="latent F"):
+        faceworld.check_generator(pretrained.photoreal_generator())
+    with pytest.raises(KeyError, match="unknown generator"):
+        pretrained.latent_f("celeba")
 
 
 def test_corrupt_or_missing_weights_give_clear_errors(tmp_path, monkeypatch):

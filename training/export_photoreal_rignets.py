@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--methods", default="linear,rignet")
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--merge", action="store_true", help="keep the other components' results already in the file")
+    parser.add_argument("--label", default="", help="validation runs: a suffix for the output file (one per candidate)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seed = ev.VALIDATION_SEED if args.split == "validation" else ev.DEFAULT_SEED
@@ -73,7 +74,7 @@ def main() -> None:
             print(f"{method}/{component}: {json.dumps(result.get('judge', {}))[:300]} "
                   f"identity {result['preservation'].get('identity_distance')}", file=sys.stderr)
     out = Path(__file__).resolve().parents[1] / "stylerig_lite" / "data" / (
-        "photoreal_results.json" if args.split == "evaluation" else "photoreal_validation.json")
+        "photoreal_results.json" if args.split == "evaluation" else f"photoreal_validation{args.label}.json")
     if args.merge and out.exists():  # components scored by separate runs (same pairs) go into one file
         previous = json.loads(out.read_text())
         if (previous["seed"], previous["count"]) == (seed, args.count):
