@@ -1218,7 +1218,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         named = args.generator in (None, "faceworld", "ffhq")
         context = MethodContext(evalset, corpus=args.corpus, ridge=args.ridge,
                                 fit_count=args.fit_count or (QUICK_FIT_COUNT if quick else DEFAULT_FIT_COUNT),
-                                options={"rignet_dir": args.rignet_dir, "generator_name": args.generator or "faceworld",
+                                options={"rignet_dir": args.rignet_dir,
+                                         "generator_name": "ffhq" if photoreal else "faceworld",
                                          "generator_file_sha256": None if named else sha256_file(args.generator)})
         results: Dict[str, Dict[str, Any]] = {}
         for name in names:
