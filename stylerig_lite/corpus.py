@@ -838,6 +838,16 @@ class CorpusDataset(torch.utils.data.Dataset):
             "index": int(self.index[index]),
         }
 
+    def render_batch(self, rows: torch.Tensor, size: int) -> Dict[str, torch.Tensor]:
+        """Rows as the rendering losses see them: ``w`` float, ``images`` ``[n, 3, size, size]`` in [0, 1]
+        (area-averaged from the stored size), ``landmarks`` (the detected ones, scaled to ``size``), ``params``."""
+        stored = int(self.images.shape[1])
+        images = (from_uint8(self.images[rows]) + 1) / 2
+        if size != stored:
+            images = nnf.interpolate(images, size=(size, size), mode="area")
+        return {"w": self.w[rows].float(), "images": images,
+                "landmarks": self.detected_landmarks[rows].float() * (size / stored), "params": self.params[rows]}
+
     def float_images(self, index: Any = slice(None)) -> torch.Tensor:
         """Images ``[n, 3, H, W]`` in [-1, 1] for an index or slice of items."""
         return from_uint8(self.images[index].reshape(-1, *self.images.shape[1:]))

@@ -129,9 +129,8 @@ def latent_f_metrics(F: Any, ws: torch.Tensor, images: torch.Tensor, detected: t
     import torch.nn.functional as nnf
 
     from . import morphable
-    from .face_render import default_camera
+    from .face_render import default_camera, render_face
     from .losses import LOSS_PARTS, crop_face_model
-    from .face_render import render_face
 
     if model is None:
         model = morphable.load_face_model(progress=False)
@@ -218,7 +217,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     from . import pretrained
-    from .corpus import CorpusDataset, from_uint8
+    from .corpus import CorpusDataset
+    from .io_utils import module_sha256
     from .latent_f import LatentF
 
     if args.threads:
@@ -229,11 +229,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         F.check_generator(G)
         if args.corpus:
             data = CorpusDataset(args.corpus)
-            if data.manifest["generator_sha256"] != _module_sha(G):
+            if data.manifest["generator_sha256"] != module_sha256(G):
                 raise ValueError(f"{args.corpus} is a corpus of another generator than {args.generator!r}")
-            n = min(args.count, len(data))
-            pairs = {"w": data.w[:n], "images": (from_uint8(data.images[:n]) + 1) / 2,
-                     "detected_landmarks": data.detected_landmarks[:n], "face_found": data.face_found[:n]}
+            rows = torch.arange(min(args.count, len(data)))
+            batch = data.render_batch(rows, int(data.images.shape[1]))
+            pairs = {"w": batch["w"], "images": batch["images"], "detected_landmarks": batch["landmarks"],
+                     "face_found": data.face_found[rows]}
         else:
             pairs = held_out_pairs(args.generator, args.count, G=G)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
@@ -250,10 +251,3 @@ def run_from_args(args: argparse.Namespace) -> int:
         for key, value in metrics.items():
             print(f"{key:28s} {value}")
     return 0
-
-
-def _module_sha(G: Any) -> str:
-    from .io_utils import module_sha256
-
-    return module_sha256(G)
-

@@ -57,17 +57,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
-import torch.nn.functional as nnf
 
 from . import morphable
 from .checks import positive_int
 from .config import config_from_preset
-from .corpus import CorpusDataset, CorpusError, from_uint8
+from .corpus import CorpusDataset, CorpusError
 from .evaluate_f import latent_f_metrics
 from .face_render import default_camera, render_face
-from .io_utils import GeneratorMismatchError, atomic_torch_save, load_checkpoint_file
+from .io_utils import GeneratorMismatchError, atomic_torch_save, load_checkpoint_file, module_sha256
 from .latent_f import LatentF, LatentFConfig, output_statistics
-from .losses import LOSS_PARTS, DEFAULT_REGULARISATION, RenderLoss, crop_face_model, parameter_regulariser
+from .losses import (LOSS_PARTS, DEFAULT_REGULARISATION, RenderLoss, crop_face_model, landmark_weights,
+                     parameter_regulariser)
 from .params import SLICES
 from .seeding import batch_indices, derive_seed
 
@@ -130,8 +130,7 @@ def get_config(name: str = "faceworld", **overrides: Any) -> TrainConfig:
 
 def landmark_term_weights(contour_weight: float) -> torch.Tensor:
     """``[68]`` weights of the landmark term: the paper's 66 (60 and 64 get 0), the contour at ``contour_weight``."""
-    weights = torch.ones(68)
-    weights[:17] = float(contour_weight)
+    weights = landmark_weights(jaw=contour_weight)
     weights[[60, 64]] = 0.0
     return weights
 
@@ -150,16 +149,6 @@ def training_split(data: CorpusDataset, validation_items: int) -> Dict[str, Any]
         raise CorpusError(f"{data.root}: no training items with a detected face ({len(data)} items, "
                           f"{validation_items} for validation); make a larger corpus")
     return {"train": train_rows, "validation": rows[found & validation], "skipped": int((~found).sum())}
-
-
-def _batch(data: CorpusDataset, rows: torch.Tensor, size: int) -> Dict[str, torch.Tensor]:
-    """Latents, images ``[b, 3, size, size]`` in [0, 1] and detected landmarks scaled to ``size``."""
-    stored = data.images.shape[1]
-    images = (from_uint8(data.images[rows]) + 1) / 2
-    if size != stored:
-        images = nnf.interpolate(images, size=(size, size), mode="area")
-    return {"w": data.w[rows].float(), "images": images, "landmarks": data.detected_landmarks[rows] * (size / stored),
-            "params": data.params[rows]}
 
 
 def fit_framing(model: Any, landmarks: torch.Tensor, image_size: int, *, steps: int = 300) -> Dict[str, Any]:
@@ -211,8 +200,6 @@ def train(corpus: Union[str, os.PathLike, CorpusDataset], out: Union[str, os.Pat
     data = corpus if isinstance(corpus, CorpusDataset) else CorpusDataset(corpus)
     identity = _corpus_identity(data)
     if G is not None:
-        from .io_utils import module_sha256
-
         if module_sha256(G) != identity["generator_sha256"]:
             raise GeneratorMismatchError(f"{data.root} is a corpus of another generator than the one passed "
                                          f"({config.generator!r}); make its corpus with `stylerig-lite make-corpus "
@@ -275,7 +262,7 @@ def train(corpus: Union[str, os.PathLike, CorpusDataset], out: Union[str, os.Pat
     def validate() -> Dict[str, Any]:
         net.eval()
         rows = split["validation"]
-        batch = _batch(data, rows, config.image_size)
+        batch = data.render_batch(rows, config.image_size)
         metrics = latent_f_metrics(net, batch["w"], batch["images"], batch["landmarks"],
                                    torch.ones(len(rows), dtype=torch.bool), model=model)
         net.train()
@@ -285,7 +272,7 @@ def train(corpus: Union[str, os.PathLike, CorpusDataset], out: Union[str, os.Pat
     try:
         while step < config.steps:
             rows = split["train"][batch_indices(config.seed, step, config.batch, len(split["train"]))]
-            batch = _batch(data, rows, config.image_size)
+            batch = data.render_batch(rows, config.image_size)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, step)
             params = net(batch["w"])

@@ -79,7 +79,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as nnf
 from torch import nn
 
 from . import distributed
@@ -287,14 +286,8 @@ class PairSource:
 
     def _latent_sample(self, index: torch.Tensor) -> RigSample:
         """Corpus rows as the latent F's losses see them: ``p_w = F(w)``, the image and its detected landmarks."""
-        from .corpus import from_uint8
-
-        stored = int(self.corpus.images.shape[1])
-        w = self.corpus.w[index].float()
-        images = (from_uint8(self.corpus.images[index]) + 1) / 2  # [n, 3, S, S] in [0, 1]
-        if self.render_size != stored:
-            images = nnf.interpolate(images, size=(self.render_size, self.render_size), mode="area")
-        landmarks = self.corpus.detected_landmarks[index].float() * (self.render_size / stored)
+        batch = self.corpus.render_batch(index, self.render_size)
+        w, images, landmarks = batch["w"], batch["images"], batch["landmarks"]
         if self.device.type != "cpu":
             w, images, landmarks = w.to(self.device), images.to(self.device), landmarks.to(self.device)
         return RigSample(w, images, self.F(w), landmarks)
