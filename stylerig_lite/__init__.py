@@ -36,8 +36,9 @@ Floor 2, networks: the models, each one readable file (``stylegan2`` a package o
   - ``reconstruction``   F, the face reconstruction network (ch. 3)
   - ``latent_f``         the paper's F: W+ latents -> 3DMM parameters, an MLP (ch. 3)
   - ``rignet``           RigNet (ch. 4)
+  - ``encoder``          the photo encoder: an aligned face crop -> a first guess of its w (ch. 6)
   - ``baselines``        the linear latent-direction baseline, a peer of RigNet (ch. 2, 4)
-  - ``pretrained``       the embedded, hash-checked weights of all of them (ch. 2-5)
+  - ``pretrained``       the embedded, hash-checked weights of all of them (ch. 2-6)
 
 Floor 3, data: what the networks are trained and judged on.
   - ``datasets``         FaceWorld shards with exact labels (ch. 3, appendix A)
@@ -55,9 +56,11 @@ Floor 5, training: the loops behind the commands, resumable and distributed.
   - ``train_f``          ``stylerig-lite train-f`` (ch. 3)
   - ``train_latent_f``   ``stylerig-lite train-latent-f``: the latent F, self-supervised (ch. 3)
   - ``train_rignet``     ``stylerig-lite train-rignet`` (ch. 4)
+  - ``train_encoder``    ``stylerig-lite train-encoder``: the photo encoder, on a photoreal corpus (ch. 6)
 
 Floor 6, app: what a reader sees and touches.
   - ``editing``          the slider editor for Jupyter, Colab and Voila (ch. 5)
+  - ``photo``            edit a photograph: align, embed into W+, rig, paste back (ch. 6)
   - ``plotting``         figure helpers of every chapter (ch. 1-5)
 
 Floor 7, tools: entry points.

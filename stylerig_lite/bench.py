@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|rignet|distributed|gan|photoreal] [--json]``.
+"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|rignet|distributed|gan|photoreal|photo] [--json]``.
 
 Each benchmark is a subcommand registered in ``BENCHMARKS``; without one, all run.
 
@@ -29,6 +29,11 @@ runs in a fresh process after ``--warmup`` steps. ``--reference DIR`` (a source 
 ``stylerig_lite/``, e.g. ``git archive HEAD | tar -x -C DIR``) times that code in alternation with this
 one and prints the ratio of the medians; ``--json`` gives ``images_per_s``, ``cpu_images_per_s`` and,
 with a reference, ``ref_*`` and ``speedup`` (CPU-time ratio).
+
+``photo``: ``stylerig-lite edit-photo --example astronaut --yaw 15`` end to end (read, align, embed with
+``--steps`` steps, edit, paste back; no measurements), beside one embedding step and one 256-px generator
+forward pass timed in the same run: ``seconds`` (goal: under 60 s on two cores), ``embed_step_ms``,
+``generator_ms`` and ``step_over_generator`` (what a step's backward and loss terms cost in forward passes).
 
 ``photoreal``: the photoreal MobileStyleGAN (:mod:`~stylerig_lite.mobilestylegan`), one image (batch 1,
 forward, no autograd) at 1024 px: ours vs the OpenVINO runtime in f32 on the same IR, same threads, the
@@ -821,6 +826,53 @@ def _add_photoreal_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the 256-px PSNR (default 3)")
 
 
+def bench_photo(args: argparse.Namespace) -> dict:
+    """edit-photo on the astronaut end to end, and one embedding step vs one generator pass (interleaved)."""
+    import os
+
+    from stylerig_lite import photo
+
+    networks = photo.default_networks(components=("pose",))
+    G, encoder = networks["G"], networks["encoder"]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    result = photo.edit_photo(photo.example_photo("astronaut"), {"yaw": 15.0}, networks=networks,
+                              config=photo.EmbedConfig(steps=args.steps), measure=False)
+    seconds = time.perf_counter() - started
+    crop, landmarks = result.aligned.crop, result.aligned.landmarks
+    one_step = photo.EmbedConfig(steps=1)
+    step_ms, g_ms = [], []
+    w = result.embedding.w
+    for _ in range(args.repeats):
+        step_ms.append(_time(lambda: photo.embed(G, crop, encoder, latent_f=networks["latent_f"],
+                                                 face_model=networks["face_model"], landmarks=landmarks,
+                                                 config=one_step), 1, 0)["ms"])
+        with torch.no_grad():
+            g_ms.append(_time(lambda: G.synthesis(w, noise_mode="const", resolution=256), 1, 0)["ms"])
+    step, g = statistics.median(step_ms), statistics.median(g_ms)
+    return {"benchmark": "photo", "seconds": round(seconds, 1), "steps": args.steps,
+            "embed_seconds": result.metrics["embed_seconds"], "embed_step_ms": round(step, 1),
+            "generator_ms": round(g, 1), "step_over_generator": round(step / g, 2),
+            "goal": {"seconds_below": 60.0}, "threads": torch.get_num_threads(), "repeats": args.repeats,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _print_photo(result: dict) -> None:
+    print(f"photo: edit-photo --example astronaut --yaw 15, {result['steps']} embedding steps, {result['threads']} "
+          f"threads, load average {result['load_average_before'][0]} before / {result['load_average_after'][0]} after")
+    print(f"  end to end {result['seconds']:.1f} s (embedding {result['embed_seconds']:.1f} s; goal < 60 s)")
+    print(f"  one embedding step {result['embed_step_ms']:.0f} ms = {result['step_over_generator']:.2f} x one "
+          f"256-px generator pass ({result['generator_ms']:.0f} ms)")
+
+
+def _add_photo_args(parser: argparse.ArgumentParser) -> None:
+    from stylerig_lite.photo import EmbedConfig
+
+    parser.add_argument("--steps", type=int, default=EmbedConfig.steps, help="embedding steps (default: edit-photo's)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed embedding steps and generator passes (default 3)")
+
+
 def bench_rignet(args: argparse.Namespace) -> dict:
     """A RigNet training step through the latent F vs through G and the image F, same pairs, interleaved."""
     from stylerig_lite import pretrained
@@ -910,6 +962,8 @@ BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict
                _add_rignet_args),
     "photoreal": (bench_photoreal, _print_photoreal, "MobileStyleGAN 1024 px: ours vs OpenVINO f32, and our 256 px",
                   _add_photoreal_args),
+    "photo": (bench_photo, _print_photo, "edit-photo end to end, and one embedding step vs one generator pass",
+              _add_photo_args),
 }
 
 

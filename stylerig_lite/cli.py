@@ -61,6 +61,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-rignet": ("train (or resume) a RigNet for pose, expression or light", "stylerig_lite.train_rignet"),
     "judge": ("the independent judge: calibrate it, or report its accuracy against exact labels and F",
               "stylerig_lite.judge"),
+    "train-encoder": ("train (or resume) the photo encoder, aligned face crop -> w, on a photoreal corpus",
+                      "stylerig_lite.train_encoder"),
+    "edit-photo": ("edit a photograph: align the face, embed it into W+, apply the photoreal RigNets",
+                   "stylerig_lite.photo"),
     "evaluate": ("score editing methods (target error and preservation, judged by E) or the generator's quality",
                  "stylerig_lite.evaluate"),
 }

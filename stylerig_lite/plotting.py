@@ -30,6 +30,7 @@ __all__ = [
     "SWEEP_READINGS",
     "PHOTOREAL_SWEEPS",
     "photoreal_edits_figure",
+    "photo_edit_figure",
     "SLIDER_SWEEPS",
     "to_numpy_image",
     "to_unit",
@@ -482,6 +483,45 @@ def photoreal_edits_figure(seeds: Sequence[int] = (4, 12)):
                         load_face_model(progress=False), image_size=256)
     sweeps = [s for s in PHOTOREAL_SWEEPS if s[0] != "yaw"]  # no photoreal pose RigNet is embedded
     fig, _ = judged_sweeps_figure(state, seeds, sweeps, scale=1.5)
+    return fig
+
+
+def photo_edit_figure(edit: Any, *, start_image: Optional[torch.Tensor] = None, captions: Optional[dict] = None):
+    """Chapter 6's figure of a :class:`~stylerig_lite.photo.PhotoEdit`: the photo with its FFHQ square and
+    dlib's points, the aligned crop, (the encoder's guess,) the embedding, the edit and the pasted photo.
+
+    ``start_image``: ``G(E(x))`` ``[1, 3, S, S]`` in [-1, 1], shown when given; ``captions``: panel name ->
+    a line under its title (e.g. the measured PSNR). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from .photo import crop_to_photo
+
+    captions = captions or {}
+    size = edit.aligned.crop.shape[-1]
+    panels = [("photo", None), ("aligned crop", edit.aligned.crop)]
+    if start_image is not None:
+        panels.append(("encoder's guess", start_image))
+    panels += [("embedding", edit.embedding.image), ("edit", edit.edited)]
+    if edit.pasted is not None:
+        panels.append(("pasted back", None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels), 2.5))
+    for ax, (name, image) in zip(axes, panels):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if name == "photo":
+            ax.imshow(to_numpy_image(edit.photo))
+            corners = crop_to_photo(torch.tensor([[0.0, 0], [size, 0], [size, size], [0, size], [0, 0]]),
+                                    edit.aligned.transform).numpy() - 0.5
+            ax.plot(corners[:, 0], corners[:, 1], color="yellow", linewidth=1)
+            overlay_landmarks(ax, edit.aligned.photo_landmarks, size=2)
+        elif name == "pasted back":
+            ax.imshow(to_numpy_image(edit.pasted))
+        else:
+            ax.imshow(to_numpy_image(((image[0] + 1) / 2).clamp(0, 1)))
+        title = name + (f"\n{captions[name]}" if name in captions else "")
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
     return fig
 
 

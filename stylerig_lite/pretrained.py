@@ -39,6 +39,7 @@ __all__ = [
     "GENERATOR_NAMES",
     "latent_f",
     "MANIFEST",
+    "photo_encoder",
     "photoreal_generator",
     "PHOTOREAL_RIGS",
     "read_manifest",
@@ -63,6 +64,8 @@ EMBEDDED = {
     "latent_f_ffhq": ("latent_f_ffhq.pt", "latent_f"),
     # The photoreal generator's RigNets: rignet_ffhq_expression, rignet_ffhq_light (see PHOTOREAL_RIGS).
     **{f"rignet_ffhq_{component}": (f"rignet_ffhq_{component}.pt", "rignet") for component in ("expression", "light")},
+    # The photo encoder of the photoreal generator (aligned crop -> first guess of w; stylerig_lite.encoder).
+    "photo_encoder_ffhq": ("photo_encoder_ffhq.pt", "encoder"),
 }
 
 #: The components with an embedded photoreal RigNet. The pose RigNets trained through the photoreal latent F
@@ -207,6 +210,13 @@ def latent_f(generator: str = "faceworld", path: Optional[Union[str, os.PathLike
     return LatentF.load(path if path is not None else embedded_path(f"latent_f_{generator}"))
 
 
+def photo_encoder(path: Optional[Union[str, os.PathLike]] = None):
+    """The photoreal generator's photo encoder (:mod:`stylerig_lite.encoder`), eval mode, frozen."""
+    from .encoder import PhotoEncoder
+
+    return PhotoEncoder.load(path if path is not None else embedded_path("photo_encoder_ffhq"))
+
+
 @functools.lru_cache(maxsize=4)
 def embedded_generator_sha256(file_sha256: Optional[str] = None) -> str:
     """:func:`~stylerig_lite.io_utils.module_sha256` of the embedded generator (loaded once, then cached).
@@ -270,6 +280,12 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         net = LatentF.load(checkpoint)
         net.save(out, half=True)
         # The network's own record (the generator's module sha256 and file sha256) travels in the file too.
+        extra = {"generator_module_sha256": net.generator_sha256, "generator_file_sha256": net.generator_file_sha256}
+    elif EMBEDDED[name][1] == "encoder":
+        from .encoder import PhotoEncoder
+
+        net = PhotoEncoder.load(checkpoint)
+        net.save(out, half=True)
         extra = {"generator_module_sha256": net.generator_sha256, "generator_file_sha256": net.generator_file_sha256}
     elif EMBEDDED[name][1] == "rignet":
         from .rignet import RigNet

@@ -176,7 +176,8 @@ def test_the_floor_reader_reads_the_docstring():
 
 
 NOTEBOOKS = {"1": "01_3dmm_basics", "2": "02_corpus_generation", "3": "03_differentiable_rendering",
-             "4": "04_rignet_training", "5": "05_interactive_editing", "A": "A_faceworld"}
+             "4": "04_rignet_training", "5": "05_interactive_editing", "6": "06_editing_a_photograph",
+             "A": "A_faceworld"}
 
 
 def _chapters_from_docstring() -> Dict[str, List[str]]:
