@@ -56,6 +56,7 @@ __all__ = [
     "embed",
     "edit_photo",
     "example_photo",
+    "upload_editor",
     "psnr_db",
 ]
 
@@ -546,6 +547,49 @@ def default_networks(components: Sequence[str] = ("pose", "expression", "light")
         rigs[component] = pretrained.rignet(component, generator="ffhq")
     return {"G": pretrained.photoreal_generator(), "encoder": pretrained.photo_encoder(),
             "latent_f": pretrained.latent_f("ffhq"), "face_model": load_face_model(progress=False), "rigs": rigs}
+
+
+def upload_editor(components: Sequence[str] = ("pose", "expression")):
+    """An ipywidgets box: upload a portrait, pick a yaw turn and a smile, see :func:`edit_photo`'s result.
+
+    For Colab and Jupyter (chapter 6, section 6): the photo never leaves the kernel. Errors of
+    :func:`load_photo` and :func:`align_face` are printed in the box, not raised.
+    """
+    import io as _io
+
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from .plotting import photo_edit_figure
+
+    upload = W.FileUpload(accept="image/*", multiple=False, description="your photo")
+    yaw = W.FloatSlider(value=15, min=-30, max=30, step=1, description="yaw turn")
+    smile = W.FloatSlider(value=0.0, min=0, max=1, step=0.05, description="smile")
+    out = W.Output()
+    networks: Dict[str, Any] = {}
+
+    def on_upload(change: Dict[str, Any]) -> None:
+        files = change["new"]
+        if not files:
+            return
+        first = files[0] if isinstance(files, (tuple, list)) else next(iter(files.values()))
+        with out:
+            out.clear_output()
+            try:
+                image, notes = load_photo(Image.open(_io.BytesIO(bytes(first["content"]))))
+                networks.update(networks or default_networks(components))
+                edit = edit_photo(image, {"yaw": yaw.value, "smile": smile.value}, networks=networks, measure=False)
+            except (PhotoError, OSError, Image.UnidentifiedImageError) as error:
+                print(f"could not edit this photo: {error}")
+                return
+            for note in edit.notes:
+                print(f"note: {note}")
+            photo_edit_figure(edit)
+            plt.show()
+
+    upload.observe(on_upload, names="value")
+    return W.VBox([W.HBox([upload, yaw, smile]), out])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ several faces, a face too small, NaN, an encoder of another generator.
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import numpy as np
@@ -311,3 +312,11 @@ def test_edit_photo_cli_errors(capsys):
         photo.edit_photo(photo.example_photo(), {"yawn": 3}, networks={})
     with pytest.raises(ValueError, match="finite"):
         photo.edit_photo(photo.example_photo(), {"yaw": float("nan")}, networks={})
+
+
+def test_upload_editor_reports_a_file_that_is_not_an_image(capsys):
+    box = photo.upload_editor()
+    upload = box.children[0].children[0]
+    upload.value = ({"name": "notes.txt", "type": "text/plain", "size": 12, "content": memoryview(b"not an image"),
+                     "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
+    assert "could not edit this photo" in capsys.readouterr().out
