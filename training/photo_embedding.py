@@ -1,11 +1,11 @@
 """Choose the photo embedding's settings on validation faces, then measure the astronaut with them.
 
-    python training/photo_embedding.py --corpus runs/corpus_ffhq [--count 6] [--priors 0,0.01,0.1,1] [--steps 60]
+    python training/photo_embedding.py --corpus runs/corpus_ffhq [--count 3] [--configs LR:PRIOR,...] [--steps 60]
         [--encoder runs/encoder/encoder.pt] [--pose runs/pose_rec30/rignet_pose.pt] [--out stylerig_lite/data/photo_embedding.json]
 
 Validation faces: generated images of the photoreal corpus's validation split (corpus index < 500,
 never trained on by the encoder), aligned from dlib's landmarks exactly as a photo is. For each weight
-of the editability prior (``EmbedConfig.w_prior``) every face is embedded for ``--steps`` steps; the
+of the editability prior and learning rate (``EmbedConfig.w_prior``, ``lr``; ``--configs``) every face is embedded for ``--steps`` steps; the
 pixel term's history gives PSNR against the step count, and at the end the code is edited by +15°
 yaw and the judge reads the change. The astronaut (``--example``) is the evaluation photo: it is
 measured once, with the settings chosen here, as ``stylerig-lite edit-photo --example astronaut
@@ -35,16 +35,19 @@ from stylerig_lite.morphable import load_face_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="runs/corpus_ffhq")
-    parser.add_argument("--count", type=int, default=6)
+    parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--priors", default="0,0.01,0.1,1")
+    parser.add_argument("--configs", default="0.05:0,0.05:0.01,0.05:0.1,0.1:0.01",
+                        help="comma-separated LR:W_PRIOR pairs of EmbedConfig to compare")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--encoder", default=None, help="default: the embedded one")
     parser.add_argument("--pose", default=None, help="the photoreal pose RigNet (default: the embedded one)")
     parser.add_argument("--yaw", type=float, default=15.0)
     parser.add_argument("--astronaut-steps", type=int, default=None, help="default: EmbedConfig's")
     parser.add_argument("--astronaut-prior", type=float, default=None, help="default: EmbedConfig's")
+    parser.add_argument("--astronaut-lr", type=float, default=None, help="default: EmbedConfig's")
     parser.add_argument("--skip-validation", action="store_true")
+    parser.add_argument("--skip-astronaut", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("stylerig_lite/data/photo_embedding.json"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -62,9 +65,10 @@ def main() -> None:
         rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed))[:args.count]]
         faces = [photo.align_face((data.float_images(int(r))[0] + 1) / 2) for r in rows]
         validation = {"rows": [int(data.index[r]) for r in rows], "steps": args.steps, "yaw_deg": args.yaw,
-                      "priors": {}}
-        for prior in (float(p) for p in args.priors.split(",")):
-            config = photo.EmbedConfig(steps=args.steps, w_prior=prior)
+                      "configs": {}}
+        for pair in args.configs.split(","):
+            lr, prior = (float(x) for x in pair.split(":"))
+            config = photo.EmbedConfig(steps=args.steps, lr=lr, w_prior=prior)
             per_face = []
             for face in faces:
                 started = time.time()
@@ -73,12 +77,17 @@ def main() -> None:
                 per_face.append(_edit_and_read(nets, emb, face, args.yaw, judge, meter)
                                 | {"psnr_by_step": [round(10 * math.log10(4 / m), 3) for m in emb.history["pixel"]],
                                    "seconds": round(time.time() - started, 1)})
-                print(f"prior {prior}: {per_face[-1]['embed_psnr_db']:.2f} dB, yaw change "
+                print(f"lr {lr}, prior {prior}: {per_face[-1]['embed_psnr_db']:.2f} dB, yaw change "
                       f"{per_face[-1]['yaw_change_deg']:.1f}", file=sys.stderr)
-            validation["priors"][str(prior)] = _summary(per_face)
+            validation["configs"][f"lr {lr:g}, w_prior {prior:g}"] = {"lr": lr, "w_prior": prior,
+                                                                        **_summary(per_face)}
+            atomic_write_json(args.out.with_suffix(".partial.json"), validation)
         results["validation"] = validation
-    config = photo.EmbedConfig(**{k: v for k, v in (("steps", args.astronaut_steps), ("w_prior", args.astronaut_prior))
-                                  if v is not None})
+    chosen = (("steps", args.astronaut_steps), ("w_prior", args.astronaut_prior), ("lr", args.astronaut_lr))
+    config = photo.EmbedConfig(**{k: v for k, v in chosen if v is not None})
+    if args.skip_astronaut:
+        atomic_write_json(args.out, results)
+        return
     started = time.time()
     result = photo.edit_photo(photo.example_photo("astronaut"), {"yaw": args.yaw}, config=config, networks=nets,
                               paste=True, measure=True)
