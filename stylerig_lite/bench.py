@@ -556,7 +556,7 @@ def _bench_edit_photoreal(args: argparse.Namespace) -> dict:
     rigs = {c: pretrained.rignet(c, generator="ffhq") for c in pretrained.PHOTOREAL_RIGS}
     state = editing.EditorState(G, rigs, pretrained.latent_f("ffhq"), load_face_model(progress=False), seed=0,
                                 preview_size=args.preview_size, image_size=256)
-    # the jaw slider (no photoreal pose RigNet is embedded): a RigNet, the generator and the preview per frame
+    # the jaw slider: a RigNet, the generator and the preview per frame
     values, counter, frames = [0.6, 0.1], iter(range(10**9)), []
 
     def frame_update():

@@ -481,8 +481,7 @@ def photoreal_edits_figure(seeds: Sequence[int] = (4, 12)):
     rigs = {c: pretrained.rignet(c, generator="ffhq") for c in pretrained.PHOTOREAL_RIGS}
     state = EditorState(pretrained.photoreal_generator(), rigs, pretrained.latent_f("ffhq"),
                         load_face_model(progress=False), image_size=256)
-    sweeps = [s for s in PHOTOREAL_SWEEPS if s[0] != "yaw"]  # no photoreal pose RigNet is embedded
-    fig, _ = judged_sweeps_figure(state, seeds, sweeps, scale=1.5)
+    fig, _ = judged_sweeps_figure(state, seeds, PHOTOREAL_SWEEPS, scale=1.5)
     return fig
 
 
@@ -494,8 +493,6 @@ def photo_edit_figure(edit: Any, *, start_image: Optional[torch.Tensor] = None, 
     a line under its title (e.g. the measured PSNR). Returns the figure.
     """
     import matplotlib.pyplot as plt
-
-    from .photo import crop_to_photo
 
     captions = captions or {}
     size = edit.aligned.crop.shape[-1]
@@ -511,8 +508,9 @@ def photo_edit_figure(edit: Any, *, start_image: Optional[torch.Tensor] = None, 
         ax.set_yticks([])
         if name == "photo":
             ax.imshow(to_numpy_image(edit.photo))
-            corners = crop_to_photo(torch.tensor([[0.0, 0], [size, 0], [size, size], [0, size], [0, 0]]),
-                                    edit.aligned.transform).numpy() - 0.5
+            t = edit.aligned.transform  # crop pixels -> photo pixels (photo.crop_to_photo)
+            corners = torch.tensor([[0.0, 0], [size, 0], [size, size], [0, size], [0, 0]]) @ t[:, :2].T + t[:, 2]
+            corners = corners.numpy() - 0.5
             ax.plot(corners[:, 0], corners[:, 1], color="yellow", linewidth=1)
             overlay_landmarks(ax, edit.aligned.photo_landmarks, size=2)
         elif name == "pasted back":

@@ -92,8 +92,11 @@ def main() -> None:
             options = "" if config.get("edit_layers") is None else f" --edit-layers {config['edit_layers']}"
             if config.get("steps") != 4000:
                 options += f" --steps {config['steps']}"
+            if config.get("w_rec", 1.0) != 1.0:
+                options += f" --w-rec {config['w_rec']:g}"
             metrics = {m: results["methods"][m].get(component) for m in results["methods"]}
-            pretrained.export(f"rignet_ffhq_{component}", path, command=TRAIN.format(c=component, options=options),
+            command = TRAIN.format(c=component, options=options).replace("runs/rignet_ffhq/", f"{args.runs}/")
+            pretrained.export(f"rignet_ffhq_{component}", path, command=command,
                               seed=int(config.get("seed", 0)), metrics={"evaluate": metrics},
                               notes="photoreal MobileStyleGAN (FFHQ), trained through its latent F at 64 px")
             print(f"embedded rignet_ffhq_{component}")
