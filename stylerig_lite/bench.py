@@ -267,6 +267,10 @@ def bench_corpus(args: argparse.Namespace) -> dict:
     from stylerig_lite import pretrained
     from stylerig_lite.corpus import make_corpus
 
+    if getattr(args, "generator", "faceworld") == "ffhq":
+        args.batch, args.count = args.batch or 8, args.count or 48
+        return _bench_corpus_photoreal(args)
+    args.batch, args.count = args.batch or 64, args.count or 256
     try:
         G, F, weights = pretrained.generator(), pretrained.face_estimator(), "embedded"
     except (pretrained.WeightsError, FileNotFoundError):
@@ -291,15 +295,74 @@ def bench_corpus(args: argparse.Namespace) -> dict:
     }
 
 
+def _bench_corpus_photoreal(args: argparse.Namespace) -> dict:
+    """``bench corpus --generator ffhq``: photoreal pairs per second with landmarks, 1 and 2 processes.
+
+    Each case runs ``stylerig-lite make-corpus --generator ffhq`` as a child (under ``torchrun``
+    for more than one process) with ``cores // processes`` threads per process, on the same
+    machine, one after the other, alternating the cases for ``--repeats`` rounds. The rate is the
+    manifest's ``seconds_per_1000`` (rank 0's own shards: generator, landmarks and writing,
+    without the start-up that loads the networks), times the number of processes.
+    """
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    cores = args.cores or os.cpu_count() or 1
+    runs: Dict[int, List[float]] = {p: [] for p in args.processes}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    cli = shutil.which("stylerig-lite") or "stylerig-lite"
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for processes in args.processes:
+                threads = max(1, cores // processes)
+                out = f"{tmp}/p{processes}_r{r}"
+                command = [cli, "make-corpus", "--generator", "ffhq", "--count", str(args.count * processes),
+                           "--out", out, "--batch", str(args.batch), "--shard-size", str(args.batch),
+                           "--threads", str(threads), "--quiet"]
+                if processes > 1:
+                    command = ["torchrun", "--standalone", f"--nproc-per-node={processes}", "--no-python",
+                               *command]
+                print(f"  {processes} process(es) x {threads} thread(s), round {r + 1} ...", file=sys.stderr,
+                      flush=True)
+                subprocess.run(command, check=True, env={**env, "OMP_NUM_THREADS": str(threads)},
+                               stdout=subprocess.DEVNULL)
+                with open(f"{out}/manifest.json") as f:
+                    manifest = json.load(f)
+                runs[processes].append(processes * 1000.0 / manifest["seconds_per_1000"])
+    rates = {p: statistics.median(v) for p, v in runs.items()}
+    base = rates.get(1)
+    return {
+        "benchmark": "corpus", "generator": "ffhq", "image_size": 256,
+        "pairs_per_s": {str(p): round(v, 3) for p, v in rates.items()},
+        "speedup_vs_1": {str(p): round(v / base, 2) for p, v in rates.items()} if base else None,
+        "runs": {str(p): [round(x, 3) for x in v] for p, v in runs.items()},
+        "pairs_per_process": args.count, "batch": args.batch, "cores": cores,
+    }
+
+
 def _print_corpus(result: dict) -> None:
+    if result.get("generator") == "ffhq":
+        rates = ", ".join(f"{p} process(es) {v} pairs/s" for p, v in result["pairs_per_s"].items())
+        print(f"corpus (photoreal, 256 px, landmarks, {result['cores']} cores): {rates}; "
+              f"speed-up {result['speedup_vs_1']}")
+        return
     print(f"corpus: {result['pairs_per_s']} pairs/s ({result['count']} pairs in {result['seconds']} s, batch "
           f"{result['batch']}, W+ {result['num_ws']}x{result['w_dim']}, {result['weights']} weights, "
           f"{result['threads']} threads)")
 
 
 def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--count", type=int, default=256, help="pairs to sample (default 256)")
-    parser.add_argument("--batch", type=int, default=64, help="images per G/F batch (default 64)")
+    parser.add_argument("--count", type=int, default=None,
+                        help="pairs to sample (default 256; ffhq: 48 per process)")
+    parser.add_argument("--batch", type=int, default=None, help="images per G/F batch (default 64; 8 for ffhq)")
+    parser.add_argument("--generator", choices=("faceworld", "ffhq"), default="faceworld",
+                        help="faceworld (default: in this process) or ffhq: make-corpus children, 1 and 2 processes")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
+                        help="ffhq: process counts to compare (default 1 2)")
+    parser.add_argument("--cores", type=int, default=None, help="ffhq: cores to share out (default: all)")
+    parser.add_argument("--repeats", type=int, default=1, help="ffhq: rounds of the cases (default 1)")
 
 
 _GAN_STEP_CHILD = r"""

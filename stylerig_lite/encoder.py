@@ -44,8 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from .checks import assert_finite, assert_shape
-from .io_utils import (CheckpointError, GeneratorBinding, atomic_torch_save,
-                       load_checkpoint_file)
+from .io_utils import (CheckpointError, GeneratorBinding, atomic_torch_save, checkpoint_state,
+                       load_network_file)
 from .reconstruction import ResidualBlock
 
 __all__ = ["EncoderConfig", "PhotoEncoder", "get_config", "jitter", "CHECKPOINT_FORMAT", "PRESETS"]
@@ -182,13 +182,10 @@ class PhotoEncoder(nn.Module, GeneratorBinding):
 
     @classmethod
     def from_checkpoint(cls, data: Dict[str, Any]) -> "PhotoEncoder":
-        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise CheckpointError(f"not a photo-encoder checkpoint: expected format {CHECKPOINT_FORMAT!r}, "
-                                  f"found {found!r}")
+        state = checkpoint_state(data, CHECKPOINT_FORMAT, "photo-encoder checkpoint")
         try:
             net = cls(EncoderConfig.from_dict(data["config"]))
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()})
+            net.load_state_dict(state)
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             raise CheckpointError(f"corrupt photo-encoder checkpoint ({type(error).__name__}: {error})") from None
         return net.record_generator(data.get("generator_sha256"), file_sha256=data.get("generator_file_sha256"))
@@ -196,15 +193,9 @@ class PhotoEncoder(nn.Module, GeneratorBinding):
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, map_location: Any = "cpu", frozen: bool = True) -> "PhotoEncoder":
         """An encoder saved by :meth:`save` or a training checkpoint; eval mode, frozen by default."""
-        path = Path(path)
-        data = load_checkpoint_file(path, "photo-encoder checkpoint", map_location=map_location,
-                                    hint=f"train one with `stylerig-lite train-encoder --out {path}`")
-        if isinstance(data, dict) and "encoder" in data and data.get("format") != CHECKPOINT_FORMAT:
-            data = data["encoder"]
-        net = cls.from_checkpoint(data).eval()
-        if frozen:
-            net.requires_grad_(False)
-        return net
+        return load_network_file(cls.from_checkpoint, path, what="photo-encoder checkpoint", fmt=CHECKPOINT_FORMAT,
+                                 nested_key="encoder", map_location=map_location, frozen=frozen,
+                                 hint=f"train one with `stylerig-lite train-encoder --out {path}`")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,9 +42,11 @@ from .checks import assert_shape
 __all__ = [
     "PathLike",
     "CheckpointError",
+    "checkpoint_state",
     "FolderLockedError",
     "folder_lock",
     "load_checkpoint_file",
+    "load_network_file",
     "module_sha256",
     "GeneratorBinding",
     "GeneratorMismatchError",
@@ -213,6 +215,41 @@ def load_checkpoint_file(source: Union[PathLike, BinaryIO], what: str = "checkpo
             raise
         reason = f"truncated or corrupt ({_first_sentence(error)})"
     raise CheckpointError(f"{name} is not a readable {what}: {reason}. Replace it with a good copy{suffix}") from None
+
+
+def checkpoint_state(data: Any, fmt: str, what: str) -> Dict[str, Any]:
+    """The state dict of checkpoint ``data`` (floating tensors as float32), after checking its ``format``.
+
+    Raises :class:`CheckpointError` naming ``what`` ("latent-F checkpoint") when ``data`` is not a
+    dict whose ``format`` is ``fmt`` or holds no ``state_dict``. Networks saved in fp16 (the
+    embedded weights) come back in float32, the precision every network here computes in.
+    """
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"not a {what}: expected format {fmt!r}, found {found!r}")
+    state = data.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"corrupt {what}: it holds no state_dict (found {type(state).__name__})")
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_network_file(from_checkpoint: Callable[[Dict[str, Any]], torch.nn.Module], path: PathLike, *,
+                      what: str, fmt: str, nested_key: str, hint: str = "", map_location: Any = "cpu",
+                      frozen: bool = True) -> torch.nn.Module:
+    """A network from a file that :meth:`save` wrote, or from a training checkpoint that nests it.
+
+    ``from_checkpoint`` builds the network from the saved dict; a training checkpoint (whose own
+    ``format`` is not ``fmt``) holds that dict under ``nested_key``. The network comes back in
+    eval mode and, when ``frozen``, with ``requires_grad`` off (what the book's users want from a
+    pretrained network). Errors as :func:`load_checkpoint_file`, with ``hint`` saying how to make one.
+    """
+    data = load_checkpoint_file(path, what, hint=hint, map_location=map_location)
+    if isinstance(data, dict) and nested_key in data and data.get("format") != fmt:
+        data = data[nested_key]
+    net = from_checkpoint(data).eval()
+    if frozen:
+        net.requires_grad_(False)
+    return net
 
 
 # ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Floor: networks. In StyleRig the differentiable face reconstruction network read
 ELU after each hidden layer (Tewari et al., CVPR 2020, section 4). It is trained once,
 self-supervised, on the corpus of ``(w, I_w)`` pairs by rendering ``F(w)`` against ``I_w``
 and its detected landmarks (:mod:`stylerig_lite.train_latent_f`); RigNet is then trained
-through it, so no generator runs inside RigNet's loop. Chapter 3's image F
+through it, so no generator runs inside RigNet's loop. Chapter 3b's image F
 (:mod:`stylerig_lite.reconstruction`) reads images instead and is trained on FaceWorld's
 exact labels; this one needs no labels, which is why it also exists for the photoreal
 generator, whose faces have none.
@@ -30,7 +30,8 @@ an untrained F returns ``param_mean``: the mean face, framed like the generator'
 What it cannot see: F reads w only. Everything of ``I_w`` that w fixes through the
 generator (hair, background) is invisible to the 3DMM anyway; but F has seen only latents
 from the mapping network (equal W+ rows), and RigNet's edited ŵ have unequal rows, outside
-that distribution: chapter 3 measures how far its readings drift there.
+that distribution: chapter 3b (``notebooks/03b_face_reconstruction.ipynb``) measures how far
+its readings drift there.
 
 A latent F belongs to one generator: it records the generator's sha256 and
 :meth:`LatentF.check_generator` refuses another's latents (:class:`~stylerig_lite.io_utils.
@@ -50,7 +51,7 @@ from torch import nn
 from . import morphable
 from .checks import assert_finite, assert_shape
 from .io_utils import (CheckpointError, GeneratorBinding, GeneratorMismatchError, atomic_torch_save,  # noqa: F401
-                       load_checkpoint_file)
+                       checkpoint_state, load_network_file)
 from .morphable import NUM_PARAMS, FaceParams, ParamDistribution
 
 __all__ = [
@@ -232,11 +233,8 @@ class LatentF(nn.Module, GeneratorBinding):
 
     @classmethod
     def from_checkpoint(cls, data: Dict[str, Any]) -> "LatentF":
-        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise CheckpointError(f"not a latent-F checkpoint: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
+        state = checkpoint_state(data, CHECKPOINT_FORMAT, "latent-F checkpoint")
         try:
-            state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
             net = cls(LatentFConfig.from_dict(data["config"]), param_mean=state["param_mean"],
                       param_scale=state["param_scale"])
             net.load_state_dict(state)
@@ -246,13 +244,7 @@ class LatentF(nn.Module, GeneratorBinding):
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, map_location: Any = "cpu", frozen: bool = True) -> "LatentF":
-        """Load a latent F saved by :meth:`save` (or a training checkpoint); eval mode, frozen by default."""
-        path = Path(path)
-        data = load_checkpoint_file(path, "latent-F checkpoint", map_location=map_location,
-                                    hint=f"train one with `stylerig-lite train-latent-f --out {path}`")
-        if isinstance(data, dict) and "latent_f" in data and data.get("format") != CHECKPOINT_FORMAT:
-            data = data["latent_f"]  # a training checkpoint holds the network under this key
-        net = cls.from_checkpoint(data).eval()
-        if frozen:
-            net.requires_grad_(False)
-        return net
+        """Load a latent F saved by :meth:`save` (or a training checkpoint, which nests it); eval mode, frozen."""
+        return load_network_file(cls.from_checkpoint, path, what="latent-F checkpoint", fmt=CHECKPOINT_FORMAT,
+                                 nested_key="latent_f", map_location=map_location, frozen=frozen,
+                                 hint=f"train one with `stylerig-lite train-latent-f --out {path}`")

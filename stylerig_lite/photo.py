@@ -54,6 +54,7 @@ __all__ = [
     "crop_to_photo",
     "paste_back",
     "embed",
+    "edit_embedding",
     "edit_photo",
     "example_photo",
     "upload_editor",
@@ -180,21 +181,10 @@ def detect_faces(photo: torch.Tensor) -> List[Tuple[float, torch.Tensor]]:
 
     Photos with a shorter side under 512 px are searched once more upsampled 2x when nothing is found.
     """
-    from .landmarks import require_dlib
+    from .landmarks import require_dlib, shared_detector
 
-    dlib, models = require_dlib("photo alignment")
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(models.pose_predictor_model_location())
-    image = _to_uint8(photo)
-    boxes = detector(image, 0)
-    if not len(boxes) and min(image.shape[:2]) < 512:
-        boxes = detector(image, 1)
-    faces = []
-    for box in boxes:
-        parts = predictor(image, box).parts()
-        points = torch.tensor([[p.x + 0.5, p.y + 0.5] for p in parts], dtype=torch.float32)
-        faces.append((float(box.area()), points))
-    return sorted(faces, key=lambda f: -f[0])
+    require_dlib("photo alignment")
+    return shared_detector().faces(_to_uint8(photo))
 
 
 def ffhq_quad(points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -486,7 +476,7 @@ def edit_photo(photo: Any, sliders: Mapping[str, float], *, config: Optional[Emb
     'face_model', 'rigs'}`` to use instead of the embedded ones (tests, your own training).
     ``measure``: the issue's metrics (needs dlib and, for the yaw change, MediaPipe).
     """
-    from .editing import EditorState, slider_spec
+    from .editing import slider_spec
 
     start_time = time.perf_counter()
     for name, value in sliders.items():
@@ -501,19 +491,7 @@ def edit_photo(photo: Any, sliders: Mapping[str, float], *, config: Optional[Emb
     embedding = embed(G, aligned.crop, nets["encoder"], latent_f=nets.get("latent_f"),
                       face_model=nets.get("face_model"), landmarks=aligned.landmarks, config=config,
                       progress=progress)
-    missing = sorted({slider_spec(n).component for n in sliders} - set(nets["rigs"]))
-    if missing:
-        raise KeyError(f"no RigNet for {missing} on this generator (have {sorted(nets['rigs'])}); "
-                       "drop those sliders or pass networks= with one")
-    state = EditorState(G, nets["rigs"], nets["latent_f"], None, image_size=CROP_SIZE)
-    state.set_latent(embedding.w)
-    for name, value in sliders.items():
-        base = state.slider_value(name) if name in RELATIVE else 0.0
-        state.set_slider(name, base + float(value))
-        if state.message:
-            notes.append(state.message)
-    frame = state.compute_frame(estimate=False)
-    edited = frame.image[None]
+    edited, w_hat = edit_embedding(nets, embedding.w, sliders, notes=notes)
     pasted = paste_back(tensor, edited, aligned) if paste else None
     metrics: Dict[str, Any] = {"faces_found": aligned.faces_found, "embed_steps": len(embedding.history["loss"]),
                                "embed_seconds": round(embedding.seconds, 2)}
@@ -521,17 +499,43 @@ def edit_photo(photo: Any, sliders: Mapping[str, float], *, config: Optional[Emb
     if measure:
         metrics.update(_measure(aligned, embedding, edited, sliders))
     metrics["seconds"] = round(time.perf_counter() - start_time, 2)
-    return PhotoEdit(tensor, aligned, embedding, edited, frame.w_hat.detach(), pasted, metrics, notes)
+    return PhotoEdit(tensor, aligned, embedding, edited, w_hat, pasted, metrics, notes)
+
+
+def edit_embedding(networks: Mapping[str, Any], w: torch.Tensor, sliders: Mapping[str, float], *,
+                   notes: Optional[List[str]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Move the sliders on an embedded code: ``(edited image [1, 3, S, S] in [-1, 1], ŵ [1, L, 512])``.
+
+    ``networks``: ``{'G', 'latent_f', 'rigs'}`` as :func:`default_networks`; ``w [1, L, 512]`` the
+    embedding; ``sliders`` as :func:`edit_photo` (yaw and pitch relative to the photo's own pose).
+    The editor's messages (a slider clamped to its range, say) are appended to ``notes``.
+    """
+    from .editing import EditorState, slider_spec
+
+    missing = sorted({slider_spec(n).component for n in sliders} - set(networks["rigs"]))
+    if missing:
+        raise KeyError(f"no RigNet for {missing} on this generator (have {sorted(networks['rigs'])}); "
+                       "drop those sliders or pass networks= with one")
+    state = EditorState(networks["G"], networks["rigs"], networks["latent_f"], None, image_size=CROP_SIZE)
+    state.set_latent(w)
+    for name, value in sliders.items():
+        base = state.slider_value(name) if name in RELATIVE else 0.0
+        state.set_slider(name, base + float(value))
+        if state.message and notes is not None:
+            notes.append(state.message)
+    frame = state.compute_frame(estimate=False)
+    return frame.image[None], frame.w_hat.detach()
 
 
 def _measure(aligned: AlignedFace, embedding: EmbedResult, edited: torch.Tensor,
              sliders: Mapping[str, float]) -> Dict[str, Any]:
     from .identity import IdentityMeter
-    from .landmarks import LandmarkDetector
+    from .landmarks import shared_detector
 
+    identity = IdentityMeter()
     out: Dict[str, Any] = {}
-    out["identity_distance"] = round(float(IdentityMeter().distance(aligned.crop, embedding.image)[0]), 4)
-    found = LandmarkDetector().detect(embedding.image)
+    out["identity_distance"] = round(float(identity.distance(aligned.crop, embedding.image)[0]), 4)
+    found = shared_detector().detect(embedding.image)
     out["landmark_nme"] = (round(landmark_nme(found.points[0], aligned.landmarks), 4) if bool(found.found[0])
                            else float("nan"))
     if "yaw" in sliders or "pitch" in sliders:
@@ -542,7 +546,7 @@ def _measure(aligned: AlignedFace, embedding: EmbedResult, edited: torch.Tensor,
             if name in sliders:
                 change = float(readings[name][1] - readings[name][0])
                 out[f"{name}_change_deg"] = round(change, 2) if math.isfinite(change) else float("nan")
-    out["identity_distance_edit"] = round(float(IdentityMeter().distance(aligned.crop, edited)[0]), 4)
+    out["identity_distance_edit"] = round(float(identity.distance(aligned.crop, edited)[0]), 4)
     return out
 
 

@@ -76,7 +76,7 @@ from . import morphable
 from .checks import assert_finite, assert_shape
 from .morphable import NUM_PARAMS, FaceParams
 from .io_utils import (CheckpointError, GeneratorBinding, GeneratorMismatchError, atomic_torch_save,  # noqa: F401
-                       load_checkpoint_file)
+                       checkpoint_state, load_network_file)
 from .params import RIG_SLICES, rig_component
 from .params import NUM_LANDMARKS
 
@@ -422,12 +422,13 @@ class RigNet(nn.Module, GeneratorBinding):
 
     @classmethod
     def from_checkpoint(cls, data: Dict[str, Any]) -> "RigNet":
-        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise CheckpointError(f"not a RigNet checkpoint: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
-        state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
-        net = cls(RigNetConfig.from_dict(data["config"]), param_mean=state["param_mean"], param_std=state["param_std"])
-        net.load_state_dict(state)
+        state = checkpoint_state(data, CHECKPOINT_FORMAT, "RigNet checkpoint")
+        try:
+            net = cls(RigNetConfig.from_dict(data["config"]), param_mean=state["param_mean"],
+                      param_std=state["param_std"])
+            net.load_state_dict(state)
+        except (KeyError, RuntimeError, TypeError) as error:
+            raise CheckpointError(f"corrupt RigNet checkpoint ({type(error).__name__}: {error})") from None
         return net.record_generator(data.get("generator_sha256"), file_sha256=data.get("generator_file_sha256"))
 
     @classmethod
@@ -436,13 +437,9 @@ class RigNet(nn.Module, GeneratorBinding):
 
         Returns it in eval mode; ``frozen=True`` also turns off its gradients.
         """
-        path = Path(path)
-        data = load_checkpoint_file(path, "RigNet checkpoint", map_location=map_location,
-                                    hint=f"train one with `stylerig-lite train-rignet --component pose --out {path}`")
-        net = cls.from_checkpoint(data).eval()
-        if frozen:
-            net.requires_grad_(False)
-        return net
+        return load_network_file(cls.from_checkpoint, path, what="RigNet checkpoint", fmt=CHECKPOINT_FORMAT,
+                                 nested_key="rignet", map_location=map_location, frozen=frozen,
+                                 hint=f"train one with `stylerig-lite train-rignet --component pose --out {path}`")
 
 
 def _all_finite(t: torch.Tensor) -> bool:

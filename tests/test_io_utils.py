@@ -161,3 +161,29 @@ def test_folder_lock_admits_one_holder_at_a_time(tmp_path):
     killed.stdout.close()
     with io_utils.folder_lock(folder):
         pass
+
+
+@pytest.mark.parametrize("kind", ["rignet", "latent_f", "encoder"])
+def test_a_checkpoint_of_the_right_format_with_a_broken_body_is_refused_clearly(tmp_path, kind):
+    """Right ``format`` key, wrong insides (no state_dict, no config, a missing tensor): CheckpointError, not KeyError."""
+    from stylerig_lite import encoder, latent_f, rignet
+    from stylerig_lite.io_utils import CheckpointError
+
+    net, label = {
+        "rignet": (rignet.RigNet(rignet.RigNetConfig(component="pose", num_ws=6, w_dim=32, latent_dim=8)), "RigNet"),
+        "latent_f": (latent_f.LatentF(latent_f.get_config("tiny")), "latent-F"),
+        "encoder": (encoder.PhotoEncoder(encoder.get_config("tiny")), "photo-encoder"),
+    }[kind]
+    good = net.checkpoint()
+    type(net).from_checkpoint(good)  # the unbroken one loads
+    first = next(iter(good["state_dict"]))
+    broken = {
+        "no state_dict": {k: v for k, v in good.items() if k != "state_dict"},
+        "no config": {k: v for k, v in good.items() if k != "config"},
+        "a tensor missing": {**good, "state_dict": {k: v for k, v in good["state_dict"].items() if k != first}},
+    }
+    for what, data in broken.items():
+        torch.save(data, tmp_path / "broken.pt")
+        with pytest.raises(CheckpointError, match=rf"{label} checkpoint") as error:
+            type(net).load(tmp_path / "broken.pt")
+        assert "weights_only" not in str(error.value), what

@@ -25,7 +25,6 @@ import torch
 
 from stylerig_lite import photo, pretrained
 from stylerig_lite.corpus import CorpusDataset, synthesize
-from stylerig_lite.editing import EditorState
 from stylerig_lite.identity import IdentityMeter
 from stylerig_lite.io_utils import atomic_write_json
 from stylerig_lite.judge import Judge
@@ -99,10 +98,7 @@ def main() -> None:
 
 
 def _edit_and_read(nets, emb, face, yaw, judge, meter) -> dict:
-    state = EditorState(nets["G"], nets["rigs"], nets["latent_f"], None, image_size=photo.CROP_SIZE)
-    state.set_latent(emb.w)
-    state.set_slider("yaw", state.slider_value("yaw") + yaw)
-    edited = state.compute_frame(estimate=False).image[None]
+    edited, _ = photo.edit_embedding(nets, emb.w, {"yaw": yaw})
     readings = judge.read(torch.cat([emb.image, edited]), value_range=(-1, 1))
     return {"embed_psnr_db": photo.psnr_db(emb.image, face.crop),
             "start_psnr_db": photo.psnr_db(synthesize(nets["G"], emb.start, photo.CROP_SIZE), face.crop),
