@@ -34,6 +34,8 @@ import torch
 from stylerig_lite.checks import assert_finite, assert_shape
 
 __all__ = [
+    "affine_points",
+    "affine_points_inverse",
     "Camera",
     "check_finite",
     "ImageSize",
@@ -41,6 +43,21 @@ __all__ = [
 ]
 
 ImageSize = Union[int, Tuple[int, int]]
+
+
+def affine_points(points: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """Image-plane points ``[..., 2]`` (pixels) through a 2x3 affine ``transform = [A | t]``: ``A p + t``.
+
+    The photo editor keeps the crop -> photo map of an aligned face this way
+    (:func:`stylerig_lite.photo.crop_to_photo`); the figures draw the crop's square with it.
+    """
+    return points @ transform[:, :2].T + transform[:, 2]
+
+
+def affine_points_inverse(points: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`affine_points`: ``A⁻¹ (p - t)`` (``A`` inverted in float64)."""
+    inverse = torch.linalg.inv(transform[:, :2].double()).to(points.dtype)
+    return (points - transform[:, 2]) @ inverse.T
 
 
 def check_finite(tensor: torch.Tensor, name: str) -> None:

@@ -108,6 +108,7 @@ __all__ = [
     "read_shard",
     "remove_corpus",
     "run_from_args",
+    "sample_latents",
     "sample_pairs",
     "SHARD_KEYS",
     "shard_path",
@@ -265,6 +266,25 @@ def detect_stored(detector: Any, images: np.ndarray) -> Dict[str, np.ndarray]:
     confidence[~found] = np.nan
     return {"detected_landmarks": points.astype(np.float32), "landmark_confidence": confidence.astype(np.float32),
             "face_found": found}
+
+
+@torch.no_grad()
+def sample_latents(G: Any, count: int, *, seed: int = 0, start: int = 0, truncation: float = DEFAULT_TRUNCATION,
+                   batch: int = 256, stream: str = "corpus") -> torch.Tensor:
+    """The W+ latents ``[N, num_ws, w_dim]`` of items ``start .. start + count - 1`` of the corpus of ``seed``.
+
+    The mapping network only, no images: exactly the ``'w'`` that :func:`sample_pairs` (and so
+    :func:`make_corpus`) stores for these items when ``mixing`` is 0. What a latent F needs to
+    read a corpus's parameters, and so what the linear baseline is fitted on with a latent F:
+    for the photoreal generator it skips a 256-px synthesis per item.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    z = sample_z(G.z_dim, seed, start, count, stream=stream)
+    device = device_of(G)
+    ws = [G.mapping(z[i : i + batch].to(device), None, truncation_psi=truncation).float().cpu()
+          for i in range(0, count, batch)]
+    return torch.cat(ws) if ws else torch.zeros(0, G.num_ws, G.w_dim)
 
 
 @torch.no_grad()

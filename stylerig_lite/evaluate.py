@@ -57,8 +57,8 @@ import numpy as np
 import torch
 
 from .checks import assert_finite, assert_shape, assert_value_range, positive_int
-from .corpus import (CorpusDataset, CorpusError, device_of, estimate_images, module_sha256, quick_mode, sample_pairs,
-                     sample_z, synthesize)
+from .corpus import (CorpusDataset, CorpusError, device_of, estimate_images, module_sha256, quick_mode, sample_latents,
+                     sample_pairs, sample_z, synthesize)
 from .datasets import FaceWorldShards, load_or_render_dataset
 from .devices import add_device_argument, configure_cuda, resolve_device
 from .io_utils import sha256_file
@@ -81,6 +81,8 @@ __all__ = [
     "add_arguments",
     "check_component",
     "component_slice",
+    "target_distance",
+    "worst_edits",
     "COMPONENTS",
     "DEFAULT_COUNT",
     "DEFAULT_FIT_COUNT",
@@ -118,6 +120,8 @@ __all__ = [
     "TABLE_COLUMNS",
     "target_errors",
     "yaw_sweep",
+    "ESTIMATOR_ROWS",
+    "estimator_table",
 ]
 
 #: The rig components a method can edit (the paper's three RigNets).
@@ -689,6 +693,49 @@ def gain_sweep(method: EditMethod, evalset: EvalSet, component: str, gains: Sequ
     return {float(k): evaluate_method(scaled(method, k), evalset, component) for k in gains}
 
 
+def target_distance(estimated: torch.Tensor, target: torch.Tensor, component: str) -> torch.Tensor:
+    """Per-pair distance from ``target`` in the edited component, ``[N]`` (``[N, 196]`` each).
+
+    pose: mean absolute yaw, pitch and roll error in degrees; expression: mean absolute error of
+    the 53 blendshape weights; light: RMSE of the 27 SH coefficients.
+    """
+    assert_shape(estimated, [None, NUM_PARAMS], "estimated parameters")
+    assert_shape(target, [estimated.shape[0], NUM_PARAMS], "target parameters")
+    component = check_component(component)
+    diff = estimated[:, component_slice(component)] - target[:, component_slice(component)]
+    if component == "pose":
+        return torch.rad2deg(diff.abs()).mean(1)
+    if component == "expression":
+        return diff.abs().mean(1)
+    return diff.pow(2).mean(1).sqrt()
+
+
+@torch.no_grad()
+def worst_edits(method: EditMethod, evalset: EvalSet, component: str, count: int = 4) -> Dict[str, Any]:
+    """The ``count`` pairs of ``evalset`` whose edit ended farthest from its target, as E reads it.
+
+    Every pair is edited toward :meth:`EvalSet.target` by ``method(w, p_target) -> ŵ``, the edits
+    are drawn with ``evalset.G`` and read with ``evalset.E``; the distance is
+    :func:`target_distance`. Returns, for the worst pairs, worst first: ``index [count]`` (into the
+    set), ``error [count]``, images ``source`` (``G(w)``), ``donor`` (``G(v)``) and ``edited``
+    (``G(ŵ)``), each ``[count, 3, H, W]`` in [-1, 1], the parameters ``target`` and ``estimated``
+    (E's reading of the edit), ``[count, 196]`` each, and ``component``.
+    """
+    component = check_component(component)
+    if int(count) < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    count = min(int(count), len(evalset))
+    G, E, target = evalset.G, evalset.E, evalset.target(component)
+    edited = torch.cat([synthesize(G, method(w.clone(), t))
+                        for w, t in zip(evalset.w.split(evalset.batch), target.split(evalset.batch))])
+    estimated, _ = estimate_images(E, edited)
+    error = target_distance(estimated, target, component)
+    worst = error.argsort(descending=True)[:count]
+    return {"component": component, "index": worst, "error": error[worst],
+            "source": synthesize(G, evalset.w[worst]), "donor": synthesize(G, evalset.v[worst]),
+            "edited": edited[worst], "target": target[worst], "estimated": estimated[worst]}
+
+
 # ----------------------------------------------------------------------------
 # F (or E) against exact FaceWorld labels.
 
@@ -787,10 +834,9 @@ class MethodContext:
                         print(f"warning: the corpus {self.corpus} holds another estimator's parameters than F",
                               file=sys.stderr)
                     self._pairs = (data.w, data.params)
-            elif getattr(F, "reads_latents", False):
-                items = sample_pairs(G, None, self.fit_count, seed=self.fit_seed, truncation=self.evalset.truncation,
-                                     batch=self.evalset.batch, image_size=self.evalset.image_size)
-                self._pairs = (items["w"], _latent_estimates(F, items["w"], self.evalset.batch))
+            elif getattr(F, "reads_latents", False):  # no images needed: the mapping network's latents
+                ws = sample_latents(G, self.fit_count, seed=self.fit_seed, truncation=self.evalset.truncation)
+                self._pairs = (ws, _latent_estimates(F, ws, self.evalset.batch))
             else:
                 items = sample_pairs(G, F, self.fit_count, seed=self.fit_seed, truncation=self.evalset.truncation,
                                      batch=self.evalset.batch)
@@ -1235,3 +1281,40 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(results, indent=1) if args.json else format_table(results))
     return 0
+
+
+# ----------------------------------------------------------------------------
+# Chapter 3b's tables (notebooks/03b_face_reconstruction.ipynb): an image estimator scored on FaceWorld.
+
+#: The rows of :func:`estimator_table`: (key of :func:`evaluate_estimator`'s dict, label, format).
+ESTIMATOR_ROWS: Tuple[Tuple[str, str, str], ...] = (
+    ("yaw_deg_median", "yaw error, median (°)", ".2f"),
+    ("pitch_deg_median", "pitch error, median (°)", ".2f"),
+    ("roll_deg_median", "roll error, median (°)", ".2f"),
+    ("translation_cm_mean", "translation error, mean (cm)", ".2f"),
+    ("landmarks_px_mean", "landmark error, mean (px)", ".2f"),
+    ("light_rmse", "light RMSE (27 SH coefficients)", ".3f"),
+    ("jaw_open_mae", "jawOpen MAE (weight)", ".3f"),
+    ("expression_mae", "expression MAE (53 weights)", ".3f"),
+    ("identity_rmse", "identity RMSE (std. dev.)", ".2f"),
+    ("albedo_rmse", "albedo RMSE (std. dev.)", ".2f"),
+    ("photometric_face_mae_255", "photometric error, face mask (0-255)", ".1f"),
+)
+
+
+def estimator_table(columns: Dict[str, Dict[str, float]], title: str = "", *, width: int = 10) -> str:
+    """A plain-text table of estimator scores: one column per estimator, one row per :data:`ESTIMATOR_ROWS` entry.
+
+    ``columns``: name -> a metrics dict (:func:`evaluate_estimator`'s, or
+    :func:`~stylerig_lite.reconstruction.estimator_agreement`'s). A row is printed when the first column
+    has its key; a value another column lacks prints as ``-``. ``title`` heads the label column, ``width``
+    is each value column's width in characters. Returns the table (lines joined by newlines).
+    """
+    first = next(iter(columns.values()))
+    rows = [row for row in ESTIMATOR_ROWS if row[0] in first]
+    label_width = max(len(title), *(len(label) for _, label, _ in rows)) + 2
+    lines = [f"{title:{label_width}s}" + "".join(f"{name:>{width}s}" for name in columns)]
+    for key, label, fmt in rows:
+        cells = (format(scores[key], fmt) if key in scores else "-" for scores in columns.values())
+        lines.append(f"{label:{label_width}s}" + "".join(f"{cell:>{width}s}" for cell in cells))
+    return "\n".join(lines)

@@ -34,7 +34,7 @@ separate fits, for the price of one batched render per step.
 
 :func:`parameter_errors` scores a fit against known parameters (pose in
 degrees, landmark error in pixels, expression and light errors), as the tests
-and chapter 3 do.
+and chapter 3b (``notebooks/03b_face_reconstruction.ipynb``) do.
 """
 
 from __future__ import annotations

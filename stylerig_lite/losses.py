@@ -1,4 +1,4 @@
-"""The rendering loss L_render, defined once for fitting (chapter 3), F and RigNet.
+"""The rendering loss L_render, defined once for fitting (chapter 3b), F and RigNet.
 
 StyleRig scores a 3DMM parameter vector ``p`` against an image ``I`` by
 rendering ``p`` and comparing (Tewari et al., CVPR 2020)::

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
+from .camera import affine_points, affine_points_inverse
 from .checks import assert_finite, assert_shape
 
 __all__ = [
@@ -225,13 +226,12 @@ class AlignedFace:
 
 def crop_to_photo(points: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
     """Crop pixels ``[..., 2]`` -> photo pixels with an :class:`AlignedFace` ``transform``."""
-    return points @ transform[:, :2].T + transform[:, 2]
+    return affine_points(points, transform)
 
 
 def photo_to_crop(points: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
     """Photo pixels ``[..., 2]`` -> crop pixels (the inverse of :func:`crop_to_photo`)."""
-    inverse = torch.linalg.inv(transform[:, :2].double()).float()
-    return (points - transform[:, 2]) @ inverse.T
+    return affine_points_inverse(points, transform)
 
 
 def _warp(image: torch.Tensor, transform: torch.Tensor, out_size: Tuple[int, int],

@@ -1,8 +1,10 @@
 """Figure helpers shared by the chapters: image grids, overlays, curves.
 
 Images in the package are tensors ``[B, 3, H, W]`` in [0, 1] (rendered faces)
-or [-1, 1] (GAN images, converted with :func:`to_unit`). These helpers only
-draw; they never compute anything the book reports.
+or [-1, 1] (GAN images, converted with :func:`to_unit`). These helpers draw; the
+numbers the book reports are computed in :mod:`~stylerig_lite.evaluate`. A few figures
+run the networks they picture and show what they read in their own titles (the loss values
+of :func:`rig_losses_figure`, the judge's readings of :func:`judged_sweeps_figure`).
 """
 
 from __future__ import annotations
@@ -12,15 +14,23 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .camera import affine_points
 from .params import RIG_COMPONENTS
 
 __all__ = [
     "edit_grid",
+    "edit_sweep_figure",
     "image_grid",
+    "METRIC_LABELS",
+    "metric_label",
+    "rig_losses_figure",
+    "style_mixing_figure",
+    "worst_edits_figure",
     "loss_curve",
     "main",
     "overlay_landmarks",
     "overview_figure",
+    "part_map",
     "reconstruction_figure",
     "figure4",
     "latent_f_curves",
@@ -35,6 +45,17 @@ __all__ = [
     "to_numpy_image",
     "to_unit",
     "tradeoff_plot",
+    # chapters 3 and 3b
+    "estimate_scatter_figure",
+    "FIT_CURVES",
+    "fit_history_figure",
+    "images_with_difference",
+    "loss_sweep_figure",
+    "rasterization_figure",
+    "SH_FUNCTIONS",
+    "sh_basis_figure",
+    "sphere_shading_figure",
+    "triangle_zoom_figure",
 ]
 
 
@@ -95,6 +116,32 @@ def overlay_landmarks(ax, landmarks: torch.Tensor, *, colour: str = "lime", size
     ax.scatter(points[:, 0], points[:, 1], s=size, c=colour, label=label, linewidths=0)
 
 
+def part_map(ax, part_index: torch.Tensor, names: Sequence[str], *, legend: bool = True, fontsize: float = 6):
+    """Draw a part map on ``ax``: each part in its own colour, the background white, and a legend.
+
+    ``part_index [H, W]``: integers, the index into ``names`` of the part each pixel shows, -1 on
+    the background (a renderer's ``part_index``). The legend names the parts that appear, in
+    words (``head_neck`` becomes "head neck"), beside the image. Returns the axis.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    index = torch.as_tensor(part_index).detach().long().cpu()
+    colours = [plt.get_cmap("tab10")(i % 10)[:3] for i in range(len(names))]
+    image = np.ones((*index.shape, 3))
+    for i, colour in enumerate(colours):
+        image[(index == i).numpy()] = colour
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if legend:
+        present = sorted(i for i in index.unique().tolist() if 0 <= i < len(names))
+        handles = [Patch(color=colours[i], label=names[i].replace("_", " ")) for i in present]
+        ax.legend(handles=handles, fontsize=fontsize, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                  frameon=False, handlelength=1.0)
+    return ax
+
+
 def loss_curve(values: Sequence[float], *, ax=None, label: Optional[str] = None, log: bool = True):
     """Plot a training or fitting curve; returns the axis."""
     import matplotlib.pyplot as plt
@@ -134,8 +181,8 @@ def tradeoff_plot(curves: Any, *, target: str = "yaw_deg", preservation: str = "
         ax.plot(xs, ys, "o-", color=f"C{i}", label=name, markersize=4)
         for gain, x, y in points:
             ax.annotate(f"x{gain:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color=f"C{i}")
-    ax.set_xlabel(f"collateral change: {preservation}")
-    ax.set_ylabel(f"target error: {target}")
+    ax.set_xlabel(f"collateral change: {metric_label(preservation)}")
+    ax.set_ylabel(f"target error: {metric_label(target)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
@@ -293,6 +340,151 @@ def edit_grid(
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+#: Words for the result keys of :mod:`stylerig_lite.evaluate` that :func:`tradeoff_plot` puts on its axes.
+METRIC_LABELS = {
+    "yaw_deg": "yaw error (degrees)",
+    "pitch_deg": "pitch error (degrees)",
+    "roll_deg": "roll error (degrees)",
+    "jaw_open_mae": "jaw opening error (weight)",
+    "light_rmse": "light change (SH coefficients, RMSE)",
+    "albedo_rmse": "skin colour change (RMSE, standard deviations)",
+    "translation_cm": "head position change (cm)",
+    "identity_distance": "identity distance (dlib)",
+    "outside_face_mae_255": "change outside the face (0-255)",
+}
+
+
+def metric_label(key: str) -> str:
+    """A result key in words (:data:`METRIC_LABELS`); an unknown key with its underscores as spaces."""
+    return METRIC_LABELS.get(key, key.replace("_", " "))
+
+
+def style_mixing_figure(G: Any, top: torch.Tensor, left: torch.Tensor, groups: Dict[str, Sequence[int]]):
+    """Style mixing: the named groups of W+ rows from the faces on top, all other rows from the faces on the left.
+
+    ``top [T, num_ws, w_dim]`` and ``left [L, num_ws, w_dim]``: W+ latents of a generator ``G``
+    (``G.synthesis(ws, noise_mode="const")`` gives images in [-1, 1]); ``groups``: a row label
+    (e.g. ``"coarse\\n(4-8 px)"``) -> the W+ rows it swaps. The first row shows the ``top`` faces;
+    then, per group, one row per ``left`` face: that face, then it with the group's rows taken from
+    each top face. The group's name labels its middle row. Returns the figure
+    (``1 + L * len(groups)`` rows, ``T + 1`` columns).
+    """
+    import matplotlib.pyplot as plt
+
+    T, L = top.shape[0], left.shape[0]
+
+    def draw(ws: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return to_numpy_image(to_unit(G.synthesis(ws, noise_mode="const"))[0])
+
+    fig, axes = plt.subplots(1 + L * len(groups), T + 1, figsize=(1.12 * (T + 1), 1.12 * (1 + L * len(groups)) + 0.3),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].axis("off")
+    for i in range(T):
+        axes[0, i + 1].imshow(draw(top[i:i + 1]))
+    row = 1
+    for name, layers in groups.items():
+        layers = list(layers)
+        for t in range(L):
+            axes[row, 0].imshow(draw(left[t:t + 1]))
+            if t == L // 2:
+                axes[row, 0].set_ylabel(name, fontsize=8)
+            for i in range(T):
+                mixed = left[t:t + 1].clone()
+                mixed[:, layers] = top[i:i + 1, layers]  # swap one group of W+ rows
+                axes[row, i + 1].imshow(draw(mixed))
+            row += 1
+    fig.suptitle("the named layers from the top row, all others from the left column", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def rig_losses_figure(net: Any, G: Any, F: Any, render_loss: Any, face_model: Any, w: torch.Tensor, v: torch.Tensor):
+    """What StyleRig's three losses compare, for one pair of W+ latents ``w``, ``v`` (``[1, num_ws, w_dim]`` each).
+
+    Top row: ``I_w = G(w)``, ``I_v = G(v)``, the edit ``G(ŵ)`` with ``ŵ = net(w, p_v)``, and the
+    images ``L_edit`` and ``L_consist`` are measured against. Bottom row: 3DMM renderings of
+    ``p_w``, ``p_v`` and ``p̂ = F(G(ŵ))``, then the two spliced renderings pasted over their images
+    on the rendered face mask (where the photometric term looks). The title gives the three loss
+    values (:func:`~stylerig_lite.rignet.rec_loss`, ``edit_loss``, ``consistency_loss`` with
+    ``render_loss``, a :class:`~stylerig_lite.losses.RenderLoss` at F's image size). ``net``: a
+    :class:`~stylerig_lite.rignet.RigNet` of ``G``; ``F``: the image F. Returns the figure.
+    """
+    from . import rignet
+    from .face_render import default_camera, render_face
+
+    c = net.component
+    with torch.no_grad():
+        sw, sv = rignet.describe(G, F, w), rignet.describe(G, F, v)  # images as F sees them, p, landmarks
+        rec = rignet.rec_loss(net(w, c.take(sw.params)), w)
+        edited = rignet.describe(G, F, net(w, c.take(sv.params)))  # G(ŵ) and p̂
+        edit = rignet.edit_loss(render_loss, c, edited.params, sv.params, sv.image, sv.landmarks)
+        consist = rignet.consistency_loss(render_loss, c, edited.params, sw.params, sw.image, sw.landmarks)
+        plain = render_face(face_model, torch.cat([sw.params, sv.params, edited.params]),
+                            default_camera(F.config.image_size), background=1.0).image
+
+    def paste(terms: Any, image: torch.Tensor) -> torch.Tensor:
+        return torch.where(terms.render.mask > 0, terms.render.image, image)
+
+    tiles = [sw.image, sv.image, edited.image, sv.image, sw.image,
+             plain[0:1], plain[1:2], plain[2:3], paste(edit, sv.image), paste(consist, sw.image)]
+    titles = ["I_w = G(w)", "I_v = G(v)", "G(ŵ), ŵ = RigNet(w, p_v)", "I_v (L_edit)", "I_w (L_consist)",
+              "render p_w", "render p_v", "render p̂ = F(G(ŵ))", "p_v + target of p̂", "p̂ + target of p_w"]
+    return image_grid(torch.cat(tiles), ncols=5, titles=titles, scale=1.7, row_labels=["images", "3DMM renders"],
+                      suptitle=f"{c.name}: L_rec {float(rec):.3g}   L_edit {float(edit.total):.3g}   "
+                               f"L_consist {float(consist.total):.3g}")
+
+
+def edit_sweep_figure(G: Any, rig: Any, ws: torch.Tensor, targets: Sequence[torch.Tensor], labels: Sequence[str],
+                      face_model: Any, *, sources: Optional[torch.Tensor] = None,
+                      row_labels: Optional[Sequence[str]] = None, title: Optional[str] = None):
+    """Edit every face toward each target with one RigNet and draw the grid (:func:`edit_grid`).
+
+    ``ws [R, num_ws, w_dim]``: the faces; ``targets``: ``C`` parameter tensors ``[R, 196]`` (one per
+    column, one row per face); ``labels``: the ``C`` column titles; ``rig``: ``rig(ws, params) -> ŵ``
+    (:meth:`~stylerig_lite.rignet.RigNet.rig`). The first row renders the first face's targets
+    with the 3DMM; ``sources [R, 3, H, W]`` in [-1, 1] (default ``G(ws)``) fills the first column.
+    Returns ``(figure, edited)`` with ``edited [R, C, 3, H, W]`` in [-1, 1].
+    """
+    from .corpus import synthesize
+    from .face_render import default_camera, render_face
+
+    if len(targets) != len(labels):
+        raise ValueError(f"{len(targets)} targets for {len(labels)} column labels")
+    with torch.no_grad():
+        if sources is None:
+            sources = synthesize(G, ws)
+        edited = torch.stack([synthesize(G, rig(ws, t)) for t in targets], dim=1)  # [R, C, 3, H, W]
+        headers = render_face(face_model, torch.cat([t[:1] for t in targets]),
+                              default_camera(G.img_resolution), background=1.0).image
+    fig = edit_grid(to_unit(edited), sources=to_unit(sources), headers=headers, column_labels=list(labels),
+                    row_labels=row_labels, header_label="target (row 1)", suptitle=title)
+    return fig, edited
+
+
+def worst_edits_figure(worst: Dict[str, Any], face_model: Any, *, title: Optional[str] = None):
+    """The worst edits of :func:`stylerig_lite.evaluate.worst_edits`, one row each.
+
+    Columns: the face ``G(w)``, the donor of the target ``G(v)``, the edit ``G(ŵ)``, the 3DMM
+    rendering of the target and the rendering of what E reads in the edit; each row is labelled
+    with its error (degrees for the pose). Returns the figure.
+    """
+    from .face_render import default_camera, render_face
+
+    size = worst["edited"].shape[-1]
+    camera = default_camera(size)
+    with torch.no_grad():
+        renders = [render_face(face_model, worst[k], camera, background=1.0).image for k in ("target", "estimated")]
+    tiles = torch.stack([to_unit(worst["source"]), to_unit(worst["donor"]), to_unit(worst["edited"]), *renders], dim=1)
+    unit = "°" if worst["component"] == "pose" else ""
+    return edit_grid(tiles, column_labels=["face w", "donor v", "edit G(ŵ)", "target (3DMM)", "E reads"],
+                     row_labels=[f"error {float(e):.2f}{unit}" for e in worst["error"]],
+                     suptitle=title if title is not None else f"{worst['component']}: worst edits")
 
 
 def rignet_diagram(*, num_ws: int = 10, w_dim: int = 256, latent_dim: int = 32, param_dim: int = 3,
@@ -492,6 +684,7 @@ def photo_edit_figure(edit: Any, *, start_image: Optional[torch.Tensor] = None, 
     ``start_image``: ``G(E(x))`` ``[1, 3, S, S]`` in [-1, 1], shown when given; ``captions``: panel name ->
     a line under its title (e.g. the measured PSNR). Returns the figure.
     """
+
     import matplotlib.pyplot as plt
 
     captions = captions or {}
@@ -508,9 +701,9 @@ def photo_edit_figure(edit: Any, *, start_image: Optional[torch.Tensor] = None, 
         ax.set_yticks([])
         if name == "photo":
             ax.imshow(to_numpy_image(edit.photo))
-            t = edit.aligned.transform  # crop pixels -> photo pixels (photo.crop_to_photo)
-            corners = torch.tensor([[0.0, 0], [size, 0], [size, size], [0, size], [0, 0]]) @ t[:, :2].T + t[:, 2]
-            corners = corners.numpy() - 0.5
+            square = torch.tensor([[0.0, 0], [size, 0], [size, size], [0, size], [0, 0]])
+            # crop -> photo pixels (photo.crop_to_photo); imshow puts pixel centres at integers
+            corners = affine_points(square, edit.aligned.transform).numpy() - 0.5
             ax.plot(corners[:, 0], corners[:, 1], color="yellow", linewidth=1)
             overlay_landmarks(ax, edit.aligned.photo_landmarks, size=2)
         elif name == "pasted back":
@@ -573,5 +766,252 @@ def latent_f_curves(logs: dict, *, goal: Optional[float] = None, floors: Optiona
     for ax in axes:
         ax.set_xlabel("training step")
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# Chapters 3 and 3b (notebooks/03_differentiable_rendering.ipynb,
+# notebooks/03b_face_reconstruction.ipynb): the renderer's and the fit's figures.
+
+
+def rasterization_figure(image: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor, face_index: torch.Tensor,
+                         pixel: Tuple[int, int], bary: torch.Tensor, *, colours: Sequence[str] = ("tab:red", "tab:blue",
+                                                                                                   "tab:orange")):
+    """A toy rasterization: pixel centres, the triangle that wins each, and one pixel's barycentrics.
+
+    ``image [3, H, W]`` in [0, 1], the render; ``uv [V, 2]`` the projected vertices (pixels, origin at the
+    top-left corner); ``faces [T, 3]`` vertex indices (T at most ``len(colours)``); ``face_index [H, W]``
+    the winning triangle per pixel (-1: background); ``pixel`` the (row, column) whose barycentric
+    coordinates ``bary [3]`` (weights of its triangle's corners) are drawn as lines to the corners.
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    height, width = face_index.shape
+    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    ax.imshow(to_numpy_image(image), extent=(0, width, height, 0), interpolation="nearest")
+    for k, triangle in enumerate(faces.tolist()):
+        ax.add_patch(plt.Polygon(uv[triangle].numpy(), fill=False, edgecolor=colours[k], lw=2))
+    jj, ii = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    index = face_index.numpy()
+    for k in range(len(faces)):
+        ax.scatter(jj[index == k], ii[index == k], s=22, c=colours[k], edgecolors="k", linewidths=0.5)
+    ax.scatter(jj[index < 0], ii[index < 0], s=22, facecolors="none", edgecolors="grey", linewidths=0.8)
+    row, col = pixel
+    centre = np.array([col + 0.5, row + 0.5])
+    corners = uv[faces[int(face_index[row, col])]].numpy()  # [3, 2]
+    for k, (b, corner) in enumerate(zip(bary.tolist(), corners)):
+        ax.plot([centre[0], corner[0]], [centre[1], corner[1]], "k-", lw=0.7)
+        ax.text(*(0.3 * centre + 0.7 * corner), f"$b_{k}$={b:.2f}", fontsize=8,
+                bbox=dict(boxstyle="round,pad=0.15", fc="w", ec="none", alpha=0.85))
+    ax.scatter([centre[0]], [centre[1]], s=90, marker="*", c="w", edgecolors="k", linewidths=0.8, zorder=5)
+    ax.set_xticks(range(0, width + 1, 2))
+    ax.set_yticks(range(0, height + 1, 2))
+    ax.grid(color="w", lw=0.3, alpha=0.5)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_xlabel("u (pixels, to the right)")
+    ax.set_ylabel("v (pixels, down)")
+    ax.set_title("pixel centres, winning triangles, barycentrics", fontsize=9)
+    return fig
+
+
+def triangle_zoom_figure(image: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor, face_index: torch.Tensor,
+                         rows: slice, cols: slice):
+    """A render beside a zoom on a window of it with the mesh's projected triangles.
+
+    ``image [3, S, S]`` in [0, 1]; ``uv [V, 2]`` projected vertices (pixels); ``faces [F, 3]`` the
+    rendered triangles; ``face_index [S, S]`` the index into ``faces`` that wins each pixel (-1: none);
+    ``rows``, ``cols`` the window (pixel slices). In the zoom, every triangle near the window is grey,
+    those that win a pixel of the window black, and pixel centres red. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    size = image.shape[-1]
+    winners = face_index[rows, cols].unique()
+    winners = winners[winners >= 0]
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.6))
+    axes[0].imshow(to_numpy_image(image), extent=(0, size, size, 0))
+    axes[0].add_patch(plt.Rectangle((cols.start, rows.start), cols.stop - cols.start, rows.stop - rows.start,
+                                    fill=False, ec="r", lw=1.5))
+    axes[0].set_title(f"{size} px render (red: the zoomed window)", fontsize=9)
+    axes[0].axis("off")
+    axes[1].imshow(to_numpy_image(image), extent=(0, size, size, 0), interpolation="nearest")
+    centroids = uv[faces].mean(dim=1)  # [F, 2]
+    near = ((centroids[:, 0] > cols.start - 1) & (centroids[:, 0] < cols.stop + 1)
+            & (centroids[:, 1] > rows.start - 1) & (centroids[:, 1] < rows.stop + 1))
+    for triangle in faces[near]:
+        axes[1].add_patch(plt.Polygon(uv[triangle].numpy(), fill=False, edgecolor="0.35", lw=0.3))
+    for triangle in faces[winners]:
+        axes[1].add_patch(plt.Polygon(uv[triangle].numpy(), fill=False, edgecolor="k", lw=1.0))
+    jj, ii = np.meshgrid(np.arange(cols.start, cols.stop) + 0.5, np.arange(rows.start, rows.stop) + 0.5)
+    axes[1].scatter(jj, ii, s=6, c="r")
+    axes[1].set_xlim(cols.start, cols.stop)
+    axes[1].set_ylim(rows.stop, rows.start)
+    axes[1].set_xlabel("u (pixels)")
+    axes[1].set_ylabel("v (pixels)")
+    axes[1].set_title("zoom: all triangles (grey), the ones that win a pixel (black)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+#: (band l, order m, a polynomial proportional to the function) of the nine real SH functions, in the order of
+#: :func:`~stylerig_lite.shading.sh_basis_raw`.
+SH_FUNCTIONS: Tuple[Tuple[int, int, str], ...] = (
+    (0, 0, "1"), (1, -1, "y"), (1, 0, "z"), (1, 1, "x"), (2, -2, "xy"), (2, -1, "yz"), (2, 0, "3z²−1"),
+    (2, 1, "xz"), (2, 2, "x²−y²"),
+)
+
+
+def sh_basis_figure(basis: torch.Tensor, inside: torch.Tensor):
+    """The nine spherical-harmonics functions on a sphere, in a pyramid of bands (rows) and orders (columns).
+
+    ``basis [R, R, 9]``: the functions at the normals of a sphere seen by the camera; ``inside [R, R]``
+    (bool): the pixels on the sphere. Red is positive, blue negative (a shared scale). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 5, figsize=(7.5, 4.8))
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, (l, m, label) in enumerate(SH_FUNCTIONS):
+        ax = axes[l, m + 2]
+        ax.imshow(np.where(inside.numpy(), basis[..., k].numpy(), np.nan), cmap="RdBu_r", vmin=-1.1, vmax=1.1)
+        ax.set_title(f"$Y_{k}$  (l={l}, m={m:+d})\n∝ {label}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sphere_shading_figure(panels: Sequence[Tuple[str, torch.Tensor, str, float, float]], inside: torch.Tensor):
+    """Shadings of a sphere side by side, with a colour bar for the last one.
+
+    ``panels``: (title, values ``[R, R]``, colour map, lowest, highest) per panel; ``inside [R, R]``
+    (bool) the pixels on the sphere (the rest is blank). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.5 * len(panels), 2.6), squeeze=False)
+    for ax, (title, values, cmap, lo, hi) in zip(axes[0], panels):
+        shown = ax.imshow(np.where(inside.numpy(), values.numpy(), np.nan), cmap=cmap, vmin=lo, vmax=hi)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes[0, -1], fraction=0.046)
+    return fig
+
+
+def loss_sweep_figure(panels: Sequence[Tuple[str, Any, Any]], value0: float, slope: float, *,
+                      area: Optional[Tuple[Any, Any]] = None,
+                      xlabel: str = "yaw offset from the +6° error (degrees)", ylabel: str = "photometric loss"):
+    """A loss swept along one parameter, with the autograd tangent at offset 0; one panel per sweep.
+
+    ``panels``: (title, offsets ``[K]``, losses ``[K]``) per panel; ``value0`` the loss at offset 0 and
+    ``slope`` its derivative per unit offset (autograd), drawn as a red tangent; ``area``: (offsets, face-mask
+    pixels) drawn as a grey step curve on a right-hand axis of the last panel. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.75 * len(panels), 3), squeeze=False)
+    axes = axes[0]
+    for ax, (title, offsets, values) in zip(axes, panels):
+        offsets = np.asarray(offsets, dtype=float)
+        ax.plot(offsets, np.asarray(values, dtype=float), ".-", label=ylabel)
+        ax.plot(offsets, value0 + slope * offsets, "r-", lw=0.8, label="autograd tangent")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    if area is not None:
+        right = axes[-1].twinx()
+        right.step(np.asarray(area[0], dtype=float), np.asarray(area[1], dtype=float), where="mid", color="0.5",
+                   lw=1)
+        right.set_ylabel("face-mask pixels", color="0.4")
+    fig.tight_layout()
+    return fig
+
+
+def images_with_difference(images: Sequence[torch.Tensor], titles: Sequence[str], difference: torch.Tensor, *,
+                           difference_title: str, landmarks: Optional[Sequence[torch.Tensor]] = None,
+                           vmax: Optional[float] = None, colorbar_format: Optional[str] = None):
+    """Images in a row, then a difference map with a colour bar.
+
+    ``images``: ``[3, H, W]`` tensors in [0, 1] with one title each; ``landmarks``: ``[68, 2]`` pixels per
+    image, drawn in lime; ``difference [H, W]`` (e.g. the largest absolute RGB difference, 0..1) drawn in
+    magma from 0 to ``vmax`` (default: its maximum). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images) + 1
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8))
+    for k, (image, title) in enumerate(zip(images, titles)):
+        axes[k].imshow(to_numpy_image(image))
+        if landmarks is not None:
+            overlay_landmarks(axes[k], landmarks[k], size=2)
+        axes[k].set_title(title, fontsize=9)
+    difference = difference.detach().float().cpu()
+    top = float(difference.max()) if vmax is None else vmax
+    shown = axes[-1].imshow(difference.numpy(), cmap="magma", vmin=0, vmax=max(top, 1e-6))
+    axes[-1].set_title(difference_title, fontsize=9)
+    fig.colorbar(shown, ax=axes[-1], fraction=0.046, format=colorbar_format)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+#: The curves of :func:`fit_history_figure`: a fit's history key and its legend.
+FIT_CURVES = {"total": "total", "photometric": "photometric", "landmark": "landmark (before ×λ_land)",
+              "regulariser": "regulariser"}
+
+
+def fit_history_figure(history: Dict[str, Sequence[float]]):
+    """The loss terms of an analysis-by-synthesis fit against the Adam step, on a log scale.
+
+    ``history``: :attr:`~stylerig_lite.fitting.FitResult.history` (lists of per-step batch means for
+    :data:`FIT_CURVES`, and ``stage``: 0 while only pose and light move, then 1). Zeros (the prior, while
+    the shape is still the mean's) are left out; a dashed line marks the switch of stage. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    for key, label in FIT_CURVES.items():
+        values = np.asarray(history[key], dtype=float)
+        ax.plot(np.where(values > 0, values, np.nan), label=label)
+    if 1 in history["stage"]:
+        switch = list(history["stage"]).index(1)
+        ax.axvline(switch, color="k", lw=0.8, ls="--")
+        ax.text(switch + 2, 0.3, "all components move", fontsize=8)
+    ax.text(2, 0.3, "pose, light", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("Adam step")
+    ax.set_ylabel("loss (batch mean)")
+    ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 0.12))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def estimate_scatter_figure(truth: torch.Tensor, estimate: torch.Tensor, labels: Sequence[str], *,
+                            ylabel: str = "F's estimate"):
+    """One scatter plot per quantity: an estimator's reading against the truth, the diagonal, and r.
+
+    ``truth``, ``estimate`` ``[N, K]``: K quantities over N images, in the units of ``labels`` (K of
+    them). Each panel's title gives the label and the correlation r of the two columns. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    k = len(labels)
+    fig, axes = plt.subplots(1, k, figsize=(2.5 * k, 2.7), squeeze=False)
+    for j, (ax, label) in enumerate(zip(axes[0], labels)):
+        x, y = truth[:, j].float(), estimate[:, j].float()
+        r = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+        ax.scatter(x.numpy(), y.numpy(), s=5, alpha=0.6)
+        lo, hi = float(x.min()), float(x.max())
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.7)
+        ax.set_title(f"{label}\nr = {r:.2f}", fontsize=9)
+        ax.set_xlabel("true", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(ylabel, fontsize=8)
     fig.tight_layout()
     return fig

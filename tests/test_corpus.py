@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from stylerig_lite import corpus as corpus_mod
-from stylerig_lite.corpus import (CorpusDataset, CorpusError, estimate_images, make_corpus, module_sha256, sample_pairs,
-                                  shard_path, synthesize)
+from stylerig_lite.corpus import (CorpusDataset, CorpusError, estimate_images, make_corpus, module_sha256, sample_latents,
+                                  sample_pairs, shard_path, synthesize)
 from stylerig_lite.reconstruction import ReconstructionNet, tiny_config
 from stylerig_lite.stylegan2 import Generator, get_config, save_checkpoint
 
@@ -134,6 +134,8 @@ def test_items_match_resynthesis_and_estimates(tmp_path, G, F):
     torch.testing.assert_close(items["w"], data.w[4:6])
     torch.testing.assert_close(items["params"], data.params[4:6], atol=1e-5, rtol=1e-5)
     assert items["index"].tolist() == [4, 5]
+    # The latents alone (no images), as the latent F's linear baseline is fitted on: the same w.
+    torch.testing.assert_close(sample_latents(G, 2, seed=0, start=4), items["w"], atol=1e-6, rtol=1e-6)
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     batch = next(iter(loader))
     assert batch["w"].shape == (4, G.num_ws, G.w_dim) and batch["image"].shape == (4, 3, 64, 64)

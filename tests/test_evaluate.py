@@ -611,3 +611,30 @@ def test_cli_refuses_the_embedded_rignets_with_another_generator(tmp_path, capsy
     assert main(["evaluate", *common, "--methods", "rignet"]) == 2
     err = capsys.readouterr().err
     assert "this pose RigNet was trained on the generator" in err and "train-rignet" in err, err
+
+
+def test_target_distance_known_answers():
+    target = torch.zeros(2, NUM_PARAMS)
+    estimated = target.clone()
+    estimated[0, YAW], estimated[0, YAW + 1] = math.radians(2.0), math.radians(-4.0)  # mean |Δ| 2°
+    estimated[0, YAW + 3] = 5.0  # the translation is not part of the pose edit
+    estimated[1, SLICES["expression"]][:2] = 0.53  # 2 of 53 weights: mean 0.02
+    estimated[1, SLICES["light"]] = 0.1  # every coefficient: RMSE 0.1
+    torch.testing.assert_close(ev.target_distance(estimated, target, "pose"), torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(ev.target_distance(estimated, target, "expression"), torch.tensor([0.0, 0.02]))
+    torch.testing.assert_close(ev.target_distance(estimated, target, "light"), torch.tensor([0.0, 0.1]))
+
+
+def test_worst_edits_are_the_pairs_farthest_from_their_targets(fake_set):
+    """Doing nothing leaves every face where it was: the worst pairs are those whose target is farthest."""
+    worst = ev.worst_edits(lambda w, p: w, fake_set, "pose", count=3)
+    expected = ev.target_distance(fake_set.e_w, fake_set.target("pose"), "pose")
+    torch.testing.assert_close(worst["error"], expected.sort(descending=True).values[:3])
+    assert worst["component"] == "pose" and worst["index"].tolist() == expected.argsort(descending=True)[:3].tolist()
+    torch.testing.assert_close(worst["edited"], fake_set.images_w[worst["index"]])
+    torch.testing.assert_close(worst["estimated"], fake_set.e_w[worst["index"]])
+    assert worst["donor"].shape == worst["source"].shape == (3, 3, 64, 64)
+    exact = ev.worst_edits(oracle, fake_set, "light", count=2)
+    assert float(exact["error"].max()) < 1e-5  # the oracle reaches every target
+    with pytest.raises(ValueError, match="count"):
+        ev.worst_edits(oracle, fake_set, "light", count=0)

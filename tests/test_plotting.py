@@ -99,3 +99,125 @@ def test_slider_edits_figure_layout_and_content() -> None:
     bar_columns = [np.asarray(ax.images[0].get_array())[..., 0].mean(0).argmax() for ax in axes[:columns]]
     assert bar_columns == sorted(bar_columns) and bar_columns[0] < bar_columns[-1]
     plt.close(fig)
+
+
+def test_tradeoff_plot_labels_its_axes_in_words() -> None:
+    from stylerig_lite.plotting import metric_label
+
+    curves = {"rignet": {1.0: {"target_error": {"yaw_deg": 2.0}, "preservation": {"light_rmse": 0.1}}}}
+    ax = tradeoff_plot(curves, preservation="light_rmse")
+    try:
+        assert ax.get_xlabel() == "collateral change: light change (SH coefficients, RMSE)"
+        assert ax.get_ylabel() == "target error: yaw error (degrees)"
+    finally:
+        plt.close(ax.figure)
+    assert metric_label("some_new_key") == "some new key"
+
+
+def test_part_map_colours_the_parts_and_names_those_present() -> None:
+    from stylerig_lite.plotting import part_map
+
+    index = torch.full((6, 6), -1)
+    index[1:3, 1:3], index[4, :] = 0, 3
+    fig, ax = plt.subplots()
+    try:
+        part_map(ax, index, ("face", "head_neck", "mouth_interior", "teeth"))
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["face", "teeth"]
+        shown = np.asarray(ax.get_images()[0].get_array())
+        assert np.allclose(shown[0, 0], 1.0)  # the background is white
+        assert not np.allclose(shown[1, 1], shown[4, 0])  # two parts, two colours
+    finally:
+        plt.close(fig)
+
+
+class _ChannelGenerator:
+    """W+ [B, 3, 1] -> images [B, 3, 4, 4] whose channel c is W+ row c: a mixed row shows in its channel."""
+
+    num_ws, w_dim, img_resolution = 3, 1, 4
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        return ws[:, :, 0, None, None].expand(-1, -1, 4, 4).clone()
+
+
+def test_style_mixing_figure_swaps_the_named_rows() -> None:
+    from stylerig_lite.plotting import style_mixing_figure
+
+    top = torch.tensor([[0.8, 0.8, 0.8], [0.4, 0.4, 0.4]])[..., None]  # [2, 3, 1]
+    left = torch.tensor([[-0.6, -0.2, -1.0]])[..., None]  # [1, 3, 1]
+    fig = style_mixing_figure(_ChannelGenerator(), top, left, {"first": [0], "rest": [1, 2]})
+    try:
+        axes = [fig.axes[i * 3:(i + 1) * 3] for i in range(3)]  # 1 + 1 * 2 rows, 2 + 1 columns
+        assert len(fig.axes) == 9 and [row[0].get_ylabel() for row in axes[1:]] == ["first", "rest"]
+        pixel = lambda ax: np.asarray(ax.get_images()[0].get_array())[0, 0]  # noqa: E731
+        assert np.allclose(pixel(axes[1][2]), [0.7, 0.4, 0.0])  # row 0 from top face 1, the rest from the left
+        assert np.allclose(pixel(axes[2][1]), [0.2, 0.9, 0.9])  # rows 1-2 from top face 0
+        assert np.allclose(pixel(axes[1][0]), [0.2, 0.4, 0.0])  # the left face itself
+    finally:
+        plt.close(fig)
+
+
+def test_edit_sweep_figure_edits_every_face_toward_every_target(ict_mirror) -> None:
+    from editing_fakes import ToyGenerator, yaw_rig
+    from stylerig_lite.morphable import FaceParams, load_face_model
+    from stylerig_lite.plotting import edit_sweep_figure
+
+    G = ToyGenerator()
+    ws = G.mapping(torch.zeros(2, G.z_dim))
+    yaws = [-30, 0, 30]
+    targets = [FaceParams.neutral(2).with_angles_deg(yaw=y).to_vector() for y in yaws]
+    fig, edited = edit_sweep_figure(G, yaw_rig, ws, targets, [f"yaw {y}" for y in yaws],
+                                    load_face_model(progress=False), row_labels=["a", "b"], title="pose")
+    try:
+        assert edited.shape == (2, 3, 3, 32, 32)
+        assert len(fig.axes) == 3 * 4 and fig._suptitle.get_text() == "pose"
+        assert [ax.get_title() for ax in fig.axes[1:4]] == ["yaw -30", "yaw 0", "yaw 30"]
+        assert fig.axes[1].get_ylabel() == "target (row 1)" and fig.axes[8].get_ylabel() == "b"
+        bar = [int(edited[0, c, 0].mean(0).argmax()) for c in range(3)]  # the toy's bar moves right with yaw
+        assert bar == sorted(bar) and bar[0] < bar[-1]
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="column labels"):
+        edit_sweep_figure(G, yaw_rig, ws, targets, ["one"], None)
+
+
+def test_worst_edits_figure_labels_each_row_with_its_error(ict_mirror) -> None:
+    from stylerig_lite.morphable import FaceParams, load_face_model
+    from stylerig_lite.plotting import worst_edits_figure
+
+    params = FaceParams.neutral(2).to_vector()
+    worst = {"component": "pose", "error": torch.tensor([7.25, 3.5]), "source": _images(2, 3, 16, 16) * 2 - 1,
+             "donor": _images(2, 3, 16, 16) * 2 - 1, "edited": _images(2, 3, 16, 16) * 2 - 1,
+             "target": params, "estimated": params}
+    fig = worst_edits_figure(worst, load_face_model(progress=False))
+    try:
+        assert len(fig.axes) == 2 * 5 and fig._suptitle.get_text() == "pose: worst edits"
+        assert [ax.get_title() for ax in fig.axes[:5]] == ["face w", "donor v", "edit G(ŵ)", "target (3DMM)",
+                                                            "E reads"]
+        assert [fig.axes[5 * r].get_ylabel() for r in range(2)] == ["error 7.25°", "error 3.50°"]
+    finally:
+        plt.close(fig)
+
+
+def test_rig_losses_figure_shows_the_three_terms(ict_mirror) -> None:
+    """With an untrained RigNet (the identity) L_rec is exactly 0 and G(ŵ) is G(w)."""
+    from stylerig_lite import pretrained, rignet
+    from stylerig_lite.face_render import default_camera
+    from stylerig_lite.losses import RenderLoss
+    from stylerig_lite.morphable import load_face_model
+    from stylerig_lite.plotting import rig_losses_figure
+
+    G, F, face_model = pretrained.generator(), pretrained.face_estimator(), load_face_model(progress=False)
+    z = G.sample_z(2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ws = G.mapping(z)
+    net = rignet.RigNet(rignet.RigNetConfig.for_generator(G, "pose"))
+    fig = rig_losses_figure(net, G, F, RenderLoss(face_model, default_camera(F.config.image_size)), face_model,
+                            ws[:1], ws[1:])
+    try:
+        assert len(fig.axes) == 10
+        assert [ax.get_title() for ax in fig.axes[:3]] == ["I_w = G(w)", "I_v = G(v)", "G(ŵ), ŵ = RigNet(w, p_v)"]
+        assert fig._suptitle.get_text().startswith("pose: L_rec 0   L_edit ")
+        image = lambda k: np.asarray(fig.axes[k].get_images()[0].get_array())  # noqa: E731
+        assert np.allclose(image(0), image(2))  # the untrained RigNet changes nothing
+    finally:
+        plt.close(fig)

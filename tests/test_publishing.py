@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Optional
 
@@ -639,3 +640,74 @@ def test_built_chapter_4_shows_its_result_table_as_html() -> None:
     html = page.read_text(encoding="utf-8")
     assert "| method | pose" not in html, "a Markdown table was rendered as text (nb_render_markdown_format)"
     assert re.search(r"<table[^>]*>.*?pose: yaw error", html, re.S)
+
+
+# ------------------------------------------------------------------------------- numbered figures
+
+# Elements that have no end tag: never on the stack of open elements.
+VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class _FigureParser(HTMLParser):
+    """Finds the ``<img>`` of a page's article (``<main>``) that are not inside a ``<figure>`` whose caption
+    carries Sphinx's number (``<span class="caption-number">Fig. 3 </span>``). A badge (an image inside a
+    link to Colab, Binder or a shields badge) is not a figure."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, dict[str, str], Optional[dict[str, Any]]]] = []
+        self.images: list[tuple[str, Optional[dict[str, Any]]]] = []
+
+    def _inside(self, tag: str) -> list[dict[str, str]]:
+        return [attrs for name, attrs, _ in self.stack if name == tag]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+        attributes = {k: v or "" for k, v in attrs}
+        figure = next((f for _, _, f in reversed(self.stack) if f is not None), None)
+        if tag == "img":
+            links = " ".join(a.get("href", "") for a in self._inside("a")) + " " + attributes.get("src", "")
+            badge = re.search(r"colab\.research\.google\.com|mybinder\.org|shields\.io|badge", links)
+            if self._inside("main") and not badge:
+                self.images.append((attributes.get("src", "")[:80], figure))
+        elif tag == "span" and figure is not None and self._inside("figcaption"):
+            if "caption-number" in attributes.get("class", "").split():
+                figure["numbered"] = True
+        if tag not in VOID_ELEMENTS:
+            self.stack.append((tag, attributes, {"numbered": False} if tag == "figure" else None))
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self.stack) - 1, -1, -1):  # tolerant: close up to the matching element
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                return
+
+
+def images_without_numbered_figure(html: str) -> list[str]:
+    """The ``src`` (shortened) of every article image of ``html`` that has no numbered figure caption."""
+    parser = _FigureParser()
+    parser.feed(html)
+    parser.close()
+    return [src for src, figure in parser.images if figure is None or not figure["numbered"]]
+
+
+def test_figure_check_finds_images_without_numbered_captions() -> None:
+    page = """<html><body><main><article>
+<a href="https://colab.research.google.com/github/o/r"><img src="https://colab.research.google.com/badge.svg"></a>
+<figure id="fig-1"><div class="cell_output"><img src="a.png"></div>
+<figcaption><p><span class="caption-number">Fig. 1 </span><span class="caption-text">A.</span></p></figcaption></figure>
+<figure><img src="b.png"><figcaption><p>no number</p></figcaption></figure>
+<div class="cell_output"><p><img src="c.png"></div>
+</article></main><footer><img src="logo.png"></footer></body></html>"""
+    assert images_without_numbered_figure(page) == ["b.png", "c.png"]
+
+
+@pytest.mark.parametrize("path", TOC_NOTEBOOKS, ids=[p.name for p in TOC_NOTEBOOKS])
+def test_built_chapter_images_sit_in_numbered_figures(path: Path) -> None:
+    """Every picture of a chapter page is a figure with a numbered caption (the cells' `mystnb.figure`
+    metadata, checked in the sources by tests/test_repository.py)."""
+    page = built_site() / "notebooks" / f"{path.stem}.html"
+    if not page.is_file():
+        pytest.skip(f"{page.relative_to(REPO)} is not in the built book: run `make book`")
+    bare = images_without_numbered_figure(page.read_text(encoding="utf-8"))
+    assert not bare, (f"{page.name}: {len(bare)} image(s) outside a figure with a numbered caption (give the "
+                      f"cell a caption in its metadata, one figure per cell): {bare[:10]}")

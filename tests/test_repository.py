@@ -3,7 +3,9 @@
 Notebooks: committed without outputs; a Colab badge with the notebook's own path; install
 the package only on Colab, from this repository (it is not on PyPI); read quick mode from
 ``STYLERIG_LITE_QUICK``; chapters follow the skeleton (title, "What you will
-learn", numbered sections, Summary, Exercises). Book: every notebook is in ``_toc.yml``,
+learn", numbered sections, Summary, Exercises); code cells fit the page, every figure cell has a
+numbered caption in its metadata, no cell prints a network or JSON as content, and the Colab and
+parameters cells are hidden in the HTML. Book: every notebook is in ``_toc.yml``,
 every listed file exists, every citation is in ``book/references.bib``. Packaging: the
 extras exist and the CI lock satisfies every requirement. Links: README badges and
 ``pyproject.toml`` name the repository that ``_config.yml`` names; the README's first screen
@@ -106,12 +108,7 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
 #: Code cells still longer than MAX_CELL_LINES (notebook -> cell ids), each to be split or moved into the
 #: package (issue 25). The list may only shrink: a new long cell fails, and so does a listed one that
 #: was fixed (remove it here).
-LONG_CELLS_TO_SPLIT = {
-    "02_corpus_generation.ipynb": {"da01836f"},
-    "03_differentiable_rendering.ipynb": {"cell-03", "cell-07", "cell-09", "cell-11", "cell-17", "cell-19",
-                                          "cell-23", "cell-28b", "cell-28d"},
-    "04_rignet_training.ipynb": {"f429a1da", "932524fe", "aa88b55b", "ea42026e"},
-}
+LONG_CELLS_TO_SPLIT: dict[str, set[str]] = {}
 MAX_LINE = 88  # the HTML book cuts code lines off past this width
 MAX_CELL_LINES = 25
 
@@ -131,6 +128,165 @@ def test_notebook_code_fits_the_page(path: Path) -> None:
     assert long_cells <= listed, (f"{path.name}: code cells {sorted(long_cells - listed)} have more than "
                                   f"{MAX_CELL_LINES} lines; split them or move the code into stylerig_lite")
     assert listed <= long_cells, f"{path.name}: cells {sorted(listed - long_cells)} are short now; unlist them"
+
+
+#: Notebooks that do not yet follow the figure conventions below (a caption on every figure, no raw dumps,
+#: the Colab and parameters cells hidden in the HTML), issue 25. Empty: every book notebook follows them. The
+#: set may only shrink: a listed notebook that follows them all fails too (remove it here).
+NOTEBOOKS_TO_CAPTION: set[str] = set()
+PLOTTING = REPO / "stylerig_lite" / "plotting.py"
+#: Figure-drawing functions outside stylerig_lite.plotting (an animation is a figure in the book).
+OTHER_FIGURE_FUNCTIONS = {"animation_html"}
+
+
+def figure_functions() -> set[str]:
+    """The functions of stylerig_lite.plotting that draw a figure: those that call ``plt.subplots`` or
+    ``plt.figure``, or another such function. Read from the source, so nothing needs importing."""
+    called: dict[str, set[str]] = {}
+    for node in ast.parse(PLOTTING.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef) and node.name != "main":  # main writes files
+            called[node.name] = {_call_name(c) for c in ast.walk(node) if isinstance(c, ast.Call)}
+    drawers = {name for name, calls in called.items() if calls & {"plt.subplots", "plt.figure"}}
+    while True:
+        more = {name for name, calls in called.items() if calls & drawers} - drawers
+        if not more:
+            return drawers | OTHER_FIGURE_FUNCTIONS
+        drawers |= more
+
+
+def _call_name(call: ast.Call) -> str:
+    """``f`` for ``f(...)``, ``plt.show`` for ``plt.show(...)``, ``plotting.image_grid`` for a module's
+    function; "" for anything else."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        return f"{func.value.id}.{func.attr}"
+    return ""
+
+
+def cell_tree(cell: dict[str, Any]) -> ast.Module:
+    """A code cell's syntax tree, with IPython's `%magic` and `!shell` lines read as `pass`."""
+    lines = [re.sub(r"^(\s*)[%!].*$", r"\1pass", line) for line in cell_source(cell).splitlines()]
+    return ast.parse("\n".join(lines))
+
+
+def draws_figure(cell: dict[str, Any], drawers: set[str]) -> bool:
+    """Whether a code cell draws a figure: it calls `plt.<anything>`, a `show_*` function or one of
+    ``drawers`` (directly or as `module.name`)."""
+    for node in ast.walk(cell_tree(cell)):
+        if isinstance(node, ast.Call):
+            name = _call_name(node)
+            short = name.rpartition(".")[2]
+            if name.startswith("plt.") or short.startswith("show_") or short in drawers:
+                return True
+    return False
+
+
+def figure_cells(path: Path) -> list[dict[str, Any]]:
+    drawers = figure_functions()
+    return [c for c in code_cells(load_notebook(path)) if draws_figure(c, drawers)]
+
+
+def figure_options(cell: dict[str, Any]) -> dict[str, Any]:
+    """The MyST-NB figure options of a cell (`metadata.mystnb.figure`: caption, name), or {}."""
+    return cell.get("metadata", {}).get("mystnb", {}).get("figure", {})
+
+
+def raw_dumps(cell: dict[str, Any]) -> list[str]:
+    """Raw dumps shown as content: `print(x)` of a bare object (a network's repr) and `json.dumps(...)`."""
+    found = []
+    for node in ast.walk(cell_tree(cell)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _call_name(node)
+        if name == "print" and len(node.args) == 1 and isinstance(node.args[0], (ast.Name, ast.Attribute)):
+            found.append(ast.unparse(node))
+        elif name == "json.dumps":
+            found.append(ast.unparse(node))
+    return found
+
+
+def hidden_cell_problems(path: Path) -> list[str]:
+    """What keeps the Colab install cell (the first code cell: `remove-cell`) and the `parameters` cell
+    (`hide-cell`) from being hidden in the HTML book."""
+    nb = load_notebook(path)
+    problems = []
+    first = code_cells(nb)[0]
+    if "remove-cell" not in first.get("metadata", {}).get("tags", []):
+        problems.append(f"the Colab install cell {first.get('id')} is not tagged `remove-cell`")
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags and "hide-cell" not in tags:
+            problems.append(f"the `parameters` cell {cell.get('id')} is not tagged `hide-cell`")
+    return problems
+
+
+def figure_convention_problems(path: Path) -> list[str]:
+    problems = [f"code cell {c.get('id')} draws a figure without a caption" for c in figure_cells(path)
+                if not str(figure_options(c).get("caption", "")).strip()]
+    problems += [f"code cell {c.get('id')} shows a raw dump: {dump}"
+                 for c in code_cells(load_notebook(path)) for dump in raw_dumps(c)]
+    return problems + hidden_cell_problems(path)
+
+
+def test_figure_cell_heuristics() -> None:
+    """The checks below on known cells: what counts as a figure, a raw dump, a hidden cell."""
+    drawers = figure_functions()
+    assert {"image_grid", "edit_grid", "tradeoff_plot", "rignet_diagram", "animation_html"} <= drawers
+    assert not {"to_unit", "to_numpy_image", "overlay_landmarks", "main"} & drawers
+
+    def code(source: str, **metadata: Any) -> dict[str, Any]:
+        return {"cell_type": "code", "source": source, "metadata": metadata}
+
+    assert draws_figure(code("fig, ax = plt.subplots()\nax.plot([1, 2])"), drawers)
+    assert draws_figure(code("image_grid(images, ncols=4);"), drawers)
+    assert draws_figure(code("fig = plotting.edit_grid(edited)"), drawers)
+    assert draws_figure(code("state.show_frame()"), drawers)
+    assert not draws_figure(code("from stylerig_lite.plotting import image_grid\nx = to_unit(y)"), drawers)
+    assert not draws_figure(code('%pip install -q "x"\nprint(1)'), drawers)
+    assert raw_dumps(code("print(G)")) == ["print(G)"]
+    assert raw_dumps(code("print(json.dumps(entry, indent=1))")) == ["json.dumps(entry, indent=1)"]
+    assert raw_dumps(code('print(f"{G.num_ws} layers")\nprint("ws:", tuple(ws.shape))')) == []
+
+
+@pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=_ids(BOOK_NOTEBOOKS))
+def test_notebook_figures_have_captions_and_no_raw_dumps(path: Path) -> None:
+    """Every figure cell carries a MyST-NB caption (numbered in the book), no cell prints a network or a
+    JSON dump as content, and the Colab and parameters cells are hidden in the HTML (issue 25)."""
+    problems = figure_convention_problems(path)
+    if path.name in NOTEBOOKS_TO_CAPTION:
+        assert problems, f"{path.name} follows the figure conventions now; remove it from NOTEBOOKS_TO_CAPTION"
+        pytest.skip(f"{path.name} is listed in NOTEBOOKS_TO_CAPTION")
+    assert not problems, (
+        f"{path.name}:\n  " + "\n  ".join(problems) + "\nGive each figure cell a caption in its metadata, "
+        '{"mystnb": {"figure": {"caption": "...", "name": "fig-<chapter>-<short>"}}}, one figure per cell; '
+        "print summaries in words rather than objects or JSON; tag the Colab cell `remove-cell` and the "
+        "`parameters` cell `hide-cell`")
+
+
+def test_figure_names_are_unique_and_each_captioned_cell_draws_one_figure() -> None:
+    """Figure names are labels of the whole book: two alike fail the build (`-W`). A captioned cell shows
+    one figure, so the caption and the name belong to it: no `plt.show()` in a loop, at most one."""
+    names: dict[str, str] = {}
+    for path in BOOK_NOTEBOOKS:
+        for cell in code_cells(load_notebook(path)):
+            options = figure_options(cell)
+            if not options:
+                continue
+            where = f"{path.name} cell {cell.get('id')}"
+            name = str(options.get("name", ""))
+            assert re.fullmatch(r"fig-[a-z0-9]+(-[a-z0-9]+)+", name), (
+                f"{where}: figure name {name!r} must look like fig-<chapter>-<short>")
+            assert name not in names, f"{where}: figure name {name} is also used by {names[name]}"
+            names[name] = where
+            tree = cell_tree(cell)
+            shows = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _call_name(n) == "plt.show"]
+            in_loops = [n for loop in ast.walk(tree) if isinstance(loop, (ast.For, ast.While))
+                        for n in ast.walk(loop) if isinstance(n, ast.Call)
+                        and _call_name(n).rpartition(".")[2] in {"show", "animation_html"}]
+            assert len(shows) <= 1 and not in_loops, (
+                f"{where} draws several figures under one caption; split it into one cell per figure")
 
 
 @pytest.mark.parametrize("path", BOOK_NOTEBOOKS, ids=_ids(BOOK_NOTEBOOKS))
