@@ -115,6 +115,7 @@ _build/executed/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP) $(PACKAGE_FILES)
 	@start=$$SECONDS; \
 	$(VENV)/bin/papermill $< $@ -p quick $(QUICK_BOOL) --cwd notebooks --no-progress-bar \
 	  --execution-timeout $(CELL_TIMEOUT); \
+	$(VPY) tests/hide_injected.py $@; \
 	echo "executed $< in $$((SECONDS - start)) s"
 
 # Jupyter Book does not execute anything (execute_notebooks: off in _config.yml): it

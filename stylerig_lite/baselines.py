@@ -3,7 +3,7 @@
 Floor: networks (a peer of :mod:`~stylerig_lite.rignet`: both are edit methods
 ``(w [B, num_ws, w_dim], p_target [B, 196]) -> ŵ``). Defined in chapter 2
 (``notebooks/02_corpus_generation.ipynb``, "A linear baseline"), scored beside
-RigNet in chapter 4 through :mod:`~stylerig_lite.evaluate`'s method table.
+RigNet in chapter 5 through :mod:`~stylerig_lite.evaluate`'s method table.
 """
 
 from __future__ import annotations

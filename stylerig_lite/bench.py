@@ -3,12 +3,13 @@
 Each benchmark is a subcommand registered in ``BENCHMARKS``; without one, all run.
 
 ``render``: the full ICT-FaceKit head (26,719 vertices, 52,220 triangles), a batch
-of 16 at random small yaw, default camera, at 64 and 128 px. Forward (inference,
+of 16 at random small yaw, default camera, at 64, 128 and 256 px. Forward (inference,
 no autograd) and forward + backward (gradients w.r.t. vertex positions and
 colours), our vectorized rasterizer vs pytorch3d's ``MeshRasterizer``, in the
 same process. Times are wall-clock milliseconds per batch: the median of
-``--repeats`` runs after one warm-up run (pytorch3d: one run, no warm-up,
-because it takes tens of seconds). The machine's other load shows up in the
+``--repeats`` (at least 3) runs of each backend, interleaved (ours, pytorch3d, ours,
+pytorch3d, ...) after one warm-up run of ours, so that load from other processes falls
+on both sides alike. The machine's other load shows up in the
 numbers; ``min_ms`` is the least disturbed run and ``cpu_ms`` (process CPU
 time, all threads) is the least sensitive to other processes sharing the cores. ``--json`` prints one JSON
 object whose top-level ``ours_ms``, ``pytorch3d_ms`` and ``speedup`` are the
@@ -145,28 +146,39 @@ def bench_render(args: argparse.Namespace) -> dict:
         for mode in ("forward", "forward_backward"):
             name = f"{size}px_{mode}"
             case: dict = {"image_size": size, "batch": batch, "mode": mode}
-            for backend in ("ours", "pytorch3d"):
-                if backend == "pytorch3d" and (not have_p3d or (args.quick and size > 64)):
-                    case["pytorch3d_ms"] = None
-                    continue
+            backends = ["ours"]
+            if have_p3d and not (args.quick and size > 64):
+                backends.append("pytorch3d")
+            else:
+                case["pytorch3d_ms"] = None
 
-                def run(backend=backend, camera=camera, mode=mode):
-                    if mode == "forward":
-                        with torch.no_grad():
-                            return render_mesh(vertices, faces, albedo, light, camera, backend=backend)
-                    v = vertices.clone().requires_grad_()
-                    a = albedo.clone().requires_grad_()
-                    out = render_mesh(v, faces, a, light, camera, backend=backend)
-                    out.image.sum().backward()
-                    return out
+            def run(backend, camera=camera, mode=mode):
+                if mode == "forward":
+                    with torch.no_grad():
+                        return render_mesh(vertices, faces, albedo, light, camera, backend=backend)
+                v = vertices.clone().requires_grad_()
+                a = albedo.clone().requires_grad_()
+                out = render_mesh(v, faces, a, light, camera, backend=backend)
+                out.image.sum().backward()
+                return out
 
-                repeats, warmup = (args.repeats, 1) if backend == "ours" else (args.p3d_repeats, 0)
-                print(f"  {name:<24} {backend:<10} ...", file=sys.stderr, flush=True)
-                timing = _time(run, repeats, warmup)
-                case[f"{backend}_ms"] = round(timing["ms"], 2)
-                case[f"{backend}_min_ms"] = round(timing["min_ms"], 2)
-                case[f"{backend}_cpu_ms"] = round(timing["cpu_ms"], 2)
-                case[f"{backend}_runs"] = timing["runs"]
+            # Interleaved (ours, pytorch3d, ours, pytorch3d, ...) so that the machine's other load falls
+            # on both sides alike; ours is warmed up once first (pytorch3d takes seconds per run).
+            print(f"  {name:<24} {' / '.join(backends)} x {args.repeats} ...", file=sys.stderr, flush=True)
+            run("ours")
+            times: Dict[str, List[float]] = {b: [] for b in backends}
+            cpu: Dict[str, List[float]] = {b: [] for b in backends}
+            for _ in range(args.repeats):
+                for backend in backends:
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    run(backend)
+                    times[backend].append((time.perf_counter() - start) * 1e3)
+                    cpu[backend].append((time.process_time() - start_cpu) * 1e3)
+            for backend in backends:
+                case[f"{backend}_ms"] = round(statistics.median(times[backend]), 2)
+                case[f"{backend}_min_ms"] = round(min(times[backend]), 2)
+                case[f"{backend}_cpu_ms"] = round(statistics.median(cpu[backend]), 2)
+                case[f"{backend}_runs"] = len(times[backend])
             p3d = case.get("pytorch3d_ms")
             case["speedup"] = round(p3d / case["ours_ms"], 1) if p3d else None
             case["speedup_cpu"] = round(case["pytorch3d_cpu_ms"] / case["ours_cpu_ms"], 1) if p3d else None
@@ -1031,11 +1043,11 @@ BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict
 
 
 def _add_render_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="image sizes (default 64 128)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="image sizes (default 64 128 256)")
     parser.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of ours (default 5)")
-    parser.add_argument("--p3d-repeats", type=int, default=1, help="timed runs of pytorch3d (default 1)")
-    parser.add_argument("--quick", action="store_true", help="skip pytorch3d above 64 px (it takes ~80 s at 128)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of each backend, interleaved (default 3; medians are reported)")
+    parser.add_argument("--quick", action="store_true", help="skip pytorch3d above 64 px (it takes minutes at 256)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,8 +3,8 @@
 Floor: data. Imports :mod:`~stylerig_lite.world` (the sampler), :mod:`~stylerig_lite.io_utils`
 and :mod:`~stylerig_lite.seeding`; nothing from the models or the training loops, which
 import it. Used by chapter 2 (``notebooks/02_corpus_generation.ipynb``: the GAN was trained on
-a :func:`render_shards` folder of seed 1, see ``training/gpu_run.sh``), chapter 3b
-(``notebooks/03b_face_reconstruction.ipynb``: F's held-out set comes from
+a :func:`render_shards` folder of seed 1, see ``training/gpu_run.sh``), chapter 4
+(``notebooks/04_face_reconstruction.ipynb``: F's held-out set comes from
 :func:`load_or_render_dataset`) and appendix A (``notebooks/A_faceworld.ipynb``:
 :func:`render_shards` and :class:`FaceWorldShards`).
 

@@ -32,7 +32,7 @@ NVlabs checkpoints alike, any ``num_ws x w_dim``); the estimator needs
 ``estimate(images, value_range=(-1, 1)) -> (FaceParams, landmarks)``.
 
 The static book has no kernel, so :func:`edit_frames`, :func:`edit_animation` and
-:func:`animation_html` precompute slider sweeps as animations for chapter 5.
+:func:`animation_html` precompute slider sweeps as animations for chapter 6.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The photo encoder: an aligned face crop -> a first guess of its latent ``w`` (chapter 5, section 6).
+"""The photo encoder: an aligned face crop -> a first guess of its latent ``w`` (chapter 7, section 2).
 
 Editing a photograph needs the photo's code in the generator's W+ space (the "embedding"
 step of PIE, Tewari et al. 2020). Optimising W+ through the generator from the average

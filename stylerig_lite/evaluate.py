@@ -1284,7 +1284,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------
-# Chapter 3b's tables (notebooks/03b_face_reconstruction.ipynb): an image estimator scored on FaceWorld.
+# Chapter 4's tables (notebooks/04_face_reconstruction.ipynb): an image estimator scored on FaceWorld.
 
 #: The rows of :func:`estimator_table`: (key of :func:`evaluate_estimator`'s dict, label, format).
 ESTIMATOR_ROWS: Tuple[Tuple[str, str, str], ...] = (

@@ -67,7 +67,7 @@ def training_log(generator: str) -> Dict[str, Any]:
     """The shipped log of the embedded latent F's training run (``stylerig_lite/data/latent_f_<generator>.json``).
 
     Written by ``training/export_latent_f.py``: the command, config, fitted framing, split, the validation
-    curve, a thinned training-loss curve and the held-out metrics (``notebooks/03b_face_reconstruction.ipynb`` plots them in every mode).
+    curve, a thinned training-loss curve and the held-out metrics (``notebooks/04_face_reconstruction.ipynb`` plots them in every mode).
     """
     import importlib.resources
 

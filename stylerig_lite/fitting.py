@@ -34,7 +34,7 @@ separate fits, for the price of one batched render per step.
 
 :func:`parameter_errors` scores a fit against known parameters (pose in
 degrees, landmark error in pixels, expression and light errors), as the tests
-and chapter 3b (``notebooks/03b_face_reconstruction.ipynb``) do.
+and chapter 4 (``notebooks/04_face_reconstruction.ipynb``) do.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from .losses import (
 from .morphable import COMPONENTS, FaceModel, FaceParams, euler_to_matrix, expression_index, sample_params
 from .shading import NUM_SH, dominant_light_direction, sh_basis
 
-light_direction = dominant_light_direction  # the name chapter 3 uses
+light_direction = dominant_light_direction  # an older name, kept for scripts and tests/test_fitting.py
 
 #: Adam learning rate per optimised block (the pose is split into rotation and translation).
 LEARNING_RATES: Dict[str, float] = {

@@ -1,6 +1,6 @@
 """Identity distance: dlib's 128-d face descriptor, the preservation measure of every edit.
 
-Floor: evaluation. Chapter 4 ("Who scores the edits") reports the identity distance
+Floor: evaluation. Chapter 5 (section 8, "Measuring control") reports the identity distance
 between a face and its edit. Neither F nor E can read identity at 64 px (their
 identity R² on held-out FaceWorld renders is about zero), so the book measures it with
 a network trained for exactly that on photographs: dlib's ResNet face descriptor

@@ -1,7 +1,7 @@
 """The judge: reads head pose, jaw opening and light direction off an image, independently of F.
 
-Floor: evaluation. Every control number in the book is a judge reading (chapter 4,
-"Who scores the edits"); F and E, trained on FaceWorld's labels, may be wrong in
+Floor: evaluation. Every control number in the book is a judge reading (chapter 5,
+section 8, "Measuring control"); F and E, trained on FaceWorld's labels, may be wrong in
 the same way, so they cannot referee their own rig.
 
 Independent of F in **data** (the landmark model is Google's MediaPipe FaceMesh,

@@ -1,6 +1,6 @@
 """Sparse 2D face landmarks: dlib's 68-point shape predictor, what the latent F is trained against.
 
-Floor: data. Chapter 3b's latent F (the paper's F: W+ -> 3DMM parameters) is trained
+Floor: data. Chapter 4's latent F (the paper's F: W+ -> 3DMM parameters) is trained
 self-supervised on (w, I_w) pairs with a sparse-landmark term: landmarks detected
 automatically on I_w, compared with the projected landmark vertices of the face model.
 This module is that detector and the correspondence between its points and the

@@ -5,7 +5,7 @@ Floor: networks. In StyleRig the differentiable face reconstruction network read
 ELU after each hidden layer (Tewari et al., CVPR 2020, section 4). It is trained once,
 self-supervised, on the corpus of ``(w, I_w)`` pairs by rendering ``F(w)`` against ``I_w``
 and its detected landmarks (:mod:`stylerig_lite.train_latent_f`); RigNet is then trained
-through it, so no generator runs inside RigNet's loop. Chapter 3b's image F
+through it, so no generator runs inside RigNet's loop. Chapter 4's image F
 (:mod:`stylerig_lite.reconstruction`) reads images instead and is trained on FaceWorld's
 exact labels; this one needs no labels, which is why it also exists for the photoreal
 generator, whose faces have none.
@@ -30,7 +30,7 @@ an untrained F returns ``param_mean``: the mean face, framed like the generator'
 What it cannot see: F reads w only. Everything of ``I_w`` that w fixes through the
 generator (hair, background) is invisible to the 3DMM anyway; but F has seen only latents
 from the mapping network (equal W+ rows), and RigNet's edited ŵ have unequal rows, outside
-that distribution: chapter 3b (``notebooks/03b_face_reconstruction.ipynb``) measures how far
+that distribution: chapter 4 (``notebooks/04_face_reconstruction.ipynb``) measures how far
 its readings drift there.
 
 A latent F belongs to one generator: it records the generator's sha256 and

@@ -1,4 +1,4 @@
-"""The rendering loss L_render, defined once for fitting (chapter 3b), F and RigNet.
+"""The rendering loss L_render, defined once for fitting (chapter 4), F and RigNet.
 
 StyleRig scores a 3DMM parameter vector ``p`` against an image ``I`` by
 rendering ``p`` and comparing (Tewari et al., CVPR 2020)::
@@ -224,7 +224,7 @@ def decimate_face_model(model: FaceModel, cell_cm: float = DEFAULT_CELL_CM,
     repeated ones dropped. Every kept vertex is an original vertex with its original bases, and
     the 68 landmark vertices are all kept, so projected landmarks are *identical* to the full
     model's; the image and the mask differ where the surface is flattened (measured in
-    ``tests/test_losses.py`` and chapter 3). Apply it to a cropped model
+    ``tests/test_losses.py``; chapter 5, section 11 times the saving). Apply it to a cropped model
     (``decimate_face_model(crop_face_model(model))``).
     """
     from .params import expression_index

@@ -1,4 +1,5 @@
-"""Edit a real photograph: align, embed into W+, rig, paste back (chapter 5, section 6).
+"""Edit a real photograph: align, embed into W+, rig, paste back (chapter 7,
+``notebooks/07_editing_a_photograph.ipynb``).
 
 The RigNets edit *latents*; a photograph has none. PIE (Tewari et al., SIGGRAPH Asia 2020)
 adds the missing step: embed the portrait into the generator's W+ space, then rig the code.
@@ -20,7 +21,7 @@ This module does that on the photoreal generator, in four parts:
    PSNR of the embedding, identity distance (dlib's descriptor), landmark NME, and the yaw
    change the independent judge reads.
 
-Chapter 5 measures the reconstruction/editability trade-off (the prior's weight against PSNR
+Chapter 7, section 5 measures the reconstruction/editability trade-off (the prior's weight against PSNR
 and the judged yaw change). Everything here runs on the CPU; a generator pass with its
 backward costs about 1 s at 256 px on two cores, so the step count is the price of a photo.
 """
@@ -311,7 +312,7 @@ def paste_back(photo: torch.Tensor, crop: torch.Tensor, aligned: AlignedFace) ->
 
 @dataclasses.dataclass
 class EmbedConfig:
-    """The embedding's optimisation (chapter 6, section 5).
+    """The embedding's optimisation (chapter 7, section 5).
 
     ``w_prior`` and ``steps`` were chosen on three validation faces of the photoreal corpus
     (``training/photo_embedding.py``; shipped as ``data/photo_embedding.json``): with priors 0, 0.1 and 1
@@ -565,7 +566,7 @@ def default_networks(components: Sequence[str] = ("pose", "expression", "light")
 def upload_editor(components: Sequence[str] = ("pose", "expression")):
     """An ipywidgets box: upload a portrait, pick a yaw turn and a smile, see :func:`edit_photo`'s result.
 
-    For Colab and Jupyter (chapter 6, section 6): the photo never leaves the kernel. Errors of
+    For Colab and Jupyter (chapter 7, section 6): the photo never leaves the kernel. Errors of
     :func:`load_photo` and :func:`align_face` are printed in the box, not raised.
     """
     import io as _io

@@ -45,7 +45,7 @@ __all__ = [
     "to_numpy_image",
     "to_unit",
     "tradeoff_plot",
-    # chapters 3 and 3b
+    # chapters 3 and 4
     "estimate_scatter_figure",
     "FIT_CURVES",
     "fit_history_figure",
@@ -678,7 +678,7 @@ def photoreal_edits_figure(seeds: Sequence[int] = (4, 12)):
 
 
 def photo_edit_figure(edit: Any, *, start_image: Optional[torch.Tensor] = None, captions: Optional[dict] = None):
-    """Chapter 6's figure of a :class:`~stylerig_lite.photo.PhotoEdit`: the photo with its FFHQ square and
+    """Chapter 7's figure of a :class:`~stylerig_lite.photo.PhotoEdit`: the photo with its FFHQ square and
     dlib's points, the aligned crop, (the encoder's guess,) the embedding, the edit and the pasted photo.
 
     ``start_image``: ``G(E(x))`` ``[1, 3, S, S]`` in [-1, 1], shown when given; ``captions``: panel name ->
@@ -771,8 +771,8 @@ def latent_f_curves(logs: dict, *, goal: Optional[float] = None, floors: Optiona
 
 
 # ----------------------------------------------------------------------------
-# Chapters 3 and 3b (notebooks/03_differentiable_rendering.ipynb,
-# notebooks/03b_face_reconstruction.ipynb): the renderer's and the fit's figures.
+# Chapters 3 and 4 (notebooks/03_differentiable_rendering.ipynb,
+# notebooks/04_face_reconstruction.ipynb): the renderer's and the fit's figures.
 
 
 def rasterization_figure(image: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor, face_index: torch.Tensor,

@@ -69,7 +69,7 @@ EMBEDDED = {
 }
 
 #: The components with an embedded photoreal RigNet. The pose RigNet is the one chosen on the validation split
-#: (first 7 W+ rows, w_rec 300: the paper's weights broke the image in about half of the edits; chapter 4,
+#: (first 7 W+ rows, w_rec 300: the paper's weights broke the image in about half of the edits; chapter 5,
 #: section 11); it turns heads by 0.82 of the asked yaw and overshoots pitch (1.44).
 PHOTOREAL_RIGS = ("pose", "expression", "light")
 
@@ -184,7 +184,7 @@ def rignet(component: str, path: Optional[Union[str, os.PathLike]] = None, gener
     if generator == "ffhq":  # the photoreal generator's RigNets carry their generator's record in the file
         if component not in PHOTOREAL_RIGS:
             raise KeyError(f"no embedded photoreal {component} RigNet: the trained ones failed their validation "
-                           f"(chapter 4, section 11); the photoreal RigNets are {list(PHOTOREAL_RIGS)}. Train one with "
+                           f"(chapter 5, section 11); the photoreal RigNets are {list(PHOTOREAL_RIGS)}. Train one with "
                            f"`stylerig-lite train-rignet --generator ffhq --component {component} --corpus DIR` and "
                            "pass path=")
         return RigNet.load(embedded_path(f"rignet_ffhq_{component}"))

@@ -64,7 +64,7 @@ __all__ = [
     "rasterize_reference",
     "scatter_pixels",
     "visible_faces",
-    "visible_faces_boxes",
+    "visible_faces_grouped",
 ]
 
 _LOW32 = 0xFFFFFFFF
@@ -197,7 +197,7 @@ def _edge_coefficients(u0, v0, u1, v1, u2, v2):
 
 
 @torch.no_grad()
-def visible_faces_boxes(
+def visible_faces(
     uv: torch.Tensor,
     depth: torch.Tensor,
     faces: torch.Tensor,
@@ -206,14 +206,18 @@ def visible_faces_boxes(
     cull_backfaces: bool = False,
     max_candidates: int = 1 << 22,
 ) -> torch.Tensor:
-    """The previous visibility stage (one flat candidate list), kept as a reference for :func:`visible_faces`.
+    """Z-buffered face id per pixel ``[B, H, W]`` (long, -1 = background) from projected vertices.
 
-    Same arguments and the same result, bit for bit (``tests/test_render.py`` checks it).
+    ``uv [B, V, 2]`` pixel coordinates and ``depth [B, V]`` camera depths (> 0).
+    :func:`visible_faces_grouped` is an alternative with the same result, bit for bit.
 
     Per-face work runs in a vertex-major layout (rows = vertices, columns = the
     batch) so that gathering a face's corners copies whole rows, which is much
-    faster on the CPU than gathering single numbers.
+    faster on the CPU than gathering single numbers. Its intermediate tensors are
+    a few MB each: :func:`_keep_freed_memory` stops glibc from returning them to
+    the operating system (and paying page faults again) on every call.
     """
+    _keep_freed_memory()
     batch, num_vertices, _ = uv.shape
     num_faces = faces.shape[0]
     dtype, device = uv.dtype, uv.device
@@ -354,7 +358,7 @@ def _triangle_setup(u_rows, v_rows, iz_rows, faces_b, face_of, batch_of):
 
 
 @torch.no_grad()
-def visible_faces(
+def visible_faces_grouped(
     uv: torch.Tensor,
     depth: torch.Tensor,
     faces: torch.Tensor,
@@ -363,20 +367,19 @@ def visible_faces(
     cull_backfaces: bool = False,
     max_candidates: int = 1 << 22,
 ) -> torch.Tensor:
-    """Z-buffered face id per pixel ``[B, H, W]`` (long, -1 = background) from projected vertices.
-
-    ``uv [B, V, 2]`` pixel coordinates and ``depth [B, V]`` camera depths (> 0).
+    """:func:`visible_faces` by another enumeration: the same face ids, bit for bit.
 
     Each (face, image) instance whose screen box holds a pixel centre is put in a group by the
     size of its box, padded to 1, 2, 3, 4, 6, 8, 12, ... pixels along u and v; a group is then one
     dense ``[instances, slots]`` grid of edge tests (broadcasting, no per-candidate gathers).
     At 64 px most ICT triangles are smaller than a pixel and fall in the 1 x 1 group. The edge
     functions, the interpolated ``1/z`` and the int64 depth keys are computed with the same
-    floating-point operations as :func:`visible_faces_boxes`, so the result is identical, bit for bit.
+    floating-point operations as :func:`visible_faces`, so the result is identical, bit for bit.
+    Not the default: on the 2-core test machine it was not reliably faster than the flat list.
     ``max_candidates`` bounds a grid's size (instances x slots).
     """
     if max(height, width) >= 1 << 14 or max(height, width) * uv.shape[0] * uv.shape[1] >= 1 << 31:
-        return visible_faces_boxes(uv, depth, faces, height, width, cull_backfaces, max_candidates)
+        return visible_faces(uv, depth, faces, height, width, cull_backfaces, max_candidates)
     _keep_freed_memory()
     batch, num_vertices, _ = uv.shape
     num_faces = faces.shape[0]
@@ -444,7 +447,7 @@ def _rasterize_group(t, lanes, gc, gr, batch, u_rows, v_rows, iz_rows, faces_b, 
                      cull_backfaces) -> None:
     """Edge tests of the instances ``t`` (flat ``f * B + b``) on their padded ``gc x gr`` boxes, into ``zbuf``.
 
-    The arithmetic per (instance, pixel centre) is :func:`visible_faces_boxes`'s, operation for operation.
+    The arithmetic per (instance, pixel centre) is :func:`visible_faces`'s, operation for operation.
     """
     f = torch.div(t, batch, rounding_mode="floor")
     b = t - f * batch

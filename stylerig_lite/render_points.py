@@ -2,7 +2,7 @@
 
 Floor: 3DMM (a renderer beside :mod:`~stylerig_lite.rasterize` /
 :mod:`~stylerig_lite.render`, as pytorch3d keeps a points renderer beside its
-mesh renderer). Used by chapter 5 (``notebooks/05_interactive_editing.ipynb``),
+mesh renderer). Used by chapter 6 (``notebooks/06_interactive_editing.ipynb``),
 whose editor draws the target parameters beside the GAN image on every slider
 event. Not differentiable, and not meant to be: figures and losses use
 :func:`~stylerig_lite.face_render.render_face`; :meth:`PreviewRenderer.render_exact`

@@ -31,7 +31,7 @@ render losses through ``F`` and ``G(ŵ)`` into RigNet; ``G`` and ``F`` stay in
 eval mode with ``requires_grad`` off.
 
 Going beyond the paper, ``RigNetConfig.edit_layers = K`` masks the edit to the first ``K`` (coarsest)
-W+ layers: the decoders of the others output zero, so those layers keep ``w`` exactly. Chapter 4
+W+ layers: the decoders of the others output zero, so those layers keep ``w`` exactly. Chapter 5
 measures why: a pose RigNet left free writes offsets into the fine (colour) layers too.
 
 The per-layer linears are kept as ``nn.Linear`` modules (the checkpoint layout) and evaluated

@@ -1,4 +1,4 @@
-"""``stylerig-lite train-encoder``: the photo encoder trained on a photoreal corpus (chapter 6).
+"""``stylerig-lite train-encoder``: the photo encoder trained on a photoreal corpus (chapter 7).
 
 The network and its loss are described in :mod:`stylerig_lite.encoder`. Each step draws a batch of
 training items (corpus index >= ``validation_items``), area-averages the stored 256-px images to the

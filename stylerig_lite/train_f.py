@@ -164,7 +164,7 @@ def get_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     return config_from_preset(TrainConfig, PRESETS, preset, overrides)
 
 
-make_config = get_config  # the name chapter 4 and older scripts use
+make_config = get_config  # the name older scripts use
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:

@@ -34,8 +34,8 @@ on the photoreal generator it is FFHQ's crop in our camera.
 
 Warm start (``--warm-start-steps``, FaceWorld only): before the self-supervised steps, F
 regresses the image F's estimates stored in the corpus (``params``), normalised by the
-output scale. It is documented and measured (chapter 3b,
-``notebooks/03b_face_reconstruction.ipynb``): a start inside the right basin,
+output scale. It is documented and measured (chapter 4,
+``notebooks/04_face_reconstruction.ipynb``): a start inside the right basin,
 not labels (the image F's estimates are not the truth either).
 
 The checkpoint (one path, written atomically every ``save_every`` steps and at the end)

@@ -196,7 +196,7 @@ def get_config(preset: str = "cpu", **overrides: Any) -> TrainConfig:
     return config_from_preset(TrainConfig, PRESETS, preset, overrides)
 
 
-make_config = get_config  # the name chapter 4 and older scripts use
+make_config = get_config  # the name chapter 5 and older scripts use
 
 
 def log_path(out: Union[str, os.PathLike]) -> Path:

@@ -22,7 +22,7 @@ plus
 Everything is drawn by our differentiable renderer with the same camera and
 spherical-harmonics light as the face. The distribution of every quantity is
 in :class:`WorldConfig` and :class:`~stylerig_lite.morphable.ParamDistribution`
-and is documented in the book (chapter 2, "FaceWorld"). Rendered sets on disk
+and is documented in the book (appendix A; chapter 2, section 1 sums it up). Rendered sets on disk
 (shard folders, F's cache) are :mod:`stylerig_lite.datasets`.
 """
 

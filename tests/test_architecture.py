@@ -176,13 +176,12 @@ def test_the_floor_reader_reads_the_docstring():
 
 
 NOTEBOOKS = {"1": "01_3dmm_basics", "2": "02_corpus_generation", "3": "03_differentiable_rendering",
-             "3b": "03b_face_reconstruction",
-             "4": "04_rignet_training", "5": "05_interactive_editing", "6": "06_editing_a_photograph",
-             "A": "A_faceworld"}
+             "4": "04_face_reconstruction", "5": "05_rignet_training", "6": "06_interactive_editing",
+             "7": "07_editing_a_photograph", "A": "A_faceworld"}
 
 
 def _chapters_from_docstring() -> Dict[str, List[str]]:
-    """Chapter -> modules, from the ``(ch. 1, 3, 3b)`` / ``(appendix A)`` notes of the package docstring."""
+    """Chapter -> modules, from the ``(ch. 1, 3)`` / ``(appendix A)`` notes of the package docstring."""
     import re
 
     chapters: Dict[str, List[str]] = {}
@@ -198,8 +197,6 @@ def _chapters_from_docstring() -> Dict[str, List[str]]:
                 low = int(numbers.group(1))
                 for chapter in range(low, int(numbers.group(2) or low) + 1):
                     chapters.setdefault(str(chapter), []).append(module)
-            elif re.fullmatch(r"\d[a-z]", part):  # a chapter between two numbered ones, e.g. 3b
-                chapters.setdefault(part, []).append(module)
             elif part == "appendix A":
                 chapters.setdefault("A", []).append(module)
     return chapters

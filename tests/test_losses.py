@@ -24,7 +24,7 @@ def model() -> morphable.FaceModel:
 
 @pytest.fixture(scope="module")
 def target(model):
-    """Two rendered faces with known parameters, drawn like chapter 3's targets."""
+    """Two rendered faces with known parameters, drawn like chapter 4's fitting targets."""
     params = morphable.sample_params(2, seed=3)
     out = render_face(model, params, default_camera(SIZE), background=0.5)
     return params, out

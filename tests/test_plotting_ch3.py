@@ -1,4 +1,4 @@
-"""Chapters 3 and 3b's figure and table helpers: they draw what they are given, where it belongs."""
+"""Chapters 3 and 4's figure and table helpers: they draw what they are given, where it belongs."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def test_embedded_pose_rignet_turns_heads(rig_evalset):
     from stylerig_lite import evaluate
 
     pose = pretrained.rignet("pose")
-    assert pose.config.edit_layers == 4  # the layer mask of chapter 4, section 8: the fine layers keep w
+    assert pose.config.edit_layers == 4  # the layer mask of chapter 5, section 8: the fine layers keep w
     w = rig_evalset.w[:4]
     assert torch.equal(pose.rig(w, rig_evalset.target("pose")[:4])[:, 4:], w[:, 4:])
     none = evaluate.evaluate_method("none", rig_evalset, "pose")["target_error"]

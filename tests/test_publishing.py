@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -618,7 +619,7 @@ TABLE_START, TABLE_END = "% results-table: start", "% results-table: end"
 
 
 def test_landing_page_shows_the_result_figure_and_the_reported_table() -> None:
-    """book/intro.md shows the slider-edit figure and chapter 4's table exactly as the weights manifest reports it."""
+    """book/intro.md shows the slider-edit figure and chapter 5's table exactly as the weights manifest reports it."""
     from stylerig_lite import evaluate
 
     intro = (REPO / "book" / "intro.md").read_text()
@@ -632,9 +633,9 @@ def test_landing_page_shows_the_result_figure_and_the_reported_table() -> None:
         "python -c 'from stylerig_lite import evaluate as e; print(e.summary_markdown(e.reported_results()))'")
 
 
-def test_built_chapter_4_shows_its_result_table_as_html() -> None:
-    """Chapter 4 displays the reported table as Markdown; the book must render it as a table, not as pipes."""
-    page = SITE / "notebooks" / "04_rignet_training.html"
+def test_built_chapter_5_shows_its_result_table_as_html() -> None:
+    """Chapter 5 displays the reported table as Markdown; the book must render it as a table, not as pipes."""
+    page = SITE / "notebooks" / "05_rignet_training.html"
     if not page.is_file():
         _missing_build(f"{page.relative_to(REPO)} is not built: run `make book`")
     html = page.read_text(encoding="utf-8")
@@ -711,3 +712,33 @@ def test_built_chapter_images_sit_in_numbered_figures(path: Path) -> None:
     bare = images_without_numbered_figure(page.read_text(encoding="utf-8"))
     assert not bare, (f"{page.name}: {len(bare)} image(s) outside a figure with a numbered caption (give the "
                       f"cell a caption in its metadata, one figure per cell): {bare[:10]}")
+
+
+def test_hide_injected_tags_papermills_cell_only(tmp_path: Path) -> None:
+    """`make book` hides papermill's injected-parameters cell (tests/hide_injected.py), and only it."""
+    spec = importlib.util.spec_from_file_location("hide_injected", REPO / "tests" / "hide_injected.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cells = [{"cell_type": "code", "metadata": {"tags": ["parameters", "hide-cell"]}, "source": "quick = False"},
+             {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "quick = True"},
+             {"cell_type": "code", "metadata": {}, "source": "x = 1"}]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert module.hide_injected(path) == 1 and module.hide_injected(path) == 0  # idempotent
+    tags = [c["metadata"].get("tags", []) for c in json.loads(path.read_text())["cells"]]
+    assert tags == [["parameters", "hide-cell"], ["injected-parameters", "remove-cell"], []]
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"papermill .*\n.*\n\t\$\(VPY\) tests/hide_injected\.py \$@", makefile), \
+        "the executed-notebook rule must run tests/hide_injected.py on its output"
+
+
+@pytest.mark.parametrize("path", TOC_NOTEBOOKS, ids=[p.name for p in TOC_NOTEBOOKS])
+def test_built_chapter_hides_the_setup_cells(path: Path) -> None:
+    """The Colab install cell and papermill's injected parameters do not show in the HTML."""
+    page = built_site() / "notebooks" / f"{path.stem}.html"
+    if not page.is_file():
+        pytest.skip(f"{page.relative_to(REPO)} is not in the built book: run `make book`")
+    html = page.read_text(encoding="utf-8")
+    assert "google.colab" not in html, f"{page.name} shows the Colab install cell (tag it remove-cell)"
+    assert "tag_injected-parameters" not in html, (
+        f"{page.name} shows papermill's injected parameters cell (tests/hide_injected.py)")

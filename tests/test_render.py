@@ -11,7 +11,7 @@ import torch
 
 from conftest import skip_or_fail
 from stylerig_lite.camera import Camera
-from stylerig_lite.rasterize import rasterize, rasterize_reference
+from stylerig_lite.rasterize import rasterize, rasterize_reference, visible_faces, visible_faces_grouped
 from stylerig_lite.render import PYTORCH3D_MISSING, icosphere, pytorch3d_available, render_mesh
 from stylerig_lite.shading import ambient_gamma, directional_gamma
 
@@ -101,6 +101,33 @@ def test_fast_path_matches_reference_on_a_closed_mesh_and_in_small_chunks():
         fast = rasterize(vertices, faces, camera, max_candidates=max_candidates)
         assert torch.equal(fast.face_index, face_index)
         torch.testing.assert_close(fast.dense_bary(), bary, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("max_candidates", [7, 1 << 22])
+def test_grouped_visibility_equals_the_flat_candidate_list(dtype, max_candidates):
+    # visible_faces_grouped computes the same edge functions and depth keys: identical ids, bit for bit.
+    for seed in range(6):
+        vertices, faces = triangle_soup(seed, batch=3, count=20, dtype=dtype)
+        camera = Camera(image_size=(24, 40))
+        uv, depth = camera.project(vertices)
+        for cull in (False, True):
+            expected = visible_faces(uv, depth, faces, 24, 40, cull_backfaces=cull)
+            got = visible_faces_grouped(uv, depth, faces, 24, 40, cull_backfaces=cull, max_candidates=max_candidates)
+            assert torch.equal(got, expected)
+    vertices, faces = square(8.0, 24.0, dtype=dtype)  # shared diagonal through pixel centres: the top-left rule
+    uv, depth = Camera(image_size=64).project(vertices)
+    assert torch.equal(visible_faces_grouped(uv, depth, faces, 64, 64), visible_faces(uv, depth, faces, 64, 64))
+
+
+def test_grouped_visibility_equals_the_flat_list_on_the_ict_head(ict_head):
+    vertices, faces, _, _ = ict_head
+    posed = torch.stack([vertices @ yaw_matrix(a).T for a in (-20.0, 5.0)])
+    for size in (64, 200):
+        uv, depth = Camera(image_size=size).project(posed)
+        expected = visible_faces(uv, depth, faces, size, size)
+        assert (expected >= 0).sum() > 0.2 * expected.numel()
+        assert torch.equal(visible_faces_grouped(uv, depth, faces, size, size), expected)
 
 
 def test_shared_edges_through_pixel_centres_are_drawn_exactly_once():

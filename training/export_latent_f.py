@@ -6,7 +6,7 @@
 Scores the run with ``stylerig_lite.evaluate_f`` on 500 fresh pairs of the evaluation seed (30000; the
 training corpora use seed 0), writes ``stylerig_lite/data/latent_f_<generator>.json`` (config, framing, split,
 the validation curve and a thinned training-loss curve, the held-out metrics;
-``notebooks/03b_face_reconstruction.ipynb`` plots it in every mode), and with ``--export`` embeds the
+``notebooks/04_face_reconstruction.ipynb`` plots it in every mode), and with ``--export`` embeds the
 network in fp16 with the command, seed and metrics in ``stylerig_lite/weights/manifest.json``
 (``pretrained.export``), tied to its generator's sha256.
 """

@@ -9,7 +9,7 @@ of the editability prior and learning rate (``EmbedConfig.w_prior``, ``lr``; ``-
 pixel term's history gives PSNR against the step count, and at the end the code is edited by +15°
 yaw and the judge reads the change. The astronaut (``--example``) is the evaluation photo: it is
 measured once, with the settings chosen here, as ``stylerig-lite edit-photo --example astronaut
---yaw 15 --json`` does. Writes ``stylerig_lite/data/photo_embedding.json`` (chapter 6 reads it).
+--yaw 15 --json`` does. Writes ``stylerig_lite/data/photo_embedding.json`` (chapter 7 reads it).
 """
 
 from __future__ import annotations

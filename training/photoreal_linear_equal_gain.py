@@ -15,7 +15,7 @@ until its judged yaw gain equals the RigNet's, then measures both on the same ev
    that was embedded);
 3. on the **evaluation** split (seed 2020, ``--count`` pairs) score the linear edit at that ``k``.
 
-Writes ``stylerig_lite/data/photoreal_linear_equal_gain.json``; chapter 4 prints it beside the RigNet.
+Writes ``stylerig_lite/data/photoreal_linear_equal_gain.json``; chapter 5 prints it beside the RigNet.
 """
 
 from __future__ import annotations
