@@ -829,7 +829,7 @@ def edit_animation(state: EditorState, slider: str, values: Sequence[float], *, 
         panels[0].set_data(images[i].permute(1, 2, 0).numpy())
         if renders is not None:
             panels[1].set_data(renders[i].permute(1, 2, 0).numpy())
-        caption.set_text(f"{title + ': ' if title else ''}{spec.label} = {values[i]:g}{spec.unit}")
+        caption.set_text(f"{title + ': ' if title else ''}{spec.label} = {values[i]:.3g}{spec.unit}")
         return [*panels, caption]
 
     draw(0)

@@ -1185,6 +1185,24 @@ def photoreal_results() -> Dict[str, Any]:
     return shipped("photoreal_results")
 
 
+def photoreal_equal_gain() -> Dict[str, Any]:
+    """The photoreal pose RigNet and the linear baseline *at equal target accuracy* (500 pairs, seed 2020).
+
+    The linear edit lengthened by the factor ``k`` (:func:`scaled`) whose judged yaw gain equals the
+    RigNet's on the validation split (``training/photoreal_linear_equal_gain.py``). Returns the
+    :func:`photoreal_results` structure with two methods, ``'rignet'`` and ``'linear x<k>'``, both
+    for ``'pose'``, plus ``'factor'`` and ``'validation'`` (the factors tried and their gains).
+    """
+    study, results = shipped("photoreal_linear_equal_gain"), photoreal_results()
+    k = study["evaluation"]["factor"]
+    if (study["evaluation"]["seed"], study["evaluation"]["count"]) != (results["seed"], results["count"]):
+        raise ValueError("the equal-gain study and photoreal_results were scored on different pairs; rerun "
+                         "training/photoreal_linear_equal_gain.py")
+    return {"methods": {"rignet": {"pose": results["methods"]["rignet"]["pose"]},
+                        f"linear x{k:.2f}": {"pose": study["evaluation"]["linear_scaled"]}},
+            "factor": k, "validation": study["validation"], "count": results["count"], "seed": results["seed"]}
+
+
 def photoreal_markdown(results: Dict[str, Any]) -> str:
     """One markdown table of :func:`photoreal_results`: per method and component, the judge's relative error
     and gain on what was edited, what else changed (judge), identity distance and the change outside the face."""

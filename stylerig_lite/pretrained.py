@@ -45,6 +45,7 @@ __all__ = [
     "read_manifest",
     "rignet",
     "sha256_of",
+    "training_log",
     "WEIGHTS_DIR",
     "WeightsError",
 ]
@@ -255,6 +256,50 @@ def _half(obj: Any) -> Any:
     return obj
 
 
+def _log_path(name: str) -> Path:
+    return WEIGHTS_DIR / "logs" / f"{name}.json"
+
+
+def _export_training_log(name: str, checkpoint: Union[str, os.PathLike], command: str) -> Dict[str, Any]:
+    """Ship a RigNet run's loss history beside its weights (``weights/logs/<name>.json``, a few kB).
+
+    The book plots these curves in every mode (a quick run only demonstrates). Returns the
+    manifest fields that point at the log (none when the checkpoint holds no history).
+    """
+    train = load_checkpoint_file(checkpoint, "RigNet checkpoint").get("train") or {}
+    history = train.get("history") or []
+    if not history:
+        return {}
+    path = _log_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rounded = [{k: (round(float(v), 6) if isinstance(v, float) else v) for k, v in entry.items()} for entry in history]
+    atomic_write_json(path, {"name": name, "command": command, "config": train.get("config", {}), "history": rounded})
+    return {"training_log": f"logs/{path.name}", "training_log_sha256": sha256_file(path)}
+
+
+def training_log(name: str) -> Dict[str, Any]:
+    """The shipped training log of embedded network ``name``: ``{'command', 'config', 'history': [...]}``.
+
+    ``history`` holds one entry per logged step (``step``, ``elapsed_s`` and the mean of every
+    loss term since the previous entry), as ``stylerig-lite train-rignet`` wrote it. Raises
+    :class:`WeightsError` when the network was exported without one (exports before the logs were
+    shipped) or the file does not match the manifest's sha256.
+    """
+    entry = read_manifest().get(name)
+    if entry is None:
+        raise KeyError(f"unknown embedded network {name!r}; expected one of {sorted(EMBEDDED)}")
+    if "training_log" not in entry:
+        raise WeightsError(f"{name} was embedded without its training log; re-run its command to make one: "
+                           f"{entry.get('command', '(no command recorded)')}")
+    path = WEIGHTS_DIR / entry["training_log"]
+    if not path.is_file():
+        raise WeightsError(f"{name}'s training log {path} is missing; reinstall the package")
+    if sha256_file(path) != entry.get("training_log_sha256"):
+        raise WeightsError(f"{name}'s training log {path} is corrupt (sha256 differs from the manifest's); "
+                           "reinstall the package")
+    return json.loads(path.read_text())
+
+
 def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed: int,
            metrics: Optional[Dict[str, Any]] = None, notes: str = "") -> Path:
     """Write the small fp16 embedded file for ``name`` from a training checkpoint and record it.
@@ -296,6 +341,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         # The generator it was trained on (its own --generator, else the embedded one at export time).
         trained_with = (load_checkpoint_file(checkpoint, "RigNet checkpoint").get("train") or {}).get("config", {})
         atomic_torch_save(data, out)
+        extra_log = _export_training_log(name, checkpoint, command)
         if trained_with.get("generator") == "ffhq":  # no file of ours: the record in the checkpoint names it
             extra = {"generator_module_sha256": data.get("generator_sha256"),
                      "generator_file_sha256": data.get("generator_file_sha256")}
@@ -303,6 +349,7 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
             generator = trained_with.get("generator")
             generator_file = embedded_path("generator") if generator in (None, "faceworld") else generator
             extra = {"generator_sha256": sha256_file(generator_file)}
+        extra.update(extra_log)
     else:
         net = ReconstructionNet.load(checkpoint)
         data = net.checkpoint()

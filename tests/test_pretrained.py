@@ -219,3 +219,31 @@ def test_embedded_pose_rignet_beats_the_linear_baseline(rig_evalset):
     assert judged["rignet"]["detected"] >= 0.95
     assert judged["rignet"]["relative_error"]["yaw_median"] < 0.5 * judged["linear"]["relative_error"]["yaw_median"]
     assert abs(judged["rignet"]["gain"]["yaw"] - 1) < 0.2 and judged["linear"]["gain"]["yaw"] < 0.5
+
+
+def test_an_exported_rignet_ships_its_training_log(tmp_path, monkeypatch):
+    """export() writes the run's loss history beside the weights; training_log() reads it back, checked."""
+    from stylerig_lite.rignet import RigNet, RigNetConfig
+
+    copy = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS_DIR, copy)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", copy)
+    monkeypatch.setattr(pretrained, "MANIFEST", copy / "manifest.json")
+    G = pretrained.generator()
+    history = [{"step": 50, "elapsed_s": 1.5, "loss": 0.25, "rec": 0.0, "edit": 0.2},
+               {"step": 100, "elapsed_s": 3.0, "loss": 0.125, "rec": 0.01, "edit": 0.1}]
+    run = RigNet(RigNetConfig.for_generator(G, "pose")).save(
+        tmp_path / "run.pt", extra={"train": {"config": {"steps": 100, "seed": 0}, "history": history}})
+    pretrained.export("rignet_pose", run, command="stylerig-lite train-rignet --component pose", seed=0)
+    log = pretrained.training_log("rignet_pose")
+    assert log["history"] == history and log["command"] == "stylerig-lite train-rignet --component pose"
+    assert log["config"] == {"steps": 100, "seed": 0}
+    # A tampered log is refused; a network exported without one says how to make it.
+    path = copy / pretrained.read_manifest()["rignet_pose"]["training_log"]
+    path.write_text(path.read_text().replace("0.125", "0.126"))
+    with pytest.raises(pretrained.WeightsError, match="corrupt"):
+        pretrained.training_log("rignet_pose")
+    with pytest.raises(pretrained.WeightsError, match="without its training log"):
+        pretrained.training_log("rignet_light")
+    with pytest.raises(KeyError, match="unknown embedded network"):
+        pretrained.training_log("rignet_hair")

@@ -728,8 +728,10 @@ def test_hide_injected_tags_papermills_cell_only(tmp_path: Path) -> None:
     tags = [c["metadata"].get("tags", []) for c in json.loads(path.read_text())["cells"]]
     assert tags == [["parameters", "hide-cell"], ["injected-parameters", "remove-cell"], []]
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"papermill .*\n.*\n\t\$\(VPY\) tests/hide_injected\.py \$@", makefile), \
-        "the executed-notebook rule must run tests/hide_injected.py on its output"
+    rule = re.search(r"^_build/executed/notebooks/%\.ipynb:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert rule and "papermill" in rule.group(1), "the Makefile has no papermill rule for executed notebooks"
+    assert rule.group(1).index("tests/hide_injected.py $@") > rule.group(1).index("papermill"), \
+        "the executed-notebook rule must run tests/hide_injected.py on papermill's output"
 
 
 @pytest.mark.parametrize("path", TOC_NOTEBOOKS, ids=[p.name for p in TOC_NOTEBOOKS])
