@@ -317,25 +317,25 @@ def _bench_corpus_photoreal(args: argparse.Namespace) -> dict:
     without the start-up that loads the networks), times the number of processes.
     """
     import os
-    import shutil
     import subprocess
     import tempfile
 
     cores = args.cores or os.cpu_count() or 1
     runs: Dict[int, List[float]] = {p: [] for p in args.processes}
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    cli = shutil.which("stylerig-lite") or "stylerig-lite"
+    # this interpreter's package, whether or not its scripts are on PATH (a venv not activated)
+    cli = [sys.executable, "-m", "stylerig_lite.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for processes in args.processes:
                 threads = max(1, cores // processes)
                 out = f"{tmp}/p{processes}_r{r}"
-                command = [cli, "make-corpus", "--generator", "ffhq", "--count", str(args.count * processes),
+                command = [*cli, "make-corpus", "--generator", "ffhq", "--count", str(args.count * processes),
                            "--out", out, "--batch", str(args.batch), "--shard-size", str(args.batch),
                            "--threads", str(threads), "--quiet"]
                 if processes > 1:
-                    command = ["torchrun", "--standalone", f"--nproc-per-node={processes}", "--no-python",
-                               *command]
+                    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc-per-node={processes}", "--module", *command[2:]]
                 print(f"  {processes} process(es) x {threads} thread(s), round {r + 1} ...", file=sys.stderr,
                       flush=True)
                 subprocess.run(command, check=True, env={**env, "OMP_NUM_THREADS": str(threads)},
