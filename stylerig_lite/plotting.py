@@ -37,6 +37,7 @@ __all__ = [
     "rignet_diagram",
     "slider_edits_figure",
     "judged_sweeps_figure",
+    "rignet_curves",
     "SWEEP_READINGS",
     "PHOTOREAL_SWEEPS",
     "photoreal_edits_figure",
@@ -766,6 +767,41 @@ def latent_f_curves(logs: dict, *, goal: Optional[float] = None, floors: Optiona
     for ax in axes:
         ax.set_xlabel("training step")
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def rignet_curves(history: Sequence[Dict[str, float]], *, fig=None, label: Optional[str] = None, **style: Any):
+    """A RigNet run's loss curves against the training step, in three panels: the render losses (total,
+    editing, consistency), the reconstruction loss and F's target error (mean |Δp|).
+
+    ``history``: the entries of ``train-rignet``'s log (``<out>.log.jsonl``, or a shipped one:
+    :func:`stylerig_lite.pretrained.training_log`), each with ``step``, ``loss``, ``edit``, ``consist``,
+    ``rec`` and ``target_error``; a term a run did not log is skipped. ``fig``: a figure from an earlier
+    call, to draw a second run on the same axes (``label`` and ``style``, e.g. ``linestyle="--"``, tell
+    them apart). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not len(history):
+        raise ValueError("rignet_curves needs at least one log entry")
+    if fig is None:
+        fig, axes = plt.subplots(1, 3, figsize=(11, 2.8))
+        for ax, title in zip(axes, ["render losses", "reconstruction loss", "target error (F, mean |Δp|)"]):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("training step")
+            ax.grid(alpha=0.3)
+    axes = fig.axes
+    steps = [entry["step"] for entry in history]
+    prefix = f"{label}: " if label else ""
+    panels = [(0, "loss", "total", "C0"), (0, "edit", "editing", "C1"), (0, "consist", "consistency", "C2"),
+              (1, "rec", "reconstruction", "C3"), (2, "target_error", "target error", "C4")]
+    for panel, key, name, colour in panels:
+        if key in history[0]:
+            axes[panel].plot(steps, [entry[key] for entry in history], color=colour, label=prefix + name, **style)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

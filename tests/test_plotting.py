@@ -221,3 +221,22 @@ def test_rig_losses_figure_shows_the_three_terms(ict_mirror) -> None:
         assert np.allclose(image(0), image(2))  # the untrained RigNet changes nothing
     finally:
         plt.close(fig)
+
+
+def test_rignet_curves_draw_every_logged_term_and_overlay_a_second_run():
+    from stylerig_lite import plotting
+
+    history = [{"step": s, "loss": 1.0 / s, "edit": 0.5 / s, "consist": 0.4 / s, "rec": 0.01 * s,
+                "target_error": 0.2 / s} for s in (10, 20, 30)]
+    fig = plotting.rignet_curves(history, label="full run")
+    render, rec, target = fig.axes
+    assert [line.get_label() for line in render.lines] == ["full run: total", "full run: editing",
+                                                            "full run: consistency"]
+    assert list(rec.lines[0].get_ydata()) == [0.1, 0.2, 0.3] and list(target.lines[0].get_xdata()) == [10, 20, 30]
+    assert all(ax.get_xlabel() == "training step" for ax in fig.axes)
+    # A second run on the same axes; a log without some terms draws the rest.
+    same = plotting.rignet_curves([{"step": 5, "loss": 2.0, "rec": 0.0}], fig=fig, label="demo", linestyle="--")
+    assert same is fig and len(render.lines) == 4 and len(rec.lines) == 2 and len(target.lines) == 1
+    with pytest.raises(ValueError, match="at least one"):
+        plotting.rignet_curves([])
+    plt.close(fig)
