@@ -260,13 +260,13 @@ def _log_path(name: str) -> Path:
     return WEIGHTS_DIR / "logs" / f"{name}.json"
 
 
-def _export_training_log(name: str, checkpoint: Union[str, os.PathLike], command: str) -> Dict[str, Any]:
+def _export_training_log(name: str, train: Dict[str, Any], command: str) -> Dict[str, Any]:
     """Ship a RigNet run's loss history beside its weights (``weights/logs/<name>.json``, a few kB).
 
     The book plots these curves in every mode (a quick run only demonstrates). Returns the
-    manifest fields that point at the log (none when the checkpoint holds no history).
+    manifest fields that point at the log (none when the checkpoint holds no history). ``train``: the
+    training checkpoint's ``train`` entry (config and history).
     """
-    train = load_checkpoint_file(checkpoint, "RigNet checkpoint").get("train") or {}
     history = train.get("history") or []
     if not history:
         return {}
@@ -339,9 +339,10 @@ def export(name: str, checkpoint: Union[str, os.PathLike], *, command: str, seed
         # The normalisation buffers stay float32 (like an estimator's).
         data["state_dict"] = {k: (v if k in ("param_mean", "param_std") else _half(v)) for k, v in data["state_dict"].items()}
         # The generator it was trained on (its own --generator, else the embedded one at export time).
-        trained_with = (load_checkpoint_file(checkpoint, "RigNet checkpoint").get("train") or {}).get("config", {})
+        train = load_checkpoint_file(checkpoint, "RigNet checkpoint").get("train") or {}
+        trained_with = train.get("config", {})
         atomic_torch_save(data, out)
-        extra_log = _export_training_log(name, checkpoint, command)
+        extra_log = _export_training_log(name, train, command)
         if trained_with.get("generator") == "ffhq":  # no file of ours: the record in the checkpoint names it
             extra = {"generator_module_sha256": data.get("generator_sha256"),
                      "generator_file_sha256": data.get("generator_file_sha256")}

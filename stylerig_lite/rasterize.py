@@ -348,11 +348,7 @@ def _triangle_setup(u_rows, v_rows, iz_rows, faces_b, face_of, batch_of):
         u.append(u_rows.index_select(0, row))
         v.append(v_rows.index_select(0, row))
         iz.append(iz_rows.index_select(0, row))
-    coefs = []
-    for k in range(3):
-        a, b = (k + 1) % 3, (k + 2) % 3
-        ua, va, ub, vb = u[a], v[a], u[b], v[b]
-        coefs.append((va - vb, ub - ua, ua * vb - va * ub))
+    coefs = _edge_coefficients(u[0], v[0], u[1], v[1], u[2], v[2])
     area2 = coefs[0][2] + coefs[1][2] + coefs[2][2]  # twice the signed area (shoelace), same sum order
     return coefs, area2, iz
 
