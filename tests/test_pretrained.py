@@ -247,3 +247,23 @@ def test_an_exported_rignet_ships_its_training_log(tmp_path, monkeypatch):
         pretrained.training_log("rignet_light")
     with pytest.raises(KeyError, match="unknown embedded network"):
         pretrained.training_log("rignet_hair")
+
+
+@pytest.mark.parametrize("component", ["pose", "expression", "light"])
+def test_the_photoreal_rignets_ship_the_log_of_their_own_command(component):
+    """Each embedded photoreal RigNet's log is the run of the manifest's command: same flags, every step logged."""
+    name = f"rignet_ffhq_{component}"
+    entry, log = pretrained.read_manifest()[name], pretrained.training_log(name)
+    assert log["command"] == entry["command"] and log["name"] == name
+    config, words = log["config"], entry["command"].split()
+
+    def flag(option: str, kind, default):
+        return kind(words[words.index(option) + 1]) if option in words else default
+
+    assert config["generator"] == "ffhq" and config["f"] == "latent" and config["component"] == component
+    assert config["steps"] == flag("--steps", int, 4000) and config["seed"] == 0
+    assert config["w_rec"] == flag("--w-rec", float, 1.0)
+    assert config["edit_layers"] == flag("--edit-layers", int, None)
+    steps = [entry["step"] for entry in log["history"]]
+    assert steps == list(range(config["log_every"], config["steps"] + 1, config["log_every"]))
+    assert all(torch.isfinite(torch.tensor([v for k, v in e.items() if k != "step"])).all() for e in log["history"])
