@@ -351,7 +351,7 @@ class AssetError(RuntimeError):
             "  - download the URL above (uncompressed, exactly as served) to the cache path, e.g.",
             f"      curl -L --create-dirs -o {shlex.quote(str(self.cache_file))} {shlex.quote(a.url)}",
             f"  - or set {ENV_MIRROR} to a folder that holds {a.mirror_path!r} (gzip) or {mirror_name!r}",
-            f"    (developers of StyleRig Lite: ../shared/assets relative to the repository root).",
+            "    (developers of StyleRig Lite: ../shared/assets relative to the repository root).",
         ]
         return "\n".join(lines)
 

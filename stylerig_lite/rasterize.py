@@ -219,7 +219,6 @@ def visible_faces(
     """
     _keep_freed_memory()
     batch, num_vertices, _ = uv.shape
-    num_faces = faces.shape[0]
     dtype, device = uv.dtype, uv.device
 
     # [V, 2B]: u of every image, then v.

@@ -12,7 +12,6 @@ Missing chromium / playwright / voila / ICT mirror: skipped locally, a failure u
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import signal

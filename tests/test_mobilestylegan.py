@@ -83,7 +83,7 @@ def _write_tiny_ir(folder: Path, truncate: int = 0) -> Path:
     weight = np.arange(6, dtype="<f4").reshape(3, 2)
     bias = np.array([[0.5, -1.0, 2.0]], dtype="<f2")
     blob = weight.tobytes() + bias.tobytes()
-    xml = f"""<?xml version="1.0"?>
+    xml = """<?xml version="1.0"?>
 <net name="tiny" version="11">
   <layers>
     <layer id="0" name="x" type="Parameter" version="opset1">
