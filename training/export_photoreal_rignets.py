@@ -8,7 +8,8 @@ drawn at 256 px and read by the independent judge (MediaPipe) and dlib's identit
 second estimator for photographs), plus a yaw sweep over ±20 degrees; ``--split validation`` scores on the
 validation seed instead (where choices are made). Writes ``stylerig_lite/data/photoreal_results.json``
 (``evaluate --generator ffhq`` structure), and with ``--export`` embeds each RigNet in fp16 as
-``rignet_ffhq_<component>`` with its metrics (``pretrained.export``).
+``rignet_ffhq_<component>`` with its metrics (``pretrained.export``, which also ships its training log);
+``--export-only`` embeds them with the scores already in that file, without scoring again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from stylerig_lite import pretrained
 from stylerig_lite.io_utils import atomic_write_json
 from stylerig_lite.rignet import RigNet
 
+RESULTS = Path(__file__).resolve().parents[1] / "stylerig_lite" / "data" / "photoreal_results.json"
 TRAIN = ("stylerig-lite train-rignet --generator ffhq --component {c} --preset cpu --corpus runs/corpus_ffhq "
          "--out runs/rignet_ffhq/rignet_{c}.pt --threads 1{options}")
 SWEEP_YAWS = (-20, -10, 0, 10, 20)
@@ -42,8 +44,19 @@ def main() -> None:
     parser.add_argument("--export", action="store_true")
     parser.add_argument("--merge", action="store_true", help="keep the other components' results already in the file")
     parser.add_argument("--label", default="", help="validation runs: a suffix for the output file (one per candidate)")
+    parser.add_argument("--notes", default="photoreal MobileStyleGAN (FFHQ), trained through its latent F at 64 px",
+                        help="the manifest's notes for an exported RigNet")
+    parser.add_argument("--export-only", action="store_true",
+                        help="embed the runs with the scores already in photoreal_results.json (no scoring)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.export_only:
+        results = json.loads(RESULTS.read_text())
+        for component in args.components.split(","):
+            if component not in results["methods"].get("rignet", {}):
+                raise SystemExit(f"{RESULTS} holds no RigNet score for {component}; score it first (without --export-only)")
+        export(args, results)
+        return
     seed = ev.VALIDATION_SEED if args.split == "validation" else ev.DEFAULT_SEED
     G = pretrained.photoreal_generator()
     F = pretrained.latent_f("ffhq")
@@ -73,8 +86,7 @@ def main() -> None:
             results["methods"][method][component] = result
             print(f"{method}/{component}: {json.dumps(result.get('judge', {}))[:300]} "
                   f"identity {result['preservation'].get('identity_distance')}", file=sys.stderr)
-    out = Path(__file__).resolve().parents[1] / "stylerig_lite" / "data" / (
-        "photoreal_results.json" if args.split == "evaluation" else f"photoreal_validation{args.label}.json")
+    out = RESULTS if args.split == "evaluation" else RESULTS.with_name(f"photoreal_validation{args.label}.json")
     if args.merge and out.exists():  # components scored by separate runs (same pairs) go into one file
         previous = json.loads(out.read_text())
         if (previous["seed"], previous["count"]) == (seed, args.count):
@@ -84,22 +96,27 @@ def main() -> None:
     atomic_write_json(out, results)
     print(f"wrote {out}")
     if args.export and args.split == "evaluation":
-        for component in args.components.split(","):
-            path = args.runs / f"rignet_{component}.pt"
-            if not path.exists():
-                continue
-            config = torch.load(path, map_location="cpu", weights_only=True)["train"]["config"]
-            options = "" if config.get("edit_layers") is None else f" --edit-layers {config['edit_layers']}"
-            if config.get("steps") != 4000:
-                options += f" --steps {config['steps']}"
-            if config.get("w_rec", 1.0) != 1.0:
-                options += f" --w-rec {config['w_rec']:g}"
-            metrics = {m: results["methods"][m].get(component) for m in results["methods"]}
-            command = TRAIN.format(c=component, options=options).replace("runs/rignet_ffhq/", f"{args.runs}/")
-            pretrained.export(f"rignet_ffhq_{component}", path, command=command,
-                              seed=int(config.get("seed", 0)), metrics={"evaluate": metrics},
-                              notes="photoreal MobileStyleGAN (FFHQ), trained through its latent F at 64 px")
-            print(f"embedded rignet_ffhq_{component}")
+        export(args, results)
+
+
+def export(args: argparse.Namespace, results: dict) -> None:
+    """Embed each run of ``--runs`` as ``rignet_ffhq_<component>`` with both methods' scores from ``results``."""
+    for component in args.components.split(","):
+        path = args.runs / f"rignet_{component}.pt"
+        if not path.exists():
+            continue
+        config = torch.load(path, map_location="cpu", weights_only=True)["train"]["config"]
+        options = "" if config.get("edit_layers") is None else f" --edit-layers {config['edit_layers']}"
+        if config.get("steps") != 4000:
+            options += f" --steps {config['steps']}"
+        if config.get("w_rec", 1.0) != 1.0:
+            options += f" --w-rec {config['w_rec']:g}"
+        metrics = {m: results["methods"][m].get(component) for m in results["methods"]}
+        command = TRAIN.format(c=component, options=options).replace("runs/rignet_ffhq/", f"{args.runs}/")
+        pretrained.export(f"rignet_ffhq_{component}", path, command=command,
+                          seed=int(config.get("seed", 0)), metrics={"evaluate": metrics},
+                          notes=args.notes)
+        print(f"embedded rignet_ffhq_{component}")
 
 
 if __name__ == "__main__":
