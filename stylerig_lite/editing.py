@@ -267,6 +267,15 @@ def as_rig(rig: Any, name: str = "rig") -> Rig:
     return rig
 
 
+def _frozen_synthesis(generator: Any):
+    """A :class:`~stylerig_lite.stylegan2.frozen.FrozenSynthesis` for our StyleGAN2, else None (eager)."""
+    from .stylegan2 import SynthesisNetwork
+    from .stylegan2.frozen import FrozenSynthesis
+
+    synthesis = getattr(generator, "synthesis", None)
+    return FrozenSynthesis(synthesis) if isinstance(synthesis, SynthesisNetwork) else None
+
+
 class EditorState:
     """The editor without widgets: a face (latent), its source parameters, the target the sliders edit.
 
@@ -304,6 +313,7 @@ class EditorState:
             estimator.check_generator(generator)
         self.generator = generator
         self.image_size = image_size
+        self._frozen = _frozen_synthesis(generator) if image_size is None else None
         self.rigs = {rig_component(name): as_rig(rig, name) for name, rig in rigs.items()}
         self.estimator = estimator
         self.face_model = face_model
@@ -337,6 +347,8 @@ class EditorState:
             self.reset()
 
     def _synthesize(self, w: torch.Tensor) -> torch.Tensor:
+        if self._frozen is not None:  # the FaceWorld StyleGAN2: same image, half the time (stylegan2.frozen)
+            return self._frozen(w)
         if self.image_size is None:
             return self.generator.synthesis(w, noise_mode="const")
         from .corpus import synthesize

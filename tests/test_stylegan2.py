@@ -764,3 +764,50 @@ def test_committed_training_state_resumes_and_the_embedded_generator_is_a_snapsh
     assert embedded["G"] is None and embedded["G_ema"] is not None  # a generator-only export
     # The manifest's count is the file's own, and no later than where the resumable run stands.
     assert pretrained.read_manifest()["generator"]["images_seen"] == embedded["images_seen"] <= trainer.images_seen
+
+
+# ----------------------------------------------------------------------------------------------
+# stylegan2.frozen: the editor's traced synthesis, against the eager network (its reference).
+
+
+def test_frozen_synthesis_gives_the_eager_image_and_retraces_after_a_weight_change():
+    from stylerig_lite.stylegan2.frozen import FrozenSynthesis
+
+    G = Generator("cpu64", seed=0).eval().requires_grad_(False)
+    frozen = FrozenSynthesis(G.synthesis)
+    ws = [G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s)), None) for s in range(3)]
+    with torch.no_grad():
+        eager = [G.synthesis(w, noise_mode="const") for w in ws]
+        first = frozen(ws[0])  # traces (the eager pass checks ws first)
+        assert not frozen.fast and torch.equal(first, eager[0])
+        for w, image in zip(ws[1:], eager[1:]):
+            assert torch.allclose(frozen(w), image, atol=1e-6, rtol=0) and frozen.fast
+        # Weights changed in place (training): the next call traces again and follows the new weights.
+        G.synthesis.b8.conv1.bias.add_(0.5)
+        changed = G.synthesis(ws[1], noise_mode="const")
+        assert not torch.allclose(changed, eager[1], atol=1e-3)
+        assert torch.allclose(frozen(ws[1]), changed, atol=1e-6, rtol=0)
+        assert torch.allclose(frozen(ws[1]), changed, atol=1e-6, rtol=0) and frozen.fast
+        # Another shape takes the eager path, with the same result.
+        both = torch.cat(ws[:2])
+        assert torch.equal(frozen(both), G.synthesis(both, noise_mode="const")) and not frozen.fast
+
+
+def test_frozen_synthesis_refuses_what_the_eager_network_refuses_and_keeps_gradients():
+    from stylerig_lite.stylegan2.frozen import FrozenSynthesis
+
+    G = Generator("cpu64", seed=0).eval().requires_grad_(False)
+    frozen = FrozenSynthesis(G.synthesis)
+    w = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+    with torch.no_grad():
+        frozen(w)
+        frozen(w)
+        assert frozen.fast
+        with pytest.raises(ValueError, match="NaN"):
+            frozen(torch.full_like(w, float("nan")))
+    with pytest.raises(ValueError, match="shape"):
+        frozen(w[:, :-1])
+    # With a gradient to compute, the eager network runs, so backward works.
+    leaf = w.clone().requires_grad_(True)
+    frozen(leaf).square().mean().backward()
+    assert not frozen.fast and leaf.grad is not None and torch.isfinite(leaf.grad).all()

@@ -16,7 +16,10 @@ with Limited Data", NeurIPS 2020):
 * :mod:`~stylerig_lite.stylegan2.checkpoint` -- our own checkpoint format (``torch.save`` of plain
   dicts, read with ``weights_only=True``): :func:`save_checkpoint`, :func:`load_generator`, ...;
 * :mod:`~stylerig_lite.stylegan2.legacy` -- official ``.pkl`` snapshots, read without running
-  their code (``legacy.py`` there): :func:`load_official_pickle`.
+  their code (``legacy.py`` there): :func:`load_official_pickle`;
+* :mod:`~stylerig_lite.stylegan2.frozen` -- :class:`FrozenSynthesis`, the synthesis network traced
+  and frozen for the editor's one-latent frames (same image, about half the time on the CPU; the
+  eager network is its reference).
 
 Everything public is re-exported here, so ``from stylerig_lite.stylegan2 import Generator`` and
 ``stylegan2.load_generator(...)`` work without naming the submodule.
@@ -27,6 +30,7 @@ from __future__ import annotations
 from .checkpoint import (CHECKPOINT_KIND, CHECKPOINT_VERSION, EMA_REFERENCE_KEY, load_checkpoint,  # noqa: F401
                          load_discriminator, load_generator, resolve_ema_reference, save_checkpoint,
                          save_generator_only)
+from .frozen import FrozenSynthesis  # noqa: F401
 from .legacy import (EasyDictStub, OfficialPickleError, PersistentRecord, config_from_official_kwargs,  # noqa: F401
                      load_official_pickle, read_official_pickle)
 from .networks import (PRESETS, Conv2dLayer, Discriminator, DiscriminatorBlock, DiscriminatorEpilogue,
@@ -36,6 +40,7 @@ from .ops import (bias_act, conv2d_resample, downsample2d, modulated_conv2d, nor
                   upfirdn2d, upsample2d)
 
 __all__ = [
+    "FrozenSynthesis",
     "StyleGAN2Config",
     "PRESETS",
     "get_config",
