@@ -1,24 +1,25 @@
 """A frozen synthesis network for the interactive editor: one W+ shape, constant noise, CPU.
 
 At 64 px and one latent at a time, the FaceWorld StyleGAN2's synthesis is mostly overhead, not
-arithmetic: about 1,270 ATen calls and some 1,700 Python module calls per image (shape checks,
-equalized-lr weight scaling, demodulation sums, FIR kernels, noise scaling), for about 0.1 GFLOP.
-Most of those depend on the weights only. :class:`FrozenSynthesis` traces
+arithmetic: about 1,270 ATen calls, 34 module calls and 130 shape checks per image for about 0.2 GFLOP
+of convolutions. Many of the calls depend on the weights only (equalized-lr weight scaling,
+demodulation sums, FIR kernels, noise scaling). :class:`FrozenSynthesis` traces
 ``G.synthesis(ws, noise_mode="const")`` once for the shape of ``ws`` with TorchScript and freezes the
 trace, which folds every weight-only computation into constants and drops the Python layer.
 
-Measured on the 2-core development machine (one thread, 200 interleaved passes, batch 1): eager 9.0 ms
-(minimum) / 11.8 ms (median), traced 6.2 / 8.0 ms, traced and frozen 4.7 / 5.9 ms, with the same output
-bit for bit. Tracing and freezing take 0.7 s, once per editor. ``torch.jit.optimize_for_inference``
-was slower here (6.6 / 8.2 ms) and changed the output by 1e-5, so it is not used. ``torch.compile``
-would need a C++ toolchain and tens of seconds of compilation; TorchScript is deprecated in PyTorch 2.11
-in favour of it, so everything here falls back to the eager reference when tracing fails or
-``torch.jit`` is gone.
+Measured on the 2-core development machine (one thread, 200 interleaved passes, batch 1, while another
+job ran): eager 9.0 ms (minimum) / 11.8 ms (median), traced 6.2 / 8.0 ms, traced and frozen 4.7 / 5.9 ms,
+with the same output bit for bit; idle, 2 threads, medians: eager 16.6 ms, frozen 8.8 ms. Frozen, the
+fused modulated convolution and the default memory layout were slower (11.5 and 10.8 ms), and
+``torch.jit.optimize_for_inference`` too (8.2 ms, output changed by 1e-5). Tracing and freezing take
+0.7 s, once per editor. TorchScript is deprecated in PyTorch 2.11 in favour of ``torch.compile``, which
+needs a C++ toolchain and compiles on first use (not tried here); whenever tracing fails, or
+``torch.jit`` is gone, everything here falls back to the eager reference.
 
 Reference path: ``G.synthesis(ws, noise_mode="const")`` itself; ``tests/test_stylegan2.py`` checks
 that both give the same image. The frozen graph holds a copy of the weights: if the network's
 parameters or buffers change in place (training), the next call re-traces; a different shape of
-``ws``, gradients, another noise mode or a non-CPU tensor simply takes the eager path.
+``ws``, gradients to compute, a network in training mode or a non-CPU tensor simply take the eager path.
 Chapter 6 (``notebooks/06_interactive_editing.ipynb``) uses it for every FaceWorld editor frame.
 """
 
