@@ -67,13 +67,15 @@ class FrozenSynthesis:
         self.fast = False
 
     def _eligible(self, ws: torch.Tensor) -> bool:
-        return (not self._failed and ws.device.type == "cpu" and ws.dtype == torch.float32 and ws.ndim == 3
-                and not (torch.is_grad_enabled() and (ws.requires_grad or any(
-                    p.requires_grad for p in self.synthesis.parameters()))))
+        """Whether ``ws`` may take the frozen graph (traced, or about to be, for its shape)."""
+        if self._failed or self.synthesis.training or ws.device.type != "cpu" or ws.dtype != torch.float32:
+            return False
+        if self._graph is not None and tuple(ws.shape) != self._shape:
+            return False  # one shape is traced: the editor's
+        return not (torch.is_grad_enabled() and (ws.requires_grad or any(
+            p.requires_grad for p in self.synthesis.parameters())))
 
     def _freeze(self, ws: torch.Tensor) -> None:
-        was_training = self.synthesis.training
-        self.synthesis.eval()
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's deprecation notice and tracer warnings
@@ -82,15 +84,11 @@ class FrozenSynthesis:
             self._shape, self._versions = tuple(ws.shape), _versions(self.synthesis)
         except Exception:  # no TorchScript (a future PyTorch) or an untraceable network: stay eager
             self._graph, self._failed = None, True
-        finally:
-            self.synthesis.train(was_training)
 
     def __call__(self, ws: torch.Tensor) -> torch.Tensor:
         self.fast = False
-        if not self._eligible(ws) or self.synthesis.training:
+        if not self._eligible(ws):
             return self.synthesis(ws, noise_mode="const")
-        if self._graph is not None and tuple(ws.shape) != self._shape:
-            return self.synthesis(ws, noise_mode="const")  # one shape is traced: the editor's
         if self._graph is None or _versions(self.synthesis) != self._versions:
             image = self.synthesis(ws, noise_mode="const")  # checks ws (shape, NaN) before it is traced
             self._freeze(ws)
