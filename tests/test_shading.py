@@ -108,6 +108,17 @@ def test_sh_shading_gradients_match_finite_differences():
     normals = _sphere_samples(6, seed=5).view(2, 3, 3).requires_grad_()
     gamma = torch.randn(2, 27, generator=torch.Generator().manual_seed(6), dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(sh_shading, (normals, gamma))
+    shared = gamma[:1].detach().clone().requires_grad_()  # one light for the batch
+    assert torch.autograd.gradcheck(sh_shading, (normals, shared))
+
+
+def test_sh_shading_treats_every_point_alone():
+    """A point's shading does not depend on the other points passed with it, bit for bit."""
+    normals = _sphere_samples(300, seed=7).view(3, 100, 3).float()
+    gamma = torch.randn(3, 27, generator=torch.Generator().manual_seed(8))
+    every = sh_shading(normals, gamma)
+    for keep in (torch.tensor([5]), torch.arange(17, 64), torch.arange(0, 100, 3)):
+        assert torch.equal(sh_shading(normals[:, keep], gamma), every[:, keep])
 
 
 def test_icosahedron_normals_point_out_of_the_centre():
