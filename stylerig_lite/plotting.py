@@ -42,6 +42,7 @@ __all__ = [
     "PHOTOREAL_SWEEPS",
     "photoreal_edits_figure",
     "photo_edit_figure",
+    "turn_response_figure",
     "SLIDER_SWEEPS",
     "to_numpy_image",
     "to_unit",
@@ -713,6 +714,35 @@ def photo_edit_figure(edit: Any, *, start_image: Optional[torch.Tensor] = None, 
             ax.imshow(to_numpy_image(((image[0] + 1) / 2).clamp(0, 1)))
         title = name + (f"\n{captions[name]}" if name in captions else "")
         ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def turn_response_figure(section: Dict[str, Any], names: Sequence[str] = ("yaw", "pitch")):
+    """Chapter 7's turn-response panels from ``data/photo_embedding.json``'s ``turn_response`` section.
+
+    One panel per slider: the judged turn against the requested one for every validation face (grey),
+    their median (black), the astronaut (red, when measured) and the ideal response (dashed). Returns
+    the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        curve = section["curves"][name]
+        requests = curve["requests"]
+        for i, row in enumerate(curve["judged_by_face"]):
+            ax.plot(requests, row, color="0.7", linewidth=0.8, label="validation faces" if i == 0 else None)
+        ax.plot(requests, curve["judged_median"], color="black", linewidth=1.8, label="their median")
+        if "astronaut" in section:
+            ax.plot(section["astronaut"]["requests"][name], section["astronaut"]["judged"][name], color="tab:red",
+                    linewidth=1.5, marker="o", markersize=2.5, label="the astronaut")
+        ends = [min(requests), max(requests)]
+        ax.plot(ends, ends, color="tab:blue", linestyle="--", linewidth=1, label="as asked")
+        ax.set_xlabel(f"requested {name} turn (degrees)")
+        ax.set_ylabel(f"{name} turn the judge reads (degrees)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -293,6 +293,26 @@ def test_embedding_lowers_its_loss_and_refuses_another_generator(tiny_msg):
         photo.EmbedConfig(steps=-1)
 
 
+def test_the_shipped_turn_response_belongs_to_the_embedded_pose_rignet():
+    """Chapter 7's turn-response curves: measured with the embedded pose RigNet, medians of the faces shown."""
+    import json
+    from importlib import resources
+
+    from stylerig_lite import pretrained
+
+    section = json.loads(resources.files("stylerig_lite").joinpath("data/photo_embedding.json").read_text())[
+        "turn_response"]
+    assert section["pose_rignet_sha256"] == pretrained.read_manifest()["rignet_ffhq_pose"]["sha256"]
+    assert not set(section["rows"]) & set(json.loads(resources.files("stylerig_lite").joinpath(
+        "data/photo_embedding.json").read_text())["validation"]["rows"])  # another draw than the settings' faces
+    for name, curve in section["curves"].items():
+        table = torch.tensor(curve["judged_by_face"], dtype=torch.float64)
+        assert table.shape == (len(section["rows"]), len(curve["requests"]))
+        torch.testing.assert_close(table.nanmedian(dim=0).values, torch.tensor(curve["judged_median"],
+                                   dtype=torch.float64), atol=1e-3, rtol=0)
+        assert section["astronaut"]["requests"][name] == curve["requests"]
+
+
 def test_psnr_known_answer():
     a = torch.zeros(1, 3, 8, 8)
     assert photo.psnr_db(a, a + 0.2) == pytest.approx(10 * math.log10(4 / 0.04))

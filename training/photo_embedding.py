@@ -10,6 +10,12 @@ pixel term's history gives PSNR against the step count, and at the end the code 
 yaw and the judge reads the change. The astronaut (``--example``) is the evaluation photo: it is
 measured once, with the settings chosen here, as ``stylerig-lite edit-photo --example astronaut
 --yaw 15 --json`` does. Writes ``stylerig_lite/data/photo_embedding.json`` (chapter 7 reads it).
+
+``--response N`` measures the pose RigNet's turn response on embedded faces: N more validation faces
+(another draw than the settings' faces) are embedded with the default settings and asked for every
+turn of ``RESPONSE_REQUESTS``; the judge reads each (chapter 7, section 7 plots the curves).
+``--response-astronaut`` measures the astronaut's curve the same way (the evaluation photo: measured,
+never used to choose anything).
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ def main() -> None:
     parser.add_argument("--astronaut-steps", type=int, default=None, help="default: EmbedConfig's")
     parser.add_argument("--astronaut-prior", type=float, default=None, help="default: EmbedConfig's")
     parser.add_argument("--astronaut-lr", type=float, default=None, help="default: EmbedConfig's")
+    parser.add_argument("--response", type=int, default=0, metavar="N",
+                        help="measure the pose RigNet's turn response on N embedded validation faces "
+                             "(the default EmbedConfig)")
+    parser.add_argument("--response-astronaut", action="store_true",
+                        help="measure the astronaut's turn response too (added to the same section)")
     parser.add_argument("--skip-validation", action="store_true")
     parser.add_argument("--skip-astronaut", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("stylerig_lite/data/photo_embedding.json"))
@@ -84,6 +95,15 @@ def main() -> None:
         results["validation"] = validation
     chosen = (("steps", args.astronaut_steps), ("w_prior", args.astronaut_prior), ("lr", args.astronaut_lr))
     config = photo.EmbedConfig(**{k: v for k, v in chosen if v is not None})
+    if args.response:
+        results["turn_response"] = _turn_response(args, nets, judge, photo.EmbedConfig())
+        atomic_write_json(args.out, results)
+    if args.response_astronaut:
+        face = photo.align_face(photo.load_photo(photo.example_photo("astronaut"))[0])
+        section = results.setdefault("turn_response", {})
+        section["astronaut"] = _face_response(nets, judge, face, photo.EmbedConfig())
+        section["astronaut_command"] = "python " + " ".join(sys.argv)
+        atomic_write_json(args.out, results)
     if args.skip_astronaut:
         atomic_write_json(args.out, results)
         return
@@ -95,6 +115,56 @@ def main() -> None:
                             "wall_seconds": round(time.time() - started, 1), "threads": args.threads}
     atomic_write_json(args.out, results)
     print(json.dumps(results["astronaut"], indent=1))
+
+
+#: The turns each validation face is asked for (degrees, relative to its own pose), per slider.
+#: 0 asks the rig for the face's own pose (the editor skips the rig there; here it is applied, so the
+#: curve shows where the rig puts an embedded face before it turns it).
+RESPONSE_REQUESTS = {"yaw": (-30, -25, -20, -15, -10, -5, 0, 5, 10, 15, 20, 25, 30),
+                     "pitch": (-15, -10, -5, 0, 5, 10, 15)}
+
+
+def _turn_response(args, nets, judge, config) -> dict:
+    """Embed ``args.response`` validation faces, ask the rig for every turn of RESPONSE_REQUESTS, read the judge."""
+    data = CorpusDataset(args.corpus)
+    rows = torch.nonzero((data.index < 500) & data.face_found.bool()).flatten()
+    rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed + 1))[:args.response]]
+    pose_file = Path(args.pose) if args.pose else pretrained.embedded_path("rignet_ffhq_pose")
+    readings = {name: [] for name in RESPONSE_REQUESTS}
+    started = time.time()
+    for r in rows:
+        face = photo.align_face((data.float_images(int(r))[0] + 1) / 2)
+        for name, row in _face_response(nets, judge, face, config)["judged"].items():
+            readings[name].append(row)
+        print(f"face {int(data.index[r])}: yaw {[round(x, 1) for x in readings['yaw'][-1]]}", file=sys.stderr)
+    curves = {}
+    for name, requests in RESPONSE_REQUESTS.items():
+        table = torch.tensor(readings[name], dtype=torch.float64)  # [faces, requests]
+        curves[name] = {"requests": [float(q) for q in requests],
+                        "judged_median": [round(x, 3) for x in table.nanmedian(dim=0).values.tolist()],
+                        "judged_by_face": [[round(x, 3) for x in row] for row in readings[name]]}
+    return {"command": "python " + " ".join(sys.argv), "rows": [int(data.index[r]) for r in rows],
+            "config": config.__dict__, "pose_rignet_sha256": _sha256(pose_file), "curves": curves,
+            "seconds": round(time.time() - started, 1), "threads": args.threads}
+
+
+def _face_response(nets, judge, face, config) -> dict:
+    """Embed one aligned face, ask the rig for every turn of RESPONSE_REQUESTS, and read the judge."""
+    emb = photo.embed(nets["G"], face.crop, nets["encoder"], latent_f=nets["latent_f"],
+                      face_model=nets["face_model"], landmarks=face.landmarks, config=config)
+    judged = {}
+    for name, requests in RESPONSE_REQUESTS.items():
+        edits = [photo.edit_embedding(nets, emb.w, {name: float(q) or 1e-4})[0] for q in requests]
+        read = judge.read(torch.cat([emb.image, *edits]), value_range=(-1, 1))[name]
+        judged[name] = [round(float(x - read[0]), 3) for x in read[1:]]
+    return {"requests": {name: [float(q) for q in requests] for name, requests in RESPONSE_REQUESTS.items()},
+            "judged": judged, "embed_psnr_db": round(photo.psnr_db(emb.image, face.crop), 3)}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _edit_and_read(nets, emb, face, yaw, judge, meter) -> dict:
