@@ -319,11 +319,13 @@ class EmbedConfig:
     the median PSNR after 60 steps was 25.0, 25.1 and 24.8 dB, and the judged yaw change of a +15°
     edit 7.9°, 8.3° and 8.8°; the rule "the largest yaw change within 0.5 dB of the best PSNR" picked 1.
     The median PSNR rose from 12.1 dB (the encoder's guess) to 22.9 at 30 steps, 23.6 at 40 and 24.8 at
-    60; 40 steps fit the minute a photo may take on two cores. The other weights were set by hand
+    60. The step count is what fits the minute a photo may take on two cores: 40 steps at first (1.1 s
+    a step at 256 px), 60 since the generator's backward stopped copying its gradients through
+    in-place views (0.65 s a step; ``mobilestylegan.networks``). The other weights were set by hand
     (a first run on the astronaut showed each term moving), not tuned.
     """
 
-    steps: int = 40
+    steps: int = 60
     lr: float = 0.05  # Adam, on the offset from the start in units of the corpus's w std
     w_pixel: float = 1.0  # mean squared error of the [-1, 1] images
     w_feature: float = 0.5  # the encoder's stage outputs, each normalised by the target's mean square

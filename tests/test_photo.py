@@ -379,4 +379,5 @@ def test_edit_photo_meets_the_issue_goals(astronaut_edit):
     if not abs(m["yaw_change_deg"] - 15) <= 3:
         missed.append(f"judged yaw change {m['yaw_change_deg']:.1f}° for 15° (goal within 3°)")
     if missed:
-        pytest.xfail("measured on the astronaut with the default 40 steps: " + "; ".join(missed))
+        pytest.xfail(f"measured on the astronaut with the default {photo.EmbedConfig.steps} steps: "
+                     + "; ".join(missed))
