@@ -375,7 +375,7 @@ def test_edit_photo_meets_the_issue_goals(astronaut_edit):
     if m["identity_distance"] > 0.5:
         missed.append(f"identity distance {m['identity_distance']:.3f} (goal 0.5)")
     if m["embed_psnr_db"] < 22:
-        missed.append(f"PSNR {m['embed_psnr_db']:.1f} dB (goal 22)")
+        missed.append(f"PSNR {m['embed_psnr_db']:.2f} dB (goal 22)")
     if not abs(m["yaw_change_deg"] - 15) <= 3:
         missed.append(f"judged yaw change {m['yaw_change_deg']:.1f}° for 15° (goal within 3°)")
     if missed:

@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", default="0.05:0,0.05:0.01,0.05:0.1,0.1:0.01",
-                        help="comma-separated LR:W_PRIOR pairs of EmbedConfig to compare")
+                        help="comma-separated LR:W_PRIOR[:LR_FINAL] settings of EmbedConfig to compare "
+                             "(LR_FINAL 1, a constant rate, when left out)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--encoder", default=None, help="default: the embedded one")
     parser.add_argument("--pose", default=None, help="the photoreal pose RigNet (default: the embedded one)")
@@ -77,8 +78,9 @@ def main() -> None:
         validation = {"rows": [int(data.index[r]) for r in rows], "steps": args.steps, "yaw_deg": args.yaw,
                       "configs": {}}
         for pair in args.configs.split(","):
-            lr, prior = (float(x) for x in pair.split(":"))
-            config = photo.EmbedConfig(steps=args.steps, lr=lr, w_prior=prior)
+            lr, prior, *final = (float(x) for x in pair.split(":"))
+            final = final[0] if final else 1.0  # constant, as the first sweeps ran
+            config = photo.EmbedConfig(steps=args.steps, lr=lr, w_prior=prior, lr_final=final)
             per_face = []
             for face in faces:
                 started = time.time()
@@ -89,7 +91,8 @@ def main() -> None:
                                    "seconds": round(time.time() - started, 1)})
                 print(f"lr {lr}, prior {prior}: {per_face[-1]['embed_psnr_db']:.2f} dB, yaw change "
                       f"{per_face[-1]['yaw_change_deg']:.1f}", file=sys.stderr)
-            validation["configs"][f"lr {lr:g}, w_prior {prior:g}"] = {"lr": lr, "w_prior": prior,
+            label = f"lr {lr:g}, w_prior {prior:g}" + (f", decay to {final:g}" if final != 1.0 else "")
+            validation["configs"][label] = {"lr": lr, "w_prior": prior, "lr_final": final,
                                                                         **_summary(per_face)}
             atomic_write_json(args.out.with_suffix(".partial.json"), validation)
         results["validation"] = validation
