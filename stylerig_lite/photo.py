@@ -314,18 +314,18 @@ def paste_back(photo: torch.Tensor, crop: torch.Tensor, aligned: AlignedFace) ->
 class EmbedConfig:
     """The embedding's optimisation (chapter 7, section 5).
 
-    ``w_prior``, ``lr``, ``lr_final`` and ``steps`` were chosen on three validation faces of the photoreal corpus
-    (``training/photo_embedding.py``; shipped as ``data/photo_embedding.json``): with priors 0, 0.1 and 1
+    ``w_prior``, ``lr``, ``lr_final`` and ``steps`` were chosen on three validation faces of the photoreal
+    corpus (``training/photo_embedding.py``; shipped as ``data/photo_embedding.json``): with priors 0, 0.1 and 1
     the median PSNR after 60 steps was 25.0, 25.1 and 24.8 dB, and the judged yaw change of a +15°
     edit 7.9°, 8.3° and 8.8°; the rule "the largest yaw change within 0.5 dB of the best PSNR" picked 1.
     With that prior, learning rates 0.05, 0.1 and 0.2 gave 24.8, 25.4 and 26.8 dB (identity distances
     0.32, 0.30, 0.30; yaw changes 8.8°, 9.8°, 9.8°). At 0.2 the PSNR curves oscillated, so the rates
     were run again with a cosine decay to a tenth (and 0.4, which diverged on two faces): 23.5, 24.4 and
     27.9 dB, and the same rule picked 0.2 with the decay.
-    At the first setting (0.05, constant) the median PSNR rose from 12.1 dB (the encoder's guess) to 22.9 at
-    30 steps, 23.6 at 40 and 24.8 at 60. The step count is what fits the minute a photo may take on two cores: 40 steps at first (1.1 s
-    a step at 256 px), 60 since the generator's backward stopped copying its gradients through
-    in-place views (0.65 s a step; ``mobilestylegan.networks``). The other weights were set by hand
+    At the first setting (0.05, constant) the median PSNR rose from 12.1 dB (the encoder's guess) to 22.9
+    at 30 steps, 23.6 at 40 and 24.8 at 60. The step count is what fits the minute a photo may take on
+    two cores: 40 steps at first (1.1 s a step at 256 px), 60 since the generator's backward stopped
+    copying its gradients through in-place views (0.65 s a step; ``mobilestylegan.networks``). The other weights were set by hand
     (a first run on the astronaut showed each term moving), not tuned.
     """
 

@@ -199,6 +199,7 @@ class ShadingSupport:
         faces: ``[Fs, 3]`` long, the faces touching a corner of a visible face, in their original
             order, as compact vertex ids (positions in :attr:`vertices`, ``0 .. Vs - 1``).
         corners: ``[F, 3]`` long, every face of the mesh as compact vertex ids (-1 outside).
+        num_vertices: ``V``, the mesh's vertex count.
     """
 
     vertices: torch.Tensor
@@ -227,7 +228,7 @@ def shading_support(face_index: torch.Tensor, faces: torch.Tensor, num_vertices:
     device = faces.device
     shown = torch.zeros(faces.shape[0], dtype=torch.bool, device=device)
     drawn = face_index.view(-1)
-    shown[drawn.index_select(0, (drawn >= 0).nonzero().squeeze(1))] = True
+    shown[drawn[drawn >= 0]] = True
     corner = torch.zeros(num_vertices, dtype=torch.bool, device=device)
     corner[faces[shown].view(-1)] = True  # corners of visible faces
     touching = faces[corner[faces].any(dim=1)]  # [Fs, 3] faces around them, original order

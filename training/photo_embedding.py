@@ -13,7 +13,7 @@ measured once, with the settings chosen here, as ``stylerig-lite edit-photo --ex
 
 ``--response N`` measures the pose RigNet's turn response on embedded faces: N more validation faces
 (another draw than the settings' faces) are embedded with the default settings and asked for every
-turn of ``RESPONSE_REQUESTS``; the judge reads each (chapter 7, section 7 plots the curves).
+turn of ``RESPONSE_REQUESTS``; the judge reads each (chapter 7, section 5 plots the curves).
 ``--response-astronaut`` measures the astronaut's curve the same way (the evaluation photo: measured,
 never used to choose anything).
 """
@@ -32,7 +32,7 @@ import torch
 from stylerig_lite import photo, pretrained
 from stylerig_lite.corpus import CorpusDataset, synthesize
 from stylerig_lite.identity import IdentityMeter
-from stylerig_lite.io_utils import atomic_write_json
+from stylerig_lite.io_utils import atomic_write_json, sha256_file
 from stylerig_lite.judge import Judge
 from stylerig_lite.morphable import load_face_model
 
@@ -72,8 +72,7 @@ def main() -> None:
     results["command"] = "python " + " ".join(sys.argv)
     if not args.skip_validation:
         data = CorpusDataset(args.corpus)
-        rows = torch.nonzero((data.index < 500) & data.face_found.bool()).flatten()
-        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed))[:args.count]]
+        rows = _validation_rows(data, args.seed, args.count)
         faces = [photo.align_face((data.float_images(int(r))[0] + 1) / 2) for r in rows]
         validation = {"rows": [int(data.index[r]) for r in rows], "steps": args.steps, "yaw_deg": args.yaw,
                       "configs": {}}
@@ -127,11 +126,16 @@ RESPONSE_REQUESTS = {"yaw": (-30, -25, -20, -15, -10, -5, 0, 5, 10, 15, 20, 25, 
                      "pitch": (-15, -10, -5, 0, 5, 10, 15)}
 
 
+def _validation_rows(data, seed: int, count: int) -> torch.Tensor:
+    """``count`` corpus rows of the validation split (index < 500) with a detected face, drawn with ``seed``."""
+    rows = torch.nonzero((data.index < 500) & data.face_found.bool()).flatten()
+    return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:count]]
+
+
 def _turn_response(args, nets, judge, config) -> dict:
     """Embed ``args.response`` validation faces, ask the rig for every turn of RESPONSE_REQUESTS, read the judge."""
     data = CorpusDataset(args.corpus)
-    rows = torch.nonzero((data.index < 500) & data.face_found.bool()).flatten()
-    rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed + 1))[:args.response]]
+    rows = _validation_rows(data, args.seed + 1, args.response)
     pose_file = Path(args.pose) if args.pose else pretrained.embedded_path("rignet_ffhq_pose")
     readings = {name: [] for name in RESPONSE_REQUESTS}
     started = time.time()
@@ -147,7 +151,7 @@ def _turn_response(args, nets, judge, config) -> dict:
                         "judged_median": [round(x, 3) for x in table.nanmedian(dim=0).values.tolist()],
                         "judged_by_face": [[round(x, 3) for x in row] for row in readings[name]]}
     return {"command": "python " + " ".join(sys.argv), "rows": [int(data.index[r]) for r in rows],
-            "config": config.__dict__, "pose_rignet_sha256": _sha256(pose_file), "curves": curves,
+            "config": config.__dict__, "pose_rignet_sha256": sha256_file(pose_file), "curves": curves,
             "seconds": round(time.time() - started, 1), "threads": args.threads}
 
 
@@ -162,12 +166,6 @@ def _face_response(nets, judge, face, config) -> dict:
         judged[name] = [round(float(x - read[0]), 3) for x in read[1:]]
     return {"requests": {name: [float(q) for q in requests] for name, requests in RESPONSE_REQUESTS.items()},
             "judged": judged, "embed_psnr_db": round(photo.psnr_db(emb.image, face.crop), 3)}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _edit_and_read(nets, emb, face, yaw, judge, meter) -> dict:
