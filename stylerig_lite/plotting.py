@@ -722,27 +722,39 @@ def turn_response_figure(section: Dict[str, Any], names: Sequence[str] = ("yaw",
     """Chapter 7's turn-response panels from ``data/photo_embedding.json``'s ``turn_response`` section.
 
     One panel per slider: the judged turn against the requested one for every validation face (grey),
-    their median (black), the astronaut (red, when measured) and the ideal response (dashed). Returns
+    their median (black), the astronaut (red, when measured) and the ideal response (dashed), for the
+    way photos are edited (``section['choice']['chosen']``); the other way's medians are dotted. Returns
     the figure.
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0), squeeze=False)
+    chosen = section.get("choice", {}).get("chosen")
+    others = [mode for mode in section.get("modes", {}) if mode != chosen]
+    label = {"delta": "rig as a difference", "absolute": "rig applied once"}
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         curve = section["curves"][name]
         requests = curve["requests"]
         for i, row in enumerate(curve["judged_by_face"]):
-            ax.plot(requests, row, color="0.7", linewidth=0.8, label="validation faces" if i == 0 else None)
-        ax.plot(requests, curve["judged_median"], color="black", linewidth=1.8, label="their median")
-        if "astronaut" in section:
-            ax.plot(section["astronaut"]["requests"][name], section["astronaut"]["judged"][name], color="tab:red",
-                    linewidth=1.5, marker="o", markersize=2.5, label="the astronaut")
+            ax.plot(requests, row, color="0.75", linewidth=0.8, label="validation faces" if i == 0 else None)
+        ax.plot(requests, curve["judged_median"], color="black", linewidth=1.8,
+                label=f"their median ({label.get(chosen, 'shipped')})" if chosen else "their median")
+        astronaut = section.get("astronaut")
+        if astronaut:
+            ax.plot(requests, astronaut["judged"][name], color="tab:red", linewidth=1.5, marker="o",
+                    markersize=2.5, label="the astronaut")
+        for mode in others:
+            ax.plot(requests, section["modes"][mode]["curves"][name]["judged_median"], color="black",
+                    linestyle=":", linewidth=1.4, label=f"median, {label.get(mode, mode)}")
+            if astronaut and mode in astronaut.get("judged_by_mode", {}):
+                ax.plot(requests, astronaut["judged_by_mode"][mode][name], color="tab:red", linestyle=":",
+                        linewidth=1.2, label=f"astronaut, {label.get(mode, mode)}")
         ends = [min(requests), max(requests)]
         ax.plot(ends, ends, color="tab:blue", linestyle="--", linewidth=1, label="as asked")
         ax.set_xlabel(f"requested {name} turn (degrees)")
         ax.set_ylabel(f"{name} turn the judge reads (degrees)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     return fig
 

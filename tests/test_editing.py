@@ -460,6 +460,38 @@ def test_editor_chains_rignets_then_calls_plain_rigs() -> None:
     torch.testing.assert_close(frame.w_hat, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_delta_mode_subtracts_the_rigs_reading_of_the_source() -> None:
+    """``delta=True``: ŵ = w + rigs(w, target) - rigs(w, source), for one rig and a chain, refreshed with w."""
+    G = ToyGenerator()
+    rigs = {c: _random_rignet(c, G, seed=i) for i, c in enumerate(editing.RIG_COMPONENTS)}
+    state = EditorState(G, rigs, ToyEstimator(), seed=1, delta=True)
+    plain = EditorState(G, rigs, ToyEstimator(), seed=1)
+
+    def check(components):
+        frame = state.compute_frame(estimate=False)
+        assert frame.applied == components
+        source = state.source.to_vector()
+        assert not torch.allclose(_rigs_in_turn(rigs, state.w, source, components), state.w)  # a real offset
+        expected = state.w + _rigs_in_turn(rigs, state.w, frame.target.to_vector(), components) \
+            - _rigs_in_turn(rigs, state.w, source, components)
+        torch.testing.assert_close(frame.w_hat, expected, rtol=1e-5, atol=1e-5)
+        return frame
+
+    assert torch.equal(state.compute_frame().w_hat, state.w)  # nothing moved: the latent itself
+    state.set_slider("yaw", 20.0)
+    plain.set_slider("yaw", 20.0)
+    first = check(("pose",))
+    assert not torch.allclose(first.w_hat, plain.compute_frame().w_hat)
+    state.set_slider("jawOpen", 0.7)
+    check(("pose", "expression"))
+    state.set_seed(5)  # a new latent: the source's reading is recomputed
+    state.set_slider("yaw", -10.0)
+    check(("pose",))
+    with torch.no_grad():
+        state.w.add_(0.1)  # changed in place: recomputed too
+    check(("pose",))
+
+
 def test_changed_components_compares_like_torch_equal(state: EditorState) -> None:
     def reference(target: FaceParams):
         return tuple(c for c in editing.RIG_COMPONENTS

@@ -85,6 +85,17 @@ def test_astronaut_aligns_and_pastes_back_to_itself():
     assert torch.equal(pasted[:, outside], tensor[:, outside])
 
 
+def test_both_example_photos_read_and_align():
+    """The bundled portraits come from installed packages (scikit-image, Matplotlib), one face each."""
+    for name, shape in (("astronaut", (512, 512, 3)), ("grace_hopper", (600, 512, 3))):
+        array = photo.example_photo(name)
+        assert array.shape == shape and array.dtype == np.uint8
+        aligned = photo.align_face(photo.load_photo(array)[0])
+        assert aligned.faces_found == 1 and aligned.notes == []
+    with pytest.raises(KeyError, match="grace_hopper"):
+        photo.example_photo("grace")
+
+
 @pytest.fixture(scope="module")
 def photoreal_G():
     from stylerig_lite import pretrained
@@ -294,23 +305,77 @@ def test_embedding_lowers_its_loss_and_refuses_another_generator(tiny_msg):
 
 
 def test_the_shipped_turn_response_belongs_to_the_embedded_pose_rignet():
-    """Chapter 7's turn-response curves: measured with the embedded pose RigNet, medians of the faces shown."""
+    """Chapter 7's turn-response curves: measured with the embedded pose RigNet, medians of the faces shown,
+    and the way photos are edited is the one with the smaller median error (and edit_embedding's default)."""
+    import inspect
     import json
     from importlib import resources
 
     from stylerig_lite import pretrained
 
-    section = json.loads(resources.files("stylerig_lite").joinpath("data/photo_embedding.json").read_text())[
-        "turn_response"]
+    shipped = json.loads(resources.files("stylerig_lite").joinpath("data/photo_embedding.json").read_text())
+    section = shipped["turn_response"]
     assert section["pose_rignet_sha256"] == pretrained.read_manifest()["rignet_ffhq_pose"]["sha256"]
-    assert not set(section["rows"]) & set(json.loads(resources.files("stylerig_lite").joinpath(
-        "data/photo_embedding.json").read_text())["validation"]["rows"])  # another draw than the settings' faces
-    for name, curve in section["curves"].items():
-        table = torch.tensor(curve["judged_by_face"], dtype=torch.float64)
-        assert table.shape == (len(section["rows"]), len(curve["requests"]))
-        torch.testing.assert_close(table.nanmedian(dim=0).values, torch.tensor(curve["judged_median"],
-                                   dtype=torch.float64), atol=1e-3, rtol=0)
-        assert section["astronaut"]["requests"][name] == curve["requests"]
+    assert not set(section["rows"]) & set(shipped["validation"]["rows"])  # another draw than the settings' faces
+    assert len(section["faces"]) == len(section["rows"]) + len(section["photos"])
+    errors = {}
+    for mode, measured in section["modes"].items():
+        every = []
+        for name, curve in measured["curves"].items():
+            table = torch.tensor(curve["judged_by_face"], dtype=torch.float64)
+            assert table.shape == (len(section["faces"]), len(curve["requests"]))
+            torch.testing.assert_close(table.nanmedian(dim=0).values, torch.tensor(
+                curve["judged_median"], dtype=torch.float64), atol=1e-3, rtol=0)
+            requests = torch.tensor(curve["requests"], dtype=torch.float64)
+            error = (table - requests)[:, requests != 0].abs()
+            every.append(error[error == error])
+            assert section["astronaut"]["requests"][name] == curve["requests"]
+        errors[mode] = float(torch.cat(every).median())
+        assert errors[mode] == pytest.approx(section["choice"]["median_abs_error_deg"][mode]["all"], abs=1e-3)
+    chosen = min(errors, key=errors.get)
+    assert section["choice"]["chosen"] == chosen and section["curves"] == section["modes"][chosen]["curves"]
+    assert section["astronaut"]["judged"] == section["astronaut"]["judged_by_mode"][chosen]
+    default = inspect.signature(photo.edit_embedding).parameters["delta"].default
+    assert chosen == ("delta" if default else "absolute")
+
+
+def test_photo_edits_apply_the_rig_as_a_difference(tiny_msg, monkeypatch):
+    """edit_embedding's default: the rig's reading of the embedded code's own pose is subtracted."""
+    from stylerig_lite.params import SLICES
+
+    monkeypatch.setattr(photo, "CROP_SIZE", 32)  # the tiny generator's frames
+    G = tiny_msg
+
+    class LatentReader:  # F for the test: the code's first number is its yaw in degrees
+        reads_latents = True
+
+        def check_generator(self, generator):
+            pass
+
+        def estimate(self, w):
+            from stylerig_lite.params import FaceParams
+
+            params = FaceParams.neutral(w.shape[0])
+            pose = params.pose.clone()
+            pose[:, 0] = torch.deg2rad(w[:, 0, 0])
+            return params.replace(pose=pose)
+
+    def rig(w, p):  # turns 0.8 of the way, and misplaces every code by 3 (its reconstruction error)
+        out = w + 3.0
+        out[:, :, 0] = w[:, :, 0] + 0.8 * (torch.rad2deg(p[:, SLICES["pose"].start, None]) - w[:, :, 0])
+        return out
+
+    w = torch.zeros(1, G.num_ws, G.w_dim)
+    w[:, :, 0] = -6.0
+    nets = {"G": G, "latent_f": LatentReader(), "rigs": {"pose": rig}}
+    _, once = photo.edit_embedding(nets, w, {"yaw": 10.0}, delta=False)
+    assert float(once[0, 0, 0]) == pytest.approx(2.0) and float(once[0, 0, 1]) == pytest.approx(3.0)
+    _, delta = photo.edit_embedding(nets, w, {"yaw": 10.0})
+    expected = w.clone()
+    expected[:, :, 0] += 8.0  # only the turn: the offset of 3 cancels
+    torch.testing.assert_close(delta, expected)
+    _, same = photo.edit_embedding(nets, w, {"yaw": 0.0})
+    assert torch.equal(same, w)
 
 
 def test_psnr_known_answer():

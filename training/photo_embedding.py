@@ -12,8 +12,10 @@ measured once, with the settings chosen here, as ``stylerig-lite edit-photo --ex
 --yaw 15 --json`` does. Writes ``stylerig_lite/data/photo_embedding.json`` (chapter 7 reads it).
 
 ``--response N`` measures the pose RigNet's turn response on embedded faces: N more validation faces
-(another draw than the settings' faces) are embedded with the default settings and asked for every
-turn of ``RESPONSE_REQUESTS``; the judge reads each (chapter 7, section 5 plots the curves).
+(another draw than the settings' faces) and the real photographs of ``--response-photos`` (Grace
+Hopper) are embedded with the default settings and asked for every turn of ``RESPONSE_REQUESTS``, with
+the rig applied once and as a difference (``MODES``); the judge reads each, and the mode with the
+smaller median error is the one photos are edited with (chapter 7, section 5 plots the curves).
 ``--response-astronaut`` measures the astronaut's curve the same way (the evaluation photo: measured,
 never used to choose anything).
 """
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--response", type=int, default=0, metavar="N",
                         help="measure the pose RigNet's turn response on N embedded validation faces "
                              "(the default EmbedConfig)")
+    parser.add_argument("--response-photos", default="grace_hopper",
+                        help="comma-separated example photos (photo.EXAMPLES) among the response's validation faces")
     parser.add_argument("--response-astronaut", action="store_true",
                         help="measure the astronaut's turn response too (added to the same section)")
     parser.add_argument("--skip-validation", action="store_true")
@@ -103,7 +107,10 @@ def main() -> None:
     if args.response_astronaut:
         face = photo.align_face(photo.load_photo(photo.example_photo("astronaut"))[0])
         section = results.setdefault("turn_response", {})
-        section["astronaut"] = _face_response(nets, judge, face, photo.EmbedConfig())
+        response = _face_response(nets, judge, face, photo.EmbedConfig())
+        chosen = section.get("choice", {}).get("chosen", "delta")
+        section["astronaut"] = {**response, "judged": response["judged"][chosen],
+                                "judged_by_mode": response["judged"]}
         section["astronaut_command"] = "python " + " ".join(sys.argv)
         atomic_write_json(args.out, results)
     if args.skip_astronaut:
@@ -132,38 +139,68 @@ def _validation_rows(data, seed: int, count: int) -> torch.Tensor:
     return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:count]]
 
 
+#: How an embedded code is edited: the rig applied once (``edit_embedding(delta=False)``) or as a difference.
+MODES = {"absolute": False, "delta": True}
+
+
 def _turn_response(args, nets, judge, config) -> dict:
-    """Embed ``args.response`` validation faces, ask the rig for every turn of RESPONSE_REQUESTS, read the judge."""
+    """Embed ``args.response`` validation faces and the ``--response-photos``, ask the rig for every turn of
+    RESPONSE_REQUESTS in both MODES, read the judge; the mode with the smaller median error is chosen."""
     data = CorpusDataset(args.corpus)
     rows = _validation_rows(data, args.seed + 1, args.response)
+    photos = [name for name in args.response_photos.split(",") if name]
+    faces = [(f"row {int(data.index[r])}", photo.align_face((data.float_images(int(r))[0] + 1) / 2)) for r in rows]
+    faces += [(name, photo.align_face(photo.load_photo(photo.example_photo(name))[0])) for name in photos]
     pose_file = Path(args.pose) if args.pose else pretrained.embedded_path("rignet_ffhq_pose")
-    readings = {name: [] for name in RESPONSE_REQUESTS}
+    readings = {mode: {name: [] for name in RESPONSE_REQUESTS} for mode in MODES}
     started = time.time()
-    for r in rows:
-        face = photo.align_face((data.float_images(int(r))[0] + 1) / 2)
-        for name, row in _face_response(nets, judge, face, config)["judged"].items():
-            readings[name].append(row)
-        print(f"face {int(data.index[r])}: yaw {[round(x, 1) for x in readings['yaw'][-1]]}", file=sys.stderr)
-    curves = {}
-    for name, requests in RESPONSE_REQUESTS.items():
-        table = torch.tensor(readings[name], dtype=torch.float64)  # [faces, requests]
-        curves[name] = {"requests": [float(q) for q in requests],
-                        "judged_median": [round(x, 3) for x in table.nanmedian(dim=0).values.tolist()],
-                        "judged_by_face": [[round(x, 3) for x in row] for row in readings[name]]}
-    return {"command": "python " + " ".join(sys.argv), "rows": [int(data.index[r]) for r in rows],
-            "config": config.__dict__, "pose_rignet_sha256": sha256_file(pose_file), "curves": curves,
-            "seconds": round(time.time() - started, 1), "threads": args.threads}
+    for label, face in faces:
+        response = _face_response(nets, judge, face, config)
+        for mode in MODES:
+            for name, row in response["judged"][mode].items():
+                readings[mode][name].append(row)
+        print(f"{label}: yaw {response['judged']}", file=sys.stderr)
+    modes, errors = {}, {}
+    for mode in MODES:
+        curves = {}
+        for name, requests in RESPONSE_REQUESTS.items():
+            table = torch.tensor(readings[mode][name], dtype=torch.float64)  # [faces, requests]
+            curves[name] = {"requests": [float(q) for q in requests],
+                            "judged_median": [round(x, 3) for x in table.nanmedian(dim=0).values.tolist()],
+                            "judged_by_face": [[round(x, 3) for x in row] for row in readings[mode][name]]}
+        modes[mode] = {"curves": curves}
+        errors[mode] = _median_errors(curves)
+    chosen = min(MODES, key=lambda mode: errors[mode]["all"])
+    return {"command": "python " + " ".join(sys.argv), "rows": [int(data.index[r]) for r in rows], "photos": photos,
+            "faces": [label for label, _ in faces], "config": config.__dict__,
+            "pose_rignet_sha256": sha256_file(pose_file), "modes": modes,
+            "choice": {"rule": "the mode with the smaller median |judged - requested| over every face and "
+                               "nonzero request of both sliders", "median_abs_error_deg": errors, "chosen": chosen},
+            "curves": modes[chosen]["curves"], "seconds": round(time.time() - started, 1), "threads": args.threads}
+
+
+def _median_errors(curves: dict) -> dict:
+    """Median |judged - requested| (degrees) per slider and over both, nonzero requests, faces with a reading."""
+    out, every = {}, []
+    for name, curve in curves.items():
+        errors = [abs(judged - q) for row in curve["judged_by_face"] for q, judged in zip(curve["requests"], row)
+                  if q != 0 and math.isfinite(judged)]
+        every += errors
+        out[name] = round(float(torch.tensor(errors).median()), 3)
+    out["all"] = round(float(torch.tensor(every).median()), 3)
+    return out
 
 
 def _face_response(nets, judge, face, config) -> dict:
-    """Embed one aligned face, ask the rig for every turn of RESPONSE_REQUESTS, and read the judge."""
+    """Embed one aligned face, ask the rig for every turn of RESPONSE_REQUESTS in both MODES, read the judge."""
     emb = photo.embed(nets["G"], face.crop, nets["encoder"], latent_f=nets["latent_f"],
                       face_model=nets["face_model"], landmarks=face.landmarks, config=config)
-    judged = {}
-    for name, requests in RESPONSE_REQUESTS.items():
-        edits = [photo.edit_embedding(nets, emb.w, {name: float(q) or 1e-4})[0] for q in requests]
-        read = judge.read(torch.cat([emb.image, *edits]), value_range=(-1, 1))[name]
-        judged[name] = [round(float(x - read[0]), 3) for x in read[1:]]
+    judged = {mode: {} for mode in MODES}
+    for mode, delta in MODES.items():
+        for name, requests in RESPONSE_REQUESTS.items():
+            edits = [photo.edit_embedding(nets, emb.w, {name: float(q) or 1e-4}, delta=delta)[0] for q in requests]
+            read = judge.read(torch.cat([emb.image, *edits]), value_range=(-1, 1))[name]
+            judged[mode][name] = [round(float(x - read[0]), 3) for x in read[1:]]
     return {"requests": {name: [float(q) for q in requests] for name, requests in RESPONSE_REQUESTS.items()},
             "judged": judged, "embed_psnr_db": round(photo.psnr_db(emb.image, face.crop), 3)}
 
