@@ -579,16 +579,28 @@ def bench_edit(args: argparse.Namespace) -> dict:
         with torch.no_grad():
             return G.synthesis(w, noise_mode="const")
 
+    all_threads = None
+    if state._frozen is not None:  # the frozen graph on every thread, beside the editor's one-thread graph
+        from stylerig_lite.stylegan2.frozen import FrozenSynthesis
+
+        all_threads = FrozenSynthesis(G.synthesis, threads=None)
+
     # Interleave the measurements so that background load hits them alike.
-    gen_times, eager_times, upd_times, exp_times = [], [], [], []
+    gen_times, eager_times, upd_times, exp_times, all_times = [], [], [], [], []
     update_jaw = update("jawOpen", [0.6, 0.1])
     for fn in (generator_pass, eager_pass, yaw_update, update_jaw):  # warm-up
         fn()
+    if all_threads is not None:
+        with torch.no_grad():
+            all_threads(w), all_threads(w)  # traces, then runs frozen
     frames.clear()
     for _ in range(args.repeats):
         gen_times.append(_time(generator_pass, 1, 0)["ms"])
         eager_times.append(_time(eager_pass, 1, 0)["ms"])
         upd_times.append(_time(yaw_update, 1, 0)["ms"])
+        if all_threads is not None:
+            with torch.no_grad():
+                all_times.append(_time(lambda: all_threads(w), 1, 0)["ms"])
     state.reset()
     if app is not None:
         app._sync_sliders()
@@ -607,6 +619,8 @@ def bench_edit(args: argparse.Namespace) -> dict:
         "generator_min_ms": round(min(gen_times), 3),
         "eager_generator_ms": round(statistics.median(eager_times), 3),
         "frozen_generator": bool(getattr(state._frozen, "fast", False)),
+        "frozen_threads": getattr(state._frozen, "threads", None),
+        "frozen_all_threads_ms": round(statistics.median(all_times), 3) if all_times else None,
         "expression_update_ms": round(statistics.median(exp_times), 3),
         "breakdown_ms": breakdown,
         "goal": {"update_ms_below": 10.0, "overhead_ratio_below": 0.25,

@@ -788,6 +788,20 @@ def test_frozen_synthesis_gives_the_eager_image_and_retraces_after_a_weight_chan
         assert not torch.allclose(changed, eager[1], atol=1e-3)
         assert torch.allclose(frozen(ws[1]), changed, atol=1e-6, rtol=0)
         assert torch.allclose(frozen(ws[1]), changed, atol=1e-6, rtol=0) and frozen.fast
+        # On more threads than the frozen graph's one: the same image, and the caller's count is kept.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            assert torch.allclose(frozen(ws[1]), changed, atol=1e-6, rtol=0) and frozen.fast
+            assert torch.get_num_threads() == 2
+            free = FrozenSynthesis(G.synthesis, threads=None)  # on the caller's two threads, as eager is
+            free(ws[1])
+            on_two = G.synthesis(ws[1], noise_mode="const")
+            assert torch.allclose(free(ws[1]), on_two, atol=1e-6, rtol=0) and free.fast
+        finally:
+            torch.set_num_threads(threads)
+        with pytest.raises(ValueError, match="threads"):
+            FrozenSynthesis(G.synthesis, threads=0)
         # Another shape takes the eager path, with the same result.
         both = torch.cat(ws[:2])
         assert torch.equal(frozen(both), G.synthesis(both, noise_mode="const")) and not frozen.fast

@@ -16,6 +16,12 @@ fused modulated convolution and the default memory layout were slower (11.5 and 
 needs a C++ toolchain and compiles on first use (not tried here); whenever tracing fails, or
 ``torch.jit`` is gone, everything here falls back to the eager reference.
 
+One latent at 64 px is too little work for two threads: the frozen graph runs on one intra-op thread
+(``threads=1``, set around the call and restored after). ``python -m stylerig_lite.bench --threads 2 edit
+--json`` times both in the same run, interleaved (``generator_ms`` and ``frozen_all_threads_ms``): on the 2-core
+machine, medians of three runs, 6.9 ms on one thread against 8.7 ms on two. The image is the
+one-thread eager image; on two threads the eager convolutions round differently (by up to 1e-6).
+
 Reference path: ``G.synthesis(ws, noise_mode="const")`` itself; ``tests/test_stylegan2.py`` checks
 that both give the same image. The frozen graph holds a copy of the weights: if the network's
 parameters or buffers change in place (training), the next call re-traces; a different shape of
@@ -25,8 +31,9 @@ Chapter 6 (``notebooks/06_interactive_editing.ipynb``) uses it for every FaceWor
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 
@@ -49,6 +56,20 @@ def _versions(module: torch.nn.Module) -> Tuple[int, ...]:
     return tuple(t._version for t in (*module.parameters(), *module.buffers()))
 
 
+@contextlib.contextmanager
+def _at_most_threads(threads: Optional[int]) -> Iterator[None]:
+    """Run the block on at most ``threads`` intra-op threads (None: as set), then restore the count."""
+    before = torch.get_num_threads()
+    if threads is None or before <= threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class FrozenSynthesis:
     """``G.synthesis(ws, noise_mode="const")``, traced and frozen for one shape of ``ws`` on the CPU.
 
@@ -56,9 +77,13 @@ class FrozenSynthesis:
     for that shape (0.7 s for the FaceWorld generator); later calls of the same shape run the frozen
     graph, others the eager network. ``ws`` is checked for NaN and infinity first, as the eager network
     does (the trace has no such check). ``fast`` says whether the last call took the frozen graph.
+    ``threads``: intra-op threads of the frozen graph (at most; None keeps PyTorch's setting).
     """
 
-    def __init__(self, synthesis: torch.nn.Module):
+    def __init__(self, synthesis: torch.nn.Module, *, threads: Optional[int] = 1):
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be None or >= 1, got {threads}")
+        self.threads = None if threads is None else int(threads)
         self.synthesis = synthesis
         self._graph: Optional[Any] = None
         self._shape: Optional[Tuple[int, ...]] = None
@@ -94,7 +119,7 @@ class FrozenSynthesis:
             self._freeze(ws)
             return image
         assert_finite(ws, "ws (W+ latents)")
-        with torch.no_grad():
+        with torch.no_grad(), _at_most_threads(self.threads):
             image = self._graph(ws)
         self.fast = True
         return image
