@@ -17,7 +17,9 @@ This module does that on the photoreal generator, in four parts:
    the RigNets start from) and PIE's editability prior in a simple form: the W+ rows are pulled
    toward their mean, since every code the RigNets were trained on has equal rows;
 4. :func:`edit_photo` applies the photoreal RigNets to that code through
-   :class:`~stylerig_lite.editing.EditorState`, and measures what the issue asks for:
+   :class:`~stylerig_lite.editing.EditorState` (as a difference, and with yaw and pitch turns
+   checked in the drawn frame by :func:`turn_loop`; chapter 7, section 5 measures why), and
+   measures what the issue asks for:
    PSNR of the embedding, identity distance (dlib's descriptor), landmark NME, and the yaw
    change the independent judge reads.
 
@@ -57,6 +59,8 @@ __all__ = [
     "paste_back",
     "embed",
     "edit_embedding",
+    "head_pose",
+    "turn_loop",
     "edit_photo",
     "example_photo",
     "upload_editor",
@@ -529,7 +533,8 @@ def edit_photo(photo: Any, sliders: Mapping[str, float], *, config: Optional[Emb
 
 
 def edit_embedding(networks: Mapping[str, Any], w: torch.Tensor, sliders: Mapping[str, float], *,
-                   notes: Optional[List[str]] = None, delta: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+                   notes: Optional[List[str]] = None, delta: bool = True,
+                   turn_steps: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Move the sliders on an embedded code: ``(edited image [1, 3, S, S] in [-1, 1], ŵ [1, L, 512])``.
 
     ``networks``: ``{'G', 'latent_f', 'rigs'}`` as :func:`default_networks`; ``w [1, L, 512]`` the
@@ -540,6 +545,9 @@ def edit_embedding(networks: Mapping[str, Any], w: torch.Tensor, sliders: Mappin
     error on a code unlike those it was trained on; chosen on nine validation faces (chapter 7, section 5:
     median judged error over yaw and pitch turns of up to 30° and 15°, 4.0° against 4.6° for the rig
     applied once, ``delta=False``; yaw alone 4.1° against 5.5°).
+    ``turn_steps``: frames the turn loop may draw (:func:`turn_loop`; default :data:`TURN_STEPS`, 0 = ask
+    the rig once); it needs ``networks['face_model']`` and dlib. On the same validation faces the loop
+    brought the median error to 2.5°, and was chosen by the same rule.
     """
     from .editing import EditorState, slider_spec
 
@@ -555,8 +563,125 @@ def edit_embedding(networks: Mapping[str, Any], w: torch.Tensor, sliders: Mappin
         state.set_slider(name, base + float(value))
         if state.message and notes is not None:
             notes.append(state.message)
-    frame = state.compute_frame(estimate=False)
+    turns = {name: float(value) for name, value in sliders.items() if name in RELATIVE and float(value) != 0}
+    steps = TURN_STEPS if turn_steps is None else int(turn_steps)
+    if turns and steps > 0 and networks.get("face_model") is not None:
+        frame = turn_loop(state, turns, networks["face_model"], steps=steps, notes=notes)
+    else:
+        frame = state.compute_frame(estimate=False)
     return frame.image[None], frame.w_hat.detach()
+
+
+#: Frames the turn loop may draw, and the error (degrees) at which it stops (chapter 7, section 5).
+TURN_STEPS = 4
+TURN_TOLERANCE_DEG = 1.0
+
+
+def head_pose(image: torch.Tensor, start: Any, face_model: Any, *, iterations: int = 20) -> Optional[torch.Tensor]:
+    """Yaw, pitch and roll (degrees, ``[3]``) of the face in ``image [1, 3, S, S]`` (in [-1, 1]), or None.
+
+    dlib's 68 landmarks on the image, and the 3DMM's pose (rotation and translation) fitted to them by
+    Levenberg-Marquardt in float64, with the weights of the embedding's landmark term; identity and
+    expression stay those of ``start`` (a :class:`FaceParams` of batch 1, where the fit also starts).
+    It converges in 3-8 iterations, 30-50 ms (L-BFGS took 0.2-0.4 s and stopped up to 0.7° short).
+    A different reader than the judge's (MediaPipe's 468 points against a template, chapter 5):
+    another detector, trained on other photographs, and our face model instead of a mean mesh.
+    """
+    from .face_render import default_camera
+    from .params import euler_to_matrix
+
+    found = detect_faces(((image[0] + 1) / 2).clamp(0, 1))
+    if not found:
+        return None
+    size = int(image.shape[-1])
+    camera = default_camera(size)
+    points = found[0][1].double()  # [68, 2] pixels
+    with torch.no_grad():  # the 68 landmarks of start's shape, unposed: only the pose is fitted
+        unposed = face_model.shape(start.identity, start.expression)[0, face_model.landmark_indices].double()
+    weights = _landmark_weights().double()
+    sqrt_w = (weights / weights.sum()).sqrt()[:, None] / size
+
+    def residuals(pose: torch.Tensor) -> torch.Tensor:  # [6] -> [136]; camera.project without its checks
+        posed = unposed @ euler_to_matrix(pose[None, :3])[0].T + pose[3:]
+        cam = camera.to_camera(posed[None])[0]
+        uv = camera.focal_pixels * cam[:, :2] / cam[:, 2:] + torch.tensor([camera.width, camera.height]) / 2.0
+        return ((uv - points) * sqrt_w).reshape(-1)
+
+    pose = start.pose[0].detach().double().clone()
+    res = residuals(pose)
+    cost, damping = float(res @ res), 1e-3
+    for _ in range(int(iterations)):
+        jac = torch.func.jacfwd(residuals)(pose)  # [136, 6]
+        normal, grad = jac.T @ jac, jac.T @ res
+        while True:
+            step = torch.linalg.solve(normal + damping * torch.diag(normal.diagonal().clamp_min(1e-12)), -grad)
+            trial = residuals(pose + step)
+            trial_cost = float(trial @ trial)
+            if trial_cost < cost or damping > 1e8:
+                break
+            damping *= 5
+        if trial_cost >= cost:
+            break
+        pose, res, damping = pose + step, trial, damping / 3
+        done, cost = cost - trial_cost < 1e-14, trial_cost
+        if done:
+            break
+    return torch.rad2deg(pose[:3]).float()
+
+
+def turn_loop(state: Any, turns: Mapping[str, float], face_model: Any, *, steps: int = TURN_STEPS,
+              tolerance_deg: float = TURN_TOLERANCE_DEG, notes: Optional[List[str]] = None,
+              reader: Optional[Any] = None) -> Any:
+    """Draw the edit until the head in the image has turned by ``turns`` (degrees from the embedding).
+
+    On an embedded photo the pose RigNet turns the head by its own fraction of the request (0.60 to 1.32 of
+    the asked yaw on nine validation faces, 0.74 to 1.14 with this loop; chapter 7, section 5). So the turn is measured in the image and the request
+    corrected: draw the frame for request ``q``, read the head's pose with :func:`head_pose` against
+    the embedding's own, set ``q += (turn - read) / slope`` with the slope of the last two frames (1 at
+    first, kept within [0.3, 2]), at most ``steps`` frames, stopping once every error is below
+    ``tolerance_deg``. Requests stay inside the sliders' ranges; the frame with the smallest error is
+    returned. If the pose cannot be read (no face found), the first frame is returned and a note
+    says so.
+
+    ``state``: an :class:`~stylerig_lite.editing.EditorState` on the embedded code with every slider set
+    (``turns`` relative to its source pose). ``reader``: ``image [1, 3, S, S] -> degrees [3] or None``
+    instead of :func:`head_pose` (tests). Returns the chosen :class:`~stylerig_lite.editing.Frame`.
+    """
+    names = ("yaw", "pitch")
+    read_pose = reader or (lambda image: head_pose(image, state.source, face_model))
+    source_deg = [math.degrees(float(x)) for x in state.source.pose[0, :2]]
+    start = read_pose(state.source_image)
+    asked = {name: float(turn) for name, turn in turns.items()}
+    slope = {name: 1.0 for name in turns}
+    best, last = None, None
+    for step in range(max(int(steps), 1)):
+        for name in turns:
+            state.set_slider(name, source_deg[names.index(name)] + asked[name])
+            if state.message and notes is not None and state.message not in notes:
+                notes.append(state.message)
+            asked[name] = state.slider_value(name) - source_deg[names.index(name)]  # after clamping
+        frame = state.compute_frame(estimate=False)
+        read = read_pose(frame.image[None]) if start is not None else None
+        if read is None:
+            if notes is not None:
+                notes.append("the turn loop could not find the face's pose in the "
+                             + ("photo's embedding" if start is None else "edited frame")
+                             + "; the rig was asked once")
+            return frame if best is None else best[1]
+        turned = {name: float(read[names.index(name)] - start[names.index(name)]) for name in turns}
+        error = max(abs(turns[name] - turned[name]) for name in turns)
+        if best is None or error < best[0]:
+            best = (error, frame)
+        if error < tolerance_deg or step == steps - 1:
+            break
+        for name in turns:
+            if last is not None and abs(asked[name] - last[0][name]) > 1e-6:
+                measured = (turned[name] - last[1][name]) / (asked[name] - last[0][name])
+                slope[name] = min(max(measured, 0.3), 2.0)
+        last = (dict(asked), turned)
+        for name in turns:
+            asked[name] += (turns[name] - turned[name]) / slope[name]
+    return best[1]
 
 
 def _measure(aligned: AlignedFace, embedding: EmbedResult, edited: torch.Tensor,

@@ -723,14 +723,15 @@ def turn_response_figure(section: Dict[str, Any], names: Sequence[str] = ("yaw",
 
     One panel per slider: the judged turn against the requested one for every validation face (grey),
     their median (black), the astronaut (red, when measured) and the ideal response (dashed), for the
-    way photos are edited (``section['choice']['chosen']``); the other way's medians are dotted. Returns
-    the figure.
+    way photos are edited (``section['choice']['chosen']``); the other ways' medians are dotted and
+    dash-dotted. Returns the figure.
     """
     import matplotlib.pyplot as plt
 
     chosen = section.get("choice", {}).get("chosen")
     others = [mode for mode in section.get("modes", {}) if mode != chosen]
-    label = {"delta": "rig as a difference", "absolute": "rig applied once"}
+    label = {"loop": "turn loop", "delta": "rig as a difference", "absolute": "rig applied once"}
+    styles = (":", "-.")
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         curve = section["curves"][name]
@@ -743,12 +744,12 @@ def turn_response_figure(section: Dict[str, Any], names: Sequence[str] = ("yaw",
         if astronaut:
             ax.plot(requests, astronaut["judged"][name], color="tab:red", linewidth=1.5, marker="o",
                     markersize=2.5, label="the astronaut")
-        for mode in others:
+        for mode, style in zip(others, styles * len(others)):
             ax.plot(requests, section["modes"][mode]["curves"][name]["judged_median"], color="black",
-                    linestyle=":", linewidth=1.4, label=f"median, {label.get(mode, mode)}")
+                    linestyle=style, linewidth=1.2, label=f"median, {label.get(mode, mode)}")
             if astronaut and mode in astronaut.get("judged_by_mode", {}):
-                ax.plot(requests, astronaut["judged_by_mode"][mode][name], color="tab:red", linestyle=":",
-                        linewidth=1.2, label=f"astronaut, {label.get(mode, mode)}")
+                ax.plot(requests, astronaut["judged_by_mode"][mode][name], color="tab:red", linestyle=style,
+                        linewidth=1.0, label=f"astronaut, {label.get(mode, mode)}")
         ends = [min(requests), max(requests)]
         ax.plot(ends, ends, color="tab:blue", linestyle="--", linewidth=1, label="as asked")
         ax.set_xlabel(f"requested {name} turn (degrees)")

@@ -16,7 +16,7 @@ import torch
 from editing_fakes import JAW, ToyEstimator, ToyGenerator, toy_rigs, yaw_rig
 from stylerig_lite import editing, render_points
 from stylerig_lite.editing import EditorState, LatestOnly
-from stylerig_lite.morphable import EXPRESSION_NAMES, FaceParams
+from stylerig_lite.morphable import EXPRESSION_NAMES, SLICES, FaceParams
 
 
 @pytest.fixture()
@@ -490,6 +490,36 @@ def test_delta_mode_subtracts_the_rigs_reading_of_the_source() -> None:
     with torch.no_grad():
         state.w.add_(0.1)  # changed in place: recomputed too
     check(("pose",))
+
+
+def test_the_turn_loop_reaches_the_turn_read_in_the_image() -> None:
+    """photo.turn_loop: a rig that gives 0.6 of a turn is asked for more until the image shows the turn."""
+    from editing_fakes import YAW_SCALE
+    from stylerig_lite import photo
+
+    def under_turning(w, p):
+        out = w.clone()
+        asked = torch.rad2deg(p[:, SLICES["pose"].start]) / YAW_SCALE - w[:, 0, 0]  # latent units
+        out[:, :, 0] += 0.6 * asked[:, None]
+        return out
+
+    def reader(image):
+        return ToyEstimator().estimate(image)[0].angles_deg[0]
+
+    state = EditorState(ToyGenerator(), {"pose": under_turning}, ToyEstimator(), seed=3, delta=True)
+    source = state.slider_value("yaw")
+    start = float(reader(state.source_image)[0])
+    state.set_slider("yaw", source + 15.0)
+    once = float(reader(state.compute_frame().image[None])[0]) - start
+    assert 7.0 < once < 11.0  # about 0.6 of 15
+    frame = photo.turn_loop(state, {"yaw": 15.0}, None, reader=reader)
+    assert abs(float(reader(frame.image[None])[0]) - start - 15.0) < photo.TURN_TOLERANCE_DEG
+    # a pose that cannot be read: the rig asked once, and a note says so
+    state.set_slider("yaw", source + 15.0)
+    notes: list = []
+    frame = photo.turn_loop(state, {"yaw": 15.0}, None, reader=lambda image: None, notes=notes)
+    assert float(reader(frame.image[None])[0]) - start == pytest.approx(once, abs=1e-4)
+    assert notes and "could not find the face's pose" in notes[0]
 
 
 def test_changed_components_compares_like_torch_equal(state: EditorState) -> None:

@@ -306,7 +306,7 @@ def test_embedding_lowers_its_loss_and_refuses_another_generator(tiny_msg):
 
 def test_the_shipped_turn_response_belongs_to_the_embedded_pose_rignet():
     """Chapter 7's turn-response curves: measured with the embedded pose RigNet, medians of the faces shown,
-    and the way photos are edited is the one with the smaller median error (and edit_embedding's default)."""
+    and the way photos are edited is the one with the smallest median error (and edit_embedding's default)."""
     import inspect
     import json
     from importlib import resources
@@ -335,8 +335,9 @@ def test_the_shipped_turn_response_belongs_to_the_embedded_pose_rignet():
     chosen = min(errors, key=errors.get)
     assert section["choice"]["chosen"] == chosen and section["curves"] == section["modes"][chosen]["curves"]
     assert section["astronaut"]["judged"] == section["astronaut"]["judged_by_mode"][chosen]
-    default = inspect.signature(photo.edit_embedding).parameters["delta"].default
-    assert chosen == ("delta" if default else "absolute")
+    defaults = {name: p.default for name, p in inspect.signature(photo.edit_embedding).parameters.items()}
+    defaults["turn_steps"] = photo.TURN_STEPS if defaults["turn_steps"] is None else defaults["turn_steps"]
+    assert section["modes"][chosen]["edit_embedding"] == {k: defaults[k] for k in ("delta", "turn_steps")}
 
 
 def test_photo_edits_apply_the_rig_as_a_difference(tiny_msg, monkeypatch):
@@ -376,6 +377,25 @@ def test_photo_edits_apply_the_rig_as_a_difference(tiny_msg, monkeypatch):
     torch.testing.assert_close(delta, expected)
     _, same = photo.edit_embedding(nets, w, {"yaw": 0.0})
     assert torch.equal(same, w)
+
+
+def test_head_pose_recovers_a_known_pose(ict_mirror, monkeypatch):
+    """head_pose fits the 3DMM's pose to the detected landmarks: with the detector replaced by the exact
+    projection of a face at yaw 12°, pitch -5°, roll 3°, a fit started at the frontal pose finds them."""
+    from stylerig_lite.morphable import load_face_model
+    from stylerig_lite.params import FaceParams
+
+    face_model = load_face_model(progress=False)
+    g = torch.Generator().manual_seed(0)
+    true = FaceParams.neutral(1)
+    true = true.replace(identity=torch.randn(1, 100, generator=g) * 0.5,
+                        pose=torch.tensor([[math.radians(12), math.radians(-5), math.radians(3), 0.4, -0.3, 1.0]]))
+    points = photo._projected_landmarks(face_model, true.to_vector(), 256)[0]
+    monkeypatch.setattr(photo, "detect_faces", lambda image: [(1.0, points)])
+    found = photo.head_pose(torch.zeros(1, 3, 256, 256), true.replace(pose=torch.zeros(1, 6)), face_model)
+    torch.testing.assert_close(found, torch.tensor([12.0, -5.0, 3.0]), atol=1e-3, rtol=0)
+    monkeypatch.setattr(photo, "detect_faces", lambda image: [])
+    assert photo.head_pose(torch.zeros(1, 3, 256, 256), true, face_model) is None
 
 
 def test_psnr_known_answer():

@@ -14,8 +14,9 @@ measured once, with the settings chosen here, as ``stylerig-lite edit-photo --ex
 ``--response N`` measures the pose RigNet's turn response on embedded faces: N more validation faces
 (another draw than the settings' faces) and the real photographs of ``--response-photos`` (Grace
 Hopper) are embedded with the default settings and asked for every turn of ``RESPONSE_REQUESTS``, with
-the rig applied once and as a difference (``MODES``); the judge reads each, and the mode with the
-smaller median error is the one photos are edited with (chapter 7, section 5 plots the curves).
+the rig applied once, as a difference, and as a difference inside the turn loop (``MODES``); the judge
+reads each, and the mode with the smallest median error is the one photos are edited with (chapter 7,
+section 5 plots the curves).
 ``--response-astronaut`` measures the astronaut's curve the same way (the evaluation photo: measured,
 never used to choose anything).
 """
@@ -139,13 +140,15 @@ def _validation_rows(data, seed: int, count: int) -> torch.Tensor:
     return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:count]]
 
 
-#: How an embedded code is edited: the rig applied once (``edit_embedding(delta=False)``) or as a difference.
-MODES = {"absolute": False, "delta": True}
+#: How an embedded code is edited (``photo.edit_embedding``'s arguments): the rig applied once, as a
+#: difference, or as a difference with the turn loop (the pose measured in the drawn frame).
+MODES = {"absolute": {"delta": False, "turn_steps": 0}, "delta": {"delta": True, "turn_steps": 0},
+         "loop": {"delta": True, "turn_steps": photo.TURN_STEPS}}
 
 
 def _turn_response(args, nets, judge, config) -> dict:
     """Embed ``args.response`` validation faces and the ``--response-photos``, ask the rig for every turn of
-    RESPONSE_REQUESTS in both MODES, read the judge; the mode with the smaller median error is chosen."""
+    RESPONSE_REQUESTS in every one of MODES, read the judge; the mode with the smallest median error is chosen."""
     data = CorpusDataset(args.corpus)
     rows = _validation_rows(data, args.seed + 1, args.response)
     photos = [name for name in args.response_photos.split(",") if name]
@@ -168,13 +171,13 @@ def _turn_response(args, nets, judge, config) -> dict:
             curves[name] = {"requests": [float(q) for q in requests],
                             "judged_median": [round(x, 3) for x in table.nanmedian(dim=0).values.tolist()],
                             "judged_by_face": [[round(x, 3) for x in row] for row in readings[mode][name]]}
-        modes[mode] = {"curves": curves}
+        modes[mode] = {"curves": curves, "edit_embedding": MODES[mode]}
         errors[mode] = _median_errors(curves)
     chosen = min(MODES, key=lambda mode: errors[mode]["all"])
     return {"command": "python " + " ".join(sys.argv), "rows": [int(data.index[r]) for r in rows], "photos": photos,
             "faces": [label for label, _ in faces], "config": config.__dict__,
             "pose_rignet_sha256": sha256_file(pose_file), "modes": modes,
-            "choice": {"rule": "the mode with the smaller median |judged - requested| over every face and "
+            "choice": {"rule": "the mode with the smallest median |judged - requested| over every face and "
                                "nonzero request of both sliders", "median_abs_error_deg": errors, "chosen": chosen},
             "curves": modes[chosen]["curves"], "seconds": round(time.time() - started, 1), "threads": args.threads}
 
@@ -192,13 +195,13 @@ def _median_errors(curves: dict) -> dict:
 
 
 def _face_response(nets, judge, face, config) -> dict:
-    """Embed one aligned face, ask the rig for every turn of RESPONSE_REQUESTS in both MODES, read the judge."""
+    """Embed one aligned face, ask the rig for every turn of RESPONSE_REQUESTS in every one of MODES, read the judge."""
     emb = photo.embed(nets["G"], face.crop, nets["encoder"], latent_f=nets["latent_f"],
                       face_model=nets["face_model"], landmarks=face.landmarks, config=config)
     judged = {mode: {} for mode in MODES}
-    for mode, delta in MODES.items():
+    for mode, kwargs in MODES.items():
         for name, requests in RESPONSE_REQUESTS.items():
-            edits = [photo.edit_embedding(nets, emb.w, {name: float(q) or 1e-4}, delta=delta)[0] for q in requests]
+            edits = [photo.edit_embedding(nets, emb.w, {name: float(q) or 1e-4}, **kwargs)[0] for q in requests]
             read = judge.read(torch.cat([emb.image, *edits]), value_range=(-1, 1))[name]
             judged[mode][name] = [round(float(x - read[0]), 3) for x in read[1:]]
     return {"requests": {name: [float(q) for q in requests] for name, requests in RESPONSE_REQUESTS.items()},
