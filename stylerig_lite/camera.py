@@ -174,10 +174,18 @@ class Camera:
         cam = self.to_camera(points)  # [B, N, 3]
         depth = cam[..., 2]  # [B, N]
         self.check_in_front(depth)
+        return self.pixels(cam), depth
+
+    def pixels(self, cam: torch.Tensor) -> torch.Tensor:
+        """Camera coordinates ``[..., 3]`` (:meth:`to_camera`) -> pixel coordinates ``[..., 2]``, unchecked.
+
+        :meth:`project` checks the points first; this is the bare perspective division, for callers that
+        cannot branch on values (``torch.func`` transforms, see :func:`stylerig_lite.photo.head_pose`).
+        """
         f = self.focal_pixels
-        u = f * cam[..., 0] / depth + self.width / 2.0
-        v = f * cam[..., 1] / depth + self.height / 2.0
-        return torch.stack([u, v], dim=-1), depth
+        u = f * cam[..., 0] / cam[..., 2] + self.width / 2.0
+        v = f * cam[..., 1] / cam[..., 2] + self.height / 2.0
+        return torch.stack([u, v], dim=-1)
 
     def check_in_front(self, depth: torch.Tensor) -> None:
         """Raise a clear error if any depth is at or behind the near plane."""

@@ -601,10 +601,9 @@ def head_pose(image: torch.Tensor, start: Any, face_model: Any, *, iterations: i
     weights = _landmark_weights().double()
     sqrt_w = (weights / weights.sum()).sqrt()[:, None] / size
 
-    def residuals(pose: torch.Tensor) -> torch.Tensor:  # [6] -> [136]; camera.project without its checks
+    def residuals(pose: torch.Tensor) -> torch.Tensor:  # [6] -> [136]
         posed = unposed @ euler_to_matrix(pose[None, :3])[0].T + pose[3:]
-        cam = camera.to_camera(posed[None])[0]
-        uv = camera.focal_pixels * cam[:, :2] / cam[:, 2:] + torch.tensor([camera.width, camera.height]) / 2.0
+        uv = camera.pixels(camera.to_camera(posed[None])[0])  # project() without its checks (jacfwd)
         return ((uv - points) * sqrt_w).reshape(-1)
 
     pose = start.pose[0].detach().double().clone()
@@ -634,14 +633,15 @@ def turn_loop(state: Any, turns: Mapping[str, float], face_model: Any, *, steps:
               reader: Optional[Any] = None) -> Any:
     """Draw the edit until the head in the image has turned by ``turns`` (degrees from the embedding).
 
-    On an embedded photo the pose RigNet turns the head by its own fraction of the request (0.60 to 1.32 of
-    the asked yaw on nine validation faces, 0.74 to 1.14 with this loop; chapter 7, section 5). So the turn is measured in the image and the request
-    corrected: draw the frame for request ``q``, read the head's pose with :func:`head_pose` against
+    On an embedded photo the pose RigNet turns the head by its own fraction of the request (0.60 to 1.32
+    of the asked yaw on nine validation faces, 0.74 to 1.14 with this loop; chapter 7, section 5). So the
+    turn is measured in the image and the request corrected: draw the frame for request ``q``, read the
+    head's pose with :func:`head_pose` against
     the embedding's own, set ``q += (turn - read) / slope`` with the slope of the last two frames (1 at
     first, kept within [0.3, 2]), at most ``steps`` frames, stopping once every error is below
     ``tolerance_deg``. Requests stay inside the sliders' ranges; the frame with the smallest error is
-    returned. If the pose cannot be read (no face found), the first frame is returned and a note
-    says so.
+    returned. If the pose cannot be read (no face found), the best frame so far (or the first) is
+    returned and a note says so.
 
     ``state``: an :class:`~stylerig_lite.editing.EditorState` on the embedded code with every slider set
     (``turns`` relative to its source pose). ``reader``: ``image [1, 3, S, S] -> degrees [3] or None``
@@ -666,7 +666,7 @@ def turn_loop(state: Any, turns: Mapping[str, float], face_model: Any, *, steps:
             if notes is not None:
                 notes.append("the turn loop could not find the face's pose in the "
                              + ("photo's embedding" if start is None else "edited frame")
-                             + "; the rig was asked once")
+                             + ("; the rig was asked once" if best is None else "; it kept its best frame"))
             return frame if best is None else best[1]
         turned = {name: float(read[names.index(name)] - start[names.index(name)]) for name in turns}
         error = max(abs(turns[name] - turned[name]) for name in turns)
