@@ -588,7 +588,6 @@ def head_pose(image: torch.Tensor, start: Any, face_model: Any, *, iterations: i
     another detector, trained on other photographs, and our face model instead of a mean mesh.
     """
     from .face_render import default_camera
-    from .params import euler_to_matrix
 
     found = detect_faces(((image[0] + 1) / 2).clamp(0, 1))
     if not found:
@@ -602,8 +601,8 @@ def head_pose(image: torch.Tensor, start: Any, face_model: Any, *, iterations: i
     sqrt_w = (weights / weights.sum()).sqrt()[:, None] / size
 
     def residuals(pose: torch.Tensor) -> torch.Tensor:  # [6] -> [136]
-        posed = unposed @ euler_to_matrix(pose[None, :3])[0].T + pose[3:]
-        uv = camera.pixels(camera.to_camera(posed[None])[0])  # project() without its checks (jacfwd)
+        posed = face_model.pose_vertices(unposed[None], pose[None])  # [1, 68, 3]
+        uv = camera.pixels(camera.to_camera(posed)[0])  # project() without its checks (jacfwd)
         return ((uv - points) * sqrt_w).reshape(-1)
 
     pose = start.pose[0].detach().double().clone()
@@ -647,7 +646,7 @@ def turn_loop(state: Any, turns: Mapping[str, float], face_model: Any, *, steps:
     (``turns`` relative to its source pose). ``reader``: ``image [1, 3, S, S] -> degrees [3] or None``
     instead of :func:`head_pose` (tests). Returns the chosen :class:`~stylerig_lite.editing.Frame`.
     """
-    names = ("yaw", "pitch")
+    names = RELATIVE  # the angles a turn may ask for, in the order of the pose vector
     read_pose = reader or (lambda image: head_pose(image, state.source, face_model))
     source_deg = [math.degrees(float(x)) for x in state.source.pose[0, :2]]
     start = read_pose(state.source_image)
