@@ -67,8 +67,10 @@ is recorded: other jobs on the machine lower the N-process figure most.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -76,6 +78,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from stylerig_lite import rasterize_jit
 from stylerig_lite.camera import Camera
 from stylerig_lite.render import pytorch3d_available, render_mesh
 from stylerig_lite.io_utils import load_checkpoint_file
@@ -133,6 +136,21 @@ def _time(fn: Callable[[], object], repeats: int, warmup: int) -> Dict[str, floa
     return {"ms": statistics.median(times), "min_ms": min(times), "cpu_ms": statistics.median(cpu), "runs": len(times)}
 
 
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the ``with`` block, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def bench_render(args: argparse.Namespace) -> dict:
     batch = args.batch
     vertices, faces, albedo, light = _head_batch(batch)
@@ -141,18 +159,22 @@ def bench_render(args: argparse.Namespace) -> dict:
         print("pytorch3d is not importable: timing our renderer only", file=sys.stderr)
     cases: Dict[str, dict] = {}
     parity: Dict[str, dict] = {}
+    jit = rasterize_jit.available()  # "ours" is then the compiled z-buffer; "ours_tensor" is timed beside it
     for size in args.sizes:
         camera = Camera(image_size=size)
         for mode in ("forward", "forward_backward"):
             name = f"{size}px_{mode}"
             case: dict = {"image_size": size, "batch": batch, "mode": mode}
-            backends = ["ours"]
+            backends = ["ours"] + (["ours_tensor"] if jit else [])
             if have_p3d and not (args.quick and size > 64):
                 backends.append("pytorch3d")
             else:
                 case["pytorch3d_ms"] = None
 
             def run(backend, camera=camera, mode=mode):
+                if backend == "ours_tensor":  # our renderer with the tensor-op z-buffer (no Numba loop)
+                    with _environment(STYLERIG_LITE_RASTERIZER="torch"):
+                        return run("ours")
                 if mode == "forward":
                     with torch.no_grad():
                         return render_mesh(vertices, faces, albedo, light, camera, backend=backend)
@@ -165,7 +187,8 @@ def bench_render(args: argparse.Namespace) -> dict:
             # Interleaved (ours, pytorch3d, ours, pytorch3d, ...) so that the machine's other load falls
             # on both sides alike; ours is warmed up once first (pytorch3d takes seconds per run).
             print(f"  {name:<24} {' / '.join(backends)} x {args.repeats} ...", file=sys.stderr, flush=True)
-            run("ours")
+            for backend in backends[:2]:
+                run(backend)
             times: Dict[str, List[float]] = {b: [] for b in backends}
             cpu: Dict[str, List[float]] = {b: [] for b in backends}
             for _ in range(args.repeats):
@@ -182,6 +205,7 @@ def bench_render(args: argparse.Namespace) -> dict:
             p3d = case.get("pytorch3d_ms")
             case["speedup"] = round(p3d / case["ours_ms"], 1) if p3d else None
             case["speedup_cpu"] = round(case["pytorch3d_cpu_ms"] / case["ours_cpu_ms"], 1) if p3d else None
+            case["jit_speedup"] = round(case["ours_tensor_ms"] / case["ours_ms"], 2) if jit else None
             cases[name] = case
         if have_p3d and not (args.quick and size > 64):
             with torch.no_grad():
@@ -206,6 +230,8 @@ def bench_render(args: argparse.Namespace) -> dict:
         "speedup": headline.get("speedup"),
         "speedup_cpu": headline.get("speedup_cpu"),
         "headline_case": "64px_forward_backward",
+        "visibility": "jit" if jit else "torch",
+        "jit_speedup": headline.get("jit_speedup"),
         "cases": cases,
         "parity": parity,
         "mesh": {"vertices": int(vertices.shape[1]), "faces": int(faces.shape[0])},
@@ -232,6 +258,9 @@ def _print_render_table(result: dict) -> None:
         else:
             p3d, p3d_cpu, speed, speed_cpu = "skipped", "-", "-", "-"
         print(f"{name:<24}{ours:>18}{case['ours_cpu_ms']:>10.1f}{p3d:>16}{p3d_cpu:>10}{speed:>9}{speed_cpu:>7}")
+        if case.get("ours_tensor_ms"):
+            print(f"{'':<24}tensor-op z-buffer {case['ours_tensor_ms']:.1f} ms: the compiled loop is "
+                  f"{case['jit_speedup']:.1f}x faster")
     for size, p in result["parity"].items():
         print(f"parity {size}: mask IoU {p['mask_iou']:.4f}, image mean |diff| {p['image_mean_abs_diff']:.2e}, "
               f"same face {p['same_face_fraction']:.4f}")

@@ -9,6 +9,9 @@ Two stages, the same split as nvdiffrast and pytorch3d:
    tests, and resolves depth with a z-buffer: one ``scatter_reduce(amax)``
    over int64 keys that pack the float32 bits of the interpolated ``1/z``
    (nearer = larger) above the face id (so ties go to the smaller face id).
+   Where Numba is installed, float32 CPU inputs take the same arithmetic as one
+   compiled loop instead (:mod:`stylerig_lite.rasterize_jit`: no candidate list,
+   the same ids bit for bit); this tensor path is its reference and fallback.
 2. **Attributes** (differentiable): for the winning triangle at each covered
    pixel only, :func:`fragments_from_face_index` recomputes the barycentric
    coordinates from the projected vertices with autograd on, and corrects
@@ -62,12 +65,15 @@ __all__ = [
     "interpolate",
     "rasterize",
     "rasterize_reference",
+    "VISIBILITY_BACKENDS",
     "scatter_pixels",
     "visible_faces",
     "visible_faces_grouped",
 ]
 
 _LOW32 = 0xFFFFFFFF
+#: ``visible_faces(backend=...)``: the compiled loop where it can run, the tensor path, the loop.
+VISIBILITY_BACKENDS = ("auto", "torch", "jit")
 
 
 @dataclasses.dataclass
@@ -205,11 +211,16 @@ def visible_faces(
     width: int,
     cull_backfaces: bool = False,
     max_candidates: int = 1 << 22,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Z-buffered face id per pixel ``[B, H, W]`` (long, -1 = background) from projected vertices.
 
     ``uv [B, V, 2]`` pixel coordinates and ``depth [B, V]`` camera depths (> 0).
-    :func:`visible_faces_grouped` is an alternative with the same result, bit for bit.
+    ``backend``: ``"torch"`` runs the tensor operations below; ``"jit"`` the same arithmetic as
+    one compiled loop (:mod:`stylerig_lite.rasterize_jit`, needs Numba and float32 CPU inputs;
+    5-6x faster on a 64-image FaceWorld batch at 64 px here); ``"auto"`` (default) takes
+    ``"jit"`` where it can run (and ``STYLERIG_LITE_RASTERIZER=torch`` is not set), else
+    ``"torch"``. All give the same ids, bit for bit, as does :func:`visible_faces_grouped`.
 
     Per-face work runs in a vertex-major layout (rows = vertices, columns = the
     batch) so that gathering a face's corners copies whole rows, which is much
@@ -217,6 +228,14 @@ def visible_faces(
     a few MB each: :func:`_keep_freed_memory` stops glibc from returning them to
     the operating system (and paying page faults again) on every call.
     """
+    if backend not in VISIBILITY_BACKENDS:
+        raise ValueError(f"backend must be one of {VISIBILITY_BACKENDS}, got {backend!r}")
+    if backend != "torch":
+        from stylerig_lite import rasterize_jit
+
+        fits = uv.device.type == "cpu" and uv.dtype == torch.float32 and depth.dtype == torch.float32
+        if backend == "jit" or (fits and rasterize_jit.available()):
+            return rasterize_jit.visible_faces_jit(uv, depth, faces.long(), height, width, cull_backfaces)
     _keep_freed_memory()
     batch, num_vertices, _ = uv.shape
     dtype, device = uv.dtype, uv.device

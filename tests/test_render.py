@@ -143,6 +143,80 @@ def test_grouped_visibility_equals_the_flat_list_on_the_ict_head(ict_head):
         assert torch.equal(visible_faces_grouped(uv, depth, faces, size, size), expected)
 
 
+# ---------------------------------------------------------------------- the compiled z-buffer (Numba)
+def _needs_numba():
+    from stylerig_lite import rasterize_jit
+
+    if rasterize_jit.numba is None:
+        skip_or_fail(f"numba is not importable ({rasterize_jit._MISSING}): pip install numba")
+
+
+def _addcmul_is_fused() -> bool:
+    """Whether torch.addcmul rounds once here (FMA hardware): then the two z-buffers agree bit for bit."""
+    one = 1 + 2.0**-12
+    t = torch.full((67,), one)  # a vectorised body and a scalar tail
+    return bool((torch.addcmul(torch.full_like(t, -(1 + 2.0**-11)), t, t) == 2.0**-24).all())
+
+
+def _assert_same_ids(got, expected):
+    if _addcmul_is_fused():
+        assert torch.equal(got, expected)
+    else:  # a CPU without FMA: the tensor path's edge functions round twice; near-ties may differ
+        assert (got == expected).float().mean() > 0.9999
+
+
+@pytest.mark.parametrize("size", [(24, 40), (64, 64)])
+def test_compiled_zbuffer_equals_the_tensor_path_on_triangle_soups(size):
+    from stylerig_lite.rasterize_jit import visible_faces_jit
+
+    _needs_numba()
+    height, width = size
+    for seed in range(6):
+        vertices, faces = triangle_soup(seed, batch=3, count=20, dtype=torch.float32)
+        uv, depth = Camera(image_size=size).project(vertices)
+        for cull in (False, True):
+            expected = visible_faces(uv, depth, faces, height, width, cull_backfaces=cull, backend="torch")
+            assert (expected >= 0).any() and (expected < 0).any()
+            _assert_same_ids(visible_faces_jit(uv, depth, faces, height, width, cull), expected)
+    vertices, faces = square(8.0, 24.0, dtype=torch.float32)  # a shared diagonal through pixel centres
+    uv, depth = Camera(image_size=64).project(vertices)
+    got = visible_faces(uv, depth, faces, 64, 64, backend="jit")
+    assert torch.equal(got, visible_faces(uv, depth, faces, 64, 64, backend="torch"))
+    assert ((got >= 0).sum() == 16 * 16) and (got == 0).any() and (got == 1).any()
+
+
+def test_compiled_zbuffer_equals_the_tensor_path_on_the_ict_head(ict_head):
+    _needs_numba()
+    vertices, faces, _, _ = ict_head
+    posed = torch.stack([vertices @ yaw_matrix(a).T for a in (-20.0, 5.0, 30.0)])
+    for size in (64, 128, 256):
+        uv, depth = Camera(image_size=size).project(posed)
+        expected = visible_faces(uv, depth, faces, size, size, backend="torch")
+        assert (expected >= 0).sum() > 0.2 * expected.numel()
+        _assert_same_ids(visible_faces(uv, depth, faces, size, size, backend="jit"), expected)
+
+
+def test_visibility_backend_is_chosen_and_checked(monkeypatch):
+    from stylerig_lite import rasterize_jit
+
+    _needs_numba()
+    vertices, faces = triangle_soup(0, dtype=torch.float32)
+    uv, depth = Camera(image_size=16).project(vertices)
+    calls = []
+    real = rasterize_jit.visible_faces_jit
+    monkeypatch.setattr(rasterize_jit, "visible_faces_jit", lambda *a: calls.append(1) or real(*a))
+    auto = visible_faces(uv, depth, faces, 16, 16)
+    assert calls == [1]  # float32 on the CPU: the compiled loop
+    visible_faces(uv.double(), depth.double(), faces, 16, 16)
+    assert calls == [1]  # float64: the tensor path
+    monkeypatch.setenv("STYLERIG_LITE_RASTERIZER", "torch")
+    assert torch.equal(visible_faces(uv, depth, faces, 16, 16), auto) and calls == [1]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        visible_faces(uv, depth, faces, 16, 16, backend="numba")
+    with pytest.raises(TypeError, match="float32 CPU tensors"):
+        visible_faces(uv.double(), depth.double(), faces, 16, 16, backend="jit")
+
+
 def test_shared_edges_through_pixel_centres_are_drawn_exactly_once():
     # The diagonal of this square passes exactly through pixel centres; a strict inside test
     # leaves holes there, an inclusive one draws them twice. The top-left rule does neither.

@@ -111,3 +111,14 @@ def test_grouped_visibility_renders_identical_images(world, monkeypatch):
     monkeypatch.setattr(render, "visible_faces", rasterize.visible_faces_grouped)
     got = world.sample(8, seed=3)
     assert torch.equal(got.images, expected.images) and torch.equal(got.part_index, expected.part_index)
+
+
+def test_compiled_zbuffer_renders_identical_images(world, monkeypatch):
+    from stylerig_lite import rasterize_jit
+
+    if not rasterize_jit.available():
+        pytest.skip("numba is not importable: both runs would take the tensor path")
+    expected = world.sample(8, seed=5)
+    monkeypatch.setenv("STYLERIG_LITE_RASTERIZER", "torch")
+    got = world.sample(8, seed=5)
+    assert torch.equal(got.images, expected.images) and torch.equal(got.part_index, expected.part_index)
