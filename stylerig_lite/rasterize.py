@@ -230,13 +230,13 @@ def visible_faces(
     """
     if backend not in VISIBILITY_BACKENDS:
         raise ValueError(f"backend must be one of {VISIBILITY_BACKENDS}, got {backend!r}")
+    _keep_freed_memory()  # also for the rest of the render (normals, shading): its buffers are as large
     if backend != "torch":
         from stylerig_lite import rasterize_jit
 
         fits = uv.device.type == "cpu" and uv.dtype == torch.float32 and depth.dtype == torch.float32
         if backend == "jit" or (fits and rasterize_jit.available()):
             return rasterize_jit.visible_faces_jit(uv, depth, faces.long(), height, width, cull_backfaces)
-    _keep_freed_memory()
     batch, num_vertices, _ = uv.shape
     dtype, device = uv.dtype, uv.device
 

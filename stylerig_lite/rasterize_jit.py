@@ -32,7 +32,9 @@ from typing import Optional
 
 import torch
 
-__all__ = ["available", "visible_faces_jit"]
+from stylerig_lite.checks import assert_shape
+
+__all__ = ["available", "SWITCH", "visible_faces_jit"]
 
 try:  # optional: without Numba the tensor path runs
     import numba
@@ -46,11 +48,17 @@ else:
     _MISSING = None
 
 
+#: ``STYLERIG_LITE_RASTERIZER``: ``auto`` (the compiled loop where it can run) or ``torch`` (never).
+SWITCH = "STYLERIG_LITE_RASTERIZER"
+
+
 def available() -> bool:
-    """Whether the compiled z-buffer can run here (Numba importable, not switched off)."""
-    if os.environ.get("STYLERIG_LITE_RASTERIZER", "auto").lower() == "torch":
-        return False
-    return numba is not None
+    """Whether the compiled z-buffer can run here (Numba importable, not switched off by :data:`SWITCH`)."""
+    value = os.environ.get(SWITCH, "auto").strip().lower() or "auto"
+    if value not in ("auto", "torch"):
+        raise ValueError(f"{SWITCH}={os.environ[SWITCH]!r}: expected 'auto' (the compiled z-buffer where Numba "
+                         "is installed) or 'torch' (always the tensor-op path)")
+    return value == "auto" and numba is not None
 
 
 if numba is not None:
@@ -69,8 +77,7 @@ if numba is not None:
 
         return sig, codegen
 
-    @numba.njit(cache=True, nogil=True)
-    def _zbuffer(u, v, iz, faces, height, width, cull, out, first, step):
+    def _zbuffer_loop(u, v, iz, faces, height, width, cull, out, first, step):
         # u, v, iz: [B, V] float32 pixel coordinates and 1/z; faces: [F, 3] int64;
         # out: [B, H * W] int64, rows first, first + step, ... filled with the winning face id or -1.
         num_faces = faces.shape[0]
@@ -129,6 +136,11 @@ if numba is not None:
             for p in range(height * width):
                 out[b, p] = owner[p]
 
+    try:  # cached on disk where Numba finds a writable folder (else compiled once per process)
+        _zbuffer = numba.njit(cache=True, nogil=True)(_zbuffer_loop)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        _zbuffer = numba.njit(nogil=True)(_zbuffer_loop)
+
 
 @torch.no_grad()
 def visible_faces_jit(uv: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor, height: int, width: int,
@@ -143,7 +155,15 @@ def visible_faces_jit(uv: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor
         raise RuntimeError(f"the compiled z-buffer needs numba ({_MISSING}); pip install numba")
     if uv.dtype != torch.float32 or depth.dtype != torch.float32 or uv.device.type != "cpu":
         raise TypeError(f"visible_faces_jit takes float32 CPU tensors, got {uv.dtype} on {uv.device}")
+    # The loop does not check its indices: a bad face would read another image's memory.
+    assert_shape(uv, [None, None, 2], "uv")
+    assert_shape(depth, list(uv.shape[:2]), "depth")
+    assert_shape(faces, [None, 3], "faces")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= uv.shape[1]):
+        raise ValueError(f"faces index vertices {int(faces.min())}..{int(faces.max())} but there are "
+                         f"{uv.shape[1]} (valid 0..{uv.shape[1] - 1})")
     batch = uv.shape[0]
+    uv, depth, faces = uv.detach(), depth.detach(), faces.long()
     u = uv[..., 0].contiguous().numpy()
     v = uv[..., 1].contiguous().numpy()
     iz = depth.reciprocal().contiguous().numpy()  # the tensor path's 1/z, the same float32 division

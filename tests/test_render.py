@@ -215,6 +215,11 @@ def test_visibility_backend_is_chosen_and_checked(monkeypatch):
         visible_faces(uv, depth, faces, 16, 16, backend="numba")
     with pytest.raises(TypeError, match="float32 CPU tensors"):
         visible_faces(uv.double(), depth.double(), faces, 16, 16, backend="jit")
+    with pytest.raises(ValueError, match="valid 0.."):
+        visible_faces(uv, depth, faces + 100, 16, 16, backend="jit")
+    monkeypatch.setenv("STYLERIG_LITE_RASTERIZER", "numba")
+    with pytest.raises(ValueError, match="expected 'auto'"):
+        visible_faces(uv, depth, faces, 16, 16)
 
 
 def test_shared_edges_through_pixel_centres_are_drawn_exactly_once():
