@@ -271,25 +271,38 @@ def bench_world(args: argparse.Namespace) -> dict:
     from stylerig_lite.world import FaceWorld
 
     world = FaceWorld()
-    world.sample(args.batch, seed=0)  # warm-up
-    times = []
+    jit = rasterize_jit.available()
+    # With Numba, the same batches again with the tensor-op z-buffer, interleaved (the same images).
+    variants = {"ours": {}, "tensor_zbuffer": {"STYLERIG_LITE_RASTERIZER": "torch"}} if jit else {"ours": {}}
+    times: Dict[str, List[float]] = {k: [] for k in variants}
+    for name, env in variants.items():
+        with _environment(**env):
+            world.sample(args.batch, seed=0)  # warm-up
     for r in range(args.repeats):
-        start = time.perf_counter()
-        world.sample(args.batch, seed=1 + r)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    return {
+        for name, env in variants.items():
+            with _environment(**env):
+                start = time.perf_counter()
+                world.sample(args.batch, seed=1 + r)
+                times[name].append(time.perf_counter() - start)
+    seconds = statistics.median(times["ours"])
+    result = {
         "batch": args.batch,
         "threads": torch.get_num_threads(),
         "seconds_per_batch": round(seconds, 4),
         "images_per_s": round(args.batch / seconds, 2),
         "triangles": int(world.faces.shape[0]),
+        "visibility": "jit" if jit else "torch",
     }
+    if jit:
+        result["images_per_s_tensor_zbuffer"] = round(args.batch / statistics.median(times["tensor_zbuffer"]), 2)
+    return result
 
 
 def _print_world(result: dict) -> None:
     print(f"FaceWorld: {result['images_per_s']} images/s ({result['batch']} per batch, "
           f"{result['seconds_per_batch']} s per batch, {result['triangles']:,} triangles, {result['threads']} threads)")
+    if result.get("images_per_s_tensor_zbuffer"):
+        print(f"  with the tensor-op z-buffer instead of the compiled loop: {result['images_per_s_tensor_zbuffer']} images/s")
 
 
 def _add_world_args(parser: argparse.ArgumentParser) -> None:
@@ -908,6 +921,30 @@ def bench_photoreal(args: argparse.Namespace) -> dict:
             target = F.avg_pool2d(G.synthesis(ws_seed), 4)
             mse = float((G.synthesis(ws_seed, resolution=256) - target).square().mean())
             psnr.append(10 * math.log10(4.0 / mse))  # peak-to-peak 2 on [-1, 1] images
+    # Forward + backward to the ws at 256 px (what the photo embedding runs every step): the styled 1x1
+    # convs' own backward against autograd's (the same forward), interleaved.
+    from stylerig_lite.mobilestylegan import networks as msg_networks
+
+    own = msg_networks._StyledPointwise.apply
+
+    def autograd_product(x, s, weight, bias, noise):
+        return msg_networks._pointwise(x, weight[None] * s[:, None, :], bias, noise)
+
+    def fwd_bwd(apply):
+        msg_networks._StyledPointwise.apply = apply
+        try:
+            wp = ws.detach().clone().requires_grad_(True)
+            G.synthesis(wp, resolution=256).square().mean().backward()
+        finally:
+            msg_networks._StyledPointwise.apply = own
+
+    backward_runs = {"fwd_bwd_256": lambda: fwd_bwd(own), "fwd_bwd_256_autograd": lambda: fwd_bwd(autograd_product)}
+    for name, run in backward_runs.items():
+        run()  # warm-up
+        times[name] = []
+    for _ in range(args.repeats):
+        for name, run in backward_runs.items():
+            times[name].append(_time(run, 1, 0)["ms"])
     median = {name: statistics.median(v) for name, v in times.items()}
     ov = median.get("openvino_1024")
     parity = (float(abs(outputs["torch_1024"].numpy() - outputs["openvino_1024"]).max())
@@ -919,6 +956,8 @@ def bench_photoreal(args: argparse.Namespace) -> dict:
         "ratio": round(median["torch_1024"] / ov, 2) if ov else None,
         "torch_ms_256": round(median["torch_256"], 1),
         "speedup_256": round(median["torch_1024"] / median["torch_256"], 2),
+        "fwd_bwd_256_ms": round(median["fwd_bwd_256"], 1),
+        "fwd_bwd_256_autograd_ms": round(median["fwd_bwd_256_autograd"], 1),
         "parity_max_abs": parity,
         "psnr_256_db": round(statistics.mean(psnr), 2),
         "psnr_256_db_min": round(min(psnr), 2),
@@ -945,6 +984,8 @@ def _print_photoreal(result: dict) -> None:
           + (f"{ov:8.1f} ms   ours / OpenVINO {result['ratio']:.2f}x" if ov else "not installed"))
     print(f"   256 px  ours {result['torch_ms_256']:8.1f} ms   ({result['speedup_256']:.2f}x cheaper than 1024 px), "
           f"PSNR vs the downsampled 1024-px image {result['psnr_256_db']:.1f} dB (min {result['psnr_256_db_min']:.1f})")
+    print(f"   256 px  forward + backward {result['fwd_bwd_256_ms']:.1f} ms (with autograd's backward of the styled "
+          f"1x1 convs: {result['fwd_bwd_256_autograd_ms']:.1f} ms)")
     if result["parity_max_abs"] is not None:
         print(f"  parity with OpenVINO f32: max abs {result['parity_max_abs']:.1e} on [-1, 1] images")
 

@@ -344,11 +344,13 @@ class EmbedConfig:
     At the first setting (0.05, constant) the median PSNR rose from 12.1 dB (the encoder's guess) to 22.9
     at 30 steps, 23.6 at 40 and 24.8 at 60. The step count is what fits the minute a photo may take on
     two cores: 40 steps at first (1.1 s a step at 256 px), 60 since the generator's backward stopped
-    copying its gradients through in-place views (0.65 s a step; ``mobilestylegan.networks``). The other weights were set by hand
-    (a first run on the astronaut showed each term moving), not tuned.
+    copying its gradients through in-place views (0.65 s a step; ``mobilestylegan.networks``), and 70
+    since its styled 1x1 convolutions got their own backward (a forward and backward pass 0.85 times as
+    long as before, measured side by side in ``bench photoreal``: 70 steps take the time 60 took). The
+    other weights were set by hand (a first run on the astronaut showed each term moving), not tuned.
     """
 
-    steps: int = 60
+    steps: int = 70
     lr: float = 0.2  # Adam, on the offset from the start in units of the corpus's w std
     lr_final: float = 0.1  # cosine decay of the learning rate to this fraction of lr (1 = constant)
     w_pixel: float = 1.0  # mean squared error of the [-1, 1] images

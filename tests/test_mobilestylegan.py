@@ -221,6 +221,41 @@ def test_gradients_of_the_fast_path_equal_the_reference_path():
         torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
+def test_the_frozen_generators_backward_equals_autograds():
+    """A frozen G (as pretrained ships it) takes the styled 1x1 conv's own backward: the same image,
+    bit for bit, and the gradients autograd's product would give, to float rounding."""
+    from stylerig_lite.mobilestylegan import networks
+
+    G = _tiny(seed=2).requires_grad_(False)
+    ws0 = G.mapping(torch.randn(2, 16, generator=torch.Generator().manual_seed(8))).detach()
+    target = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    calls = []
+    original = networks._StyledPointwise.apply
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    images, grads = [], []
+    for use_own in (True, False):
+        ws = ws0.clone().requires_grad_(True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(networks._StyledPointwise, "apply", counted if use_own else
+                       lambda x, s, weight, bias, noise: networks._pointwise(x, weight[None] * s[:, None, :], bias, noise))
+            image = G.synthesis(ws)
+            (image - target).square().mean().backward()
+        images.append(image.detach())
+        grads.append(ws.grad)
+    styled = sum(isinstance(m, (networks.ModulatedDWConv2d, networks.MultichannelImage)) for m in G.modules())
+    assert len(calls) == styled > 0  # every styled 1x1 conv took it
+    assert torch.equal(images[0], images[1])
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-5)
+    ws = ws0.clone().requires_grad_(True)  # and the reference path's gradient
+    (G.synthesis(ws, impl="ref") - target).square().mean().backward()
+    torch.testing.assert_close(grads[0], ws.grad, atol=1e-6, rtol=1e-4)
+
+
 def test_every_w_of_w_plus_styles_its_own_layer():
     G = _tiny()
     ws = G.mapping(torch.randn(1, 16, generator=torch.Generator().manual_seed(3)))

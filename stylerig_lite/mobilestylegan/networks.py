@@ -220,6 +220,50 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return out.view(B, H, W, C_out).permute(0, 3, 1, 2)
 
 
+class _StyledPointwise(torch.autograd.Function):
+    """``_pointwise(x, weight[None] * s[:, None, :], bias, noise)`` for a frozen ``weight``, with a cheaper backward.
+
+    ``x`` [B, C, H, W], ``s`` [B, C] (the style), ``weight`` [C_out, C], ``bias`` [C_out], ``noise`` as
+    in :func:`_pointwise`; gradients for ``x`` and ``s`` only. The forward is :func:`_pointwise`'s, the
+    same numbers bit for bit. Autograd's backward of that product would form the gradient of the
+    modulated weight, one more matrix product over every pixel (``[C_out, HW] @ [HW, C]`` per image),
+    and reduce it to ``s``. Here ``back = g W`` (one product) gives both: ``dL/dx = back * s`` and
+    ``dL/ds = sum over pixels of x * back``, a pass over the activations instead of a product. A
+    256-px forward and backward of the photoreal generator took 0.52 s against 0.61 s with autograd's
+    backward (two threads, five runs each, interleaved; ``python -m stylerig_lite.bench --threads 2
+    photoreal`` prints both); the gradients equal autograd's to float rounding (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, x, s, weight, bias, noise):
+        ctx.save_for_backward(x, s, weight)
+        return _pointwise(x, weight[None] * s[:, None, :], bias, noise)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, s, weight = ctx.saved_tensors
+        B, C, H, W = x.shape
+        g = grad_out.permute(0, 2, 3, 1).reshape(B, H * W, weight.shape[0])    # [B, HW, C_out]
+        back = torch.matmul(g, weight)                                         # [B, HW, C]
+        grad_x = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (back * s[:, None, :]).view(B, H, W, C).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_s = (x.permute(0, 2, 3, 1).reshape(B, H * W, C) * back).sum(1)
+        return grad_x, grad_s, None, None, None
+
+
+def _styled_pointwise(x: torch.Tensor, s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The 1x1 conv with weights ``weight [C_out, C]`` modulated by ``s [B, C]``: :func:`_pointwise`,
+    through :class:`_StyledPointwise` when autograd needs gradients for ``x`` or ``s`` only."""
+    frozen = not any(t is not None and t.requires_grad for t in (weight, bias, noise))
+    if frozen and torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
+        return _StyledPointwise.apply(x, s, weight, bias, noise)
+    return _pointwise(x, weight[None] * s[:, None, :], bias, noise)
+
+
 # ----------------------------------------------------------------------------------------------
 # Mapping.
 
@@ -342,11 +386,11 @@ class ModulatedDWConv2d(nn.Module):
             x = x if noise is None else x + noise
             return x if bias is None else x + bias[:, None, None]
         x = F.conv2d(x, self.weight_dw, padding=pad, groups=self.channels_in)
-        weight = self.weight_permute[None, :, :, 0, 0] * s[:, None, :]           # [B, C_out, C_in]
+        weight = self.weight_permute[:, :, 0, 0]                                  # [C_out, C_in]
         bias = torch.zeros_like(self.weight_permute[:, 0, 0]) if bias is None else bias
         if out_order is not None:
-            weight, bias = weight[:, out_order], bias[out_order]
-        return _pointwise(x, weight, bias, noise)
+            weight, bias = weight[out_order], bias[out_order]
+        return _styled_pointwise(x, s, weight, bias, noise)                      # (x s) W = x (W s)
 
 
 class StyledConv2d(nn.Module):
@@ -439,7 +483,7 @@ class MultichannelImage(nn.Module):
         weight, bias = self.weight[:outputs], self.bias[:outputs]
         if impl == "ref":
             return F.conv2d(x * s[:, :, None, None], weight) + bias[:, None, None]
-        return _pointwise(x, weight[None, :, :, 0, 0] * s[:, None, :], bias)  # (x s) W = x (W s)
+        return _styled_pointwise(x, s, weight[:, :, 0, 0], bias)  # (x s) W = x (W s)
 
 
 class MobileSynthesisBlock(nn.Module):
