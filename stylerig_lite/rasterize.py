@@ -218,7 +218,7 @@ def visible_faces(
     ``uv [B, V, 2]`` pixel coordinates and ``depth [B, V]`` camera depths (> 0).
     ``backend``: ``"torch"`` runs the tensor operations below; ``"jit"`` the same arithmetic as
     one compiled loop (:mod:`stylerig_lite.rasterize_jit`, needs Numba and float32 CPU inputs;
-    5-6x faster on a 64-image FaceWorld batch at 64 px here); ``"auto"`` (default) takes
+    5 to 8x faster on a 64-image FaceWorld batch at 64 px here, in five comparisons); ``"auto"`` (default) takes
     ``"jit"`` where it can run (and ``STYLERIG_LITE_RASTERIZER=torch`` is not set), else
     ``"torch"``. All give the same ids, bit for bit, as does :func:`visible_faces_grouped`.
 

@@ -20,7 +20,7 @@ ICT head at 64 to 256 px.
 
 Numba is an optional dependency (in the CI lock, ``pip install numba``): without it, or
 with ``STYLERIG_LITE_RASTERIZER=torch``, :func:`~stylerig_lite.rasterize.visible_faces` runs
-its tensor path. The first call in a process compiles the loop (about 2 s; cached on disk
+its tensor path. The first call in a process compiles the loop (about 4 s here; cached on disk
 under ``NUMBA_CACHE_DIR`` or the package's ``__pycache__`` when it is writable).
 """
 
