@@ -358,7 +358,6 @@ def _bench_corpus_photoreal(args: argparse.Namespace) -> dict:
     manifest's ``seconds_per_1000`` (rank 0's own shards: generator, landmarks and writing,
     without the start-up that loads the networks), times the number of processes.
     """
-    import os
     import subprocess
     import tempfile
 
@@ -440,7 +439,6 @@ print(json.dumps({"wall": batch * steps / wall, "cpu": batch * steps / cpu, "fil
 
 def bench_gan(args: argparse.Namespace) -> dict:
     """Training-step throughput of train-gan (cpu64), optionally beside a reference source tree."""
-    import os
     import subprocess
     from pathlib import Path
 
@@ -761,7 +759,6 @@ def _add_edit_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_distributed(args: argparse.Namespace) -> dict:
     """Steps per second of a training command: 1 process x 1 thread, 1 process x N threads, N processes x 1 thread."""
-    import os
     import socket
     import subprocess
     import tempfile
@@ -881,8 +878,6 @@ def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_photoreal(args: argparse.Namespace) -> dict:
     """MobileStyleGAN: ms per 1024-px image, ours vs OpenVINO f32 (interleaved), ours at 256 px, parity, PSNR."""
-    import os
-
     import torch.nn.functional as F
 
     from stylerig_lite.mobilestylegan import FileIntegrityError, find_data_dir, load_mobilestylegan
@@ -923,22 +918,14 @@ def bench_photoreal(args: argparse.Namespace) -> dict:
             psnr.append(10 * math.log10(4.0 / mse))  # peak-to-peak 2 on [-1, 1] images
     # Forward + backward to the ws at 256 px (what the photo embedding runs every step): the styled 1x1
     # convs' own backward against autograd's (the same forward), interleaved.
-    from stylerig_lite.mobilestylegan import networks as msg_networks
+    from stylerig_lite.mobilestylegan.networks import autograd_backward
 
-    own = msg_networks._StyledPointwise.apply
-
-    def autograd_product(x, s, weight, bias, noise):
-        return msg_networks._pointwise(x, weight[None] * s[:, None, :], bias, noise)
-
-    def fwd_bwd(apply):
-        msg_networks._StyledPointwise.apply = apply
-        try:
+    def fwd_bwd(reference: bool) -> None:
+        with autograd_backward() if reference else contextlib.nullcontext():
             wp = ws.detach().clone().requires_grad_(True)
             G.synthesis(wp, resolution=256).square().mean().backward()
-        finally:
-            msg_networks._StyledPointwise.apply = own
 
-    backward_runs = {"fwd_bwd_256": lambda: fwd_bwd(own), "fwd_bwd_256_autograd": lambda: fwd_bwd(autograd_product)}
+    backward_runs = {"fwd_bwd_256": lambda: fwd_bwd(False), "fwd_bwd_256_autograd": lambda: fwd_bwd(True)}
     for name, run in backward_runs.items():
         run()  # warm-up
         times[name] = []
@@ -997,8 +984,6 @@ def _add_photoreal_args(parser: argparse.ArgumentParser) -> None:
 
 def bench_photo(args: argparse.Namespace) -> dict:
     """edit-photo on the astronaut end to end, and one embedding step vs one generator pass (interleaved)."""
-    import os
-
     from stylerig_lite import photo
 
     networks = photo.default_networks(components=("pose",))

@@ -301,7 +301,7 @@ class EditorState:
             rig's reconstruction error ``rig(w, F(w)) - w`` cancels. A generated face needs no such
             correction (L_rec trained it away); an embedded photo does (its W+ rows differ, unlike any
             code the rig saw): on nine embedded validation faces the judged turn error fell from a median
-            4.6° to 4.0° (chapter 7, section 5; :func:`stylerig_lite.photo.edit_embedding` uses it).
+            5.0° to 3.8° (chapter 7, section 5; :func:`stylerig_lite.photo.edit_embedding` uses it).
     """
 
     def __init__(self, generator, rigs: Mapping[str, Rig], estimator, face_model: Optional[FaceModel] = None, *,

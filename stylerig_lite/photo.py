@@ -545,11 +545,11 @@ def edit_embedding(networks: Mapping[str, Any], w: torch.Tensor, sliders: Mappin
     ``delta``: apply the rigs as a difference, ``ŵ = w + rig(w, target) - rig(w, source)``
     (:class:`~stylerig_lite.editing.EditorState`'s ``delta``), which cancels the rig's reconstruction
     error on a code unlike those it was trained on; chosen on nine validation faces (chapter 7, section 5:
-    median judged error over yaw and pitch turns of up to 30° and 15°, 4.0° against 4.6° for the rig
-    applied once, ``delta=False``; yaw alone 4.1° against 5.5°).
+    median judged error over yaw and pitch turns of up to 30° and 15°, 3.8° against 5.0° for the rig
+    applied once, ``delta=False``; yaw alone 3.7° against 6.0°).
     ``turn_steps``: frames the turn loop may draw (:func:`turn_loop`; default :data:`TURN_STEPS`, 0 = ask
     the rig once); it needs ``networks['face_model']`` and dlib. On the same validation faces the loop
-    brought the median error to 2.5°, and was chosen by the same rule.
+    brought the median error to 2.3°, and was chosen by the same rule.
     """
     from .editing import EditorState, slider_spec
 
@@ -634,8 +634,8 @@ def turn_loop(state: Any, turns: Mapping[str, float], face_model: Any, *, steps:
               reader: Optional[Any] = None) -> Any:
     """Draw the edit until the head in the image has turned by ``turns`` (degrees from the embedding).
 
-    On an embedded photo the pose RigNet turns the head by its own fraction of the request (0.60 to 1.32
-    of the asked yaw on nine validation faces, 0.74 to 1.14 with this loop; chapter 7, section 5). So the
+    On an embedded photo the pose RigNet turns the head by its own fraction of the request (0.58 to 1.38
+    of the asked yaw on nine validation faces, 0.72 to 1.29 with this loop; chapter 7, section 5). So the
     turn is measured in the image and the request corrected: draw the frame for request ``q``, read the
     head's pose with :func:`head_pose` against
     the embedding's own, set ``q += (turn - read) / slope`` with the slope of the last two frames (1 at

@@ -236,7 +236,7 @@ def visible_faces(
 
         fits = uv.device.type == "cpu" and uv.dtype == torch.float32 and depth.dtype == torch.float32
         if backend == "jit" or (fits and rasterize_jit.available()):
-            return rasterize_jit.visible_faces_jit(uv, depth, faces.long(), height, width, cull_backfaces)
+            return rasterize_jit.visible_faces_jit(uv, depth, faces, height, width, cull_backfaces)
     batch, num_vertices, _ = uv.shape
     dtype, device = uv.dtype, uv.device
 

@@ -67,10 +67,11 @@ OpenMP threads spin while waiting for a descheduled peer and two threads can be 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -81,6 +82,7 @@ from ..checks import assert_shape
 from .ir import IRError, IRGraph, IRLayer, read_ir
 
 __all__ = [
+    "autograd_backward",
     "CHANNELS",
     "FileIntegrityError",
     "IDWTUpsample",
@@ -254,12 +256,27 @@ class _StyledPointwise(torch.autograd.Function):
         return grad_x, grad_s, None, None, None
 
 
+_OWN_BACKWARD = [True]  # off inside autograd_backward()
+
+
+@contextlib.contextmanager
+def autograd_backward() -> Iterator[None]:
+    """Inside the block the styled 1x1 convs take autograd's backward, the reference for
+    :class:`_StyledPointwise` (``tests/test_mobilestylegan.py``, ``bench photoreal``)."""
+    before = _OWN_BACKWARD[0]
+    _OWN_BACKWARD[0] = False
+    try:
+        yield
+    finally:
+        _OWN_BACKWARD[0] = before
+
+
 def _styled_pointwise(x: torch.Tensor, s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The 1x1 conv with weights ``weight [C_out, C]`` modulated by ``s [B, C]``: :func:`_pointwise`,
     through :class:`_StyledPointwise` when autograd needs gradients for ``x`` or ``s`` only."""
     frozen = not any(t is not None and t.requires_grad for t in (weight, bias, noise))
-    if frozen and torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
+    if _OWN_BACKWARD[0] and frozen and torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
         return _StyledPointwise.apply(x, s, weight, bias, noise)
     return _pointwise(x, weight[None] * s[:, None, :], bias, noise)
 
