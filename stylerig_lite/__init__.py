@@ -20,9 +20,10 @@ Floor 0, base: what everything else stands on.
 Floor 1, 3DMM: the face model, the camera and the renderers.
   - ``camera``           the perspective camera and its conventions (ch. 3)
   - ``shading``          second-order spherical-harmonics Lambertian shading; light as angles (ch. 1)
+  - ``shading_jit``      its normals and shading as compiled loops (Numba, optional): the same numbers, faster (ch. 3)
   - ``morphable``        the ICT-FaceKit face model, our albedo model, random parameters (ch. 1)
   - ``rasterize``        our vectorized differentiable rasterizer (ch. 3)
-  - ``rasterize_jit``    its z-buffer as one compiled loop (Numba, optional): the same ids, faster (ch. 3)
+  - ``rasterize_jit``    its z-buffer and the projection as compiled loops (Numba, optional): the same ids, faster (ch. 3)
   - ``render_pytorch3d`` the PyTorch3D reference backend (ch. 3)
   - ``render``           ``render_mesh``: shading + rasterizer + compositing (ch. 3)
   - ``face_render``      ``render_face``: a face model's parameters to an image (ch. 1, 3, 4)

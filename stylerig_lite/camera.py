@@ -27,7 +27,7 @@ them on half-integers like us, see ``render.py``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -168,13 +168,35 @@ class Camera:
 
         Raises:
             ValueError: if a point is non-finite or at/behind the near plane.
+
+        Float32 CPU points with no gradient to record take one compiled pass where Numba is installed
+        (:func:`~stylerig_lite.rasterize_jit.project_jit`: the same numbers, bit for bit).
         """
         assert_shape(points, [None, None, 3], "points")
+        fast = self._project_compiled(points)
+        if fast is not None:
+            return fast
         check_finite(points, "points")
         cam = self.to_camera(points)  # [B, N, 3]
         depth = cam[..., 2]  # [B, N]
         self.check_in_front(depth)
         return self.pixels(cam), depth
+
+    def _project_compiled(self, points: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`project` as one compiled pass (:func:`~stylerig_lite.rasterize_jit.project_jit`), or None.
+
+        Taken for float32 CPU points with no gradient to record, where Numba is installed and not switched
+        off: the same numbers, bit for bit. None (the tensor path) otherwise, and when a point is not
+        finite or not in front of the camera, so that the tensor path raises its error.
+        """
+        if points.dtype != torch.float32 or points.device.type != "cpu" or (
+                points.requires_grad and torch.is_grad_enabled()):
+            return None
+        from stylerig_lite import rasterize_jit
+
+        if not rasterize_jit.available():
+            return None
+        return rasterize_jit.project_jit(points, self.focal_pixels, self.distance, self.near, self.height, self.width)
 
     def pixels(self, cam: torch.Tensor) -> torch.Tensor:
         """Camera coordinates ``[..., 3]`` (:meth:`to_camera`) -> pixel coordinates ``[..., 2]``, unchecked.

@@ -22,7 +22,7 @@ from .camera import Camera
 from .face_render import default_camera, render_face
 from .morphable import FaceModel
 from .params import SLICES, FaceParams, euler_to_matrix
-from .shading import LAMBERT_FACTORS, SH_CONSTANTS, sh_shading, vertex_normals
+from .shading import SH_FACTORS, sh_shading, vertex_normals
 
 __all__ = ["PREVIEW_PARTS", "PreviewRenderer", "frame_matrix", "point_features"]
 
@@ -215,7 +215,6 @@ def point_features(points: torch.Tensor, normals: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
 
 
-_SH_FACTORS = tuple(c * f / math.pi for c, f in zip(SH_CONSTANTS, LAMBERT_FACTORS))  # as in sh_shading
 
 
 def frame_matrix(pose: Sequence[float], gamma: Sequence[float], focal: float, distance: float) -> np.ndarray:
@@ -248,7 +247,7 @@ def frame_matrix(pose: Sequence[float], gamma: Sequence[float], focal: float, di
         [0.0, 0.0, 0.0, 0.0, r2[0], r2[1], r2[2], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
     ]
     for c in range(3):
-        g0, g1, g2, g3, g4, g5, g6, g7, g8 = (gamma[9 * c + k] * _SH_FACTORS[k] for k in range(9))
+        g0, g1, g2, g3, g4, g5, g6, g7, g8 = (gamma[9 * c + k] * SH_FACTORS[k] for k in range(9))
         a = ((g8, g4 / 2, g7 / 2), (g4 / 2, -g8, g5 / 2), (g7 / 2, g5 / 2, 3.0 * g6))  # A'
         t = [[a_i[0] * r0[k] + a_i[1] * r1[k] + a_i[2] * r2[k] for k in range(3)] for a_i in a]  # A' R
         q = [[r0[j] * t[0][k] + r1[j] * t[1][k] + r2[j] * t[2][k] for k in range(3)] for j in range(3)]  # R^T A' R

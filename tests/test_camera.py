@@ -107,3 +107,36 @@ def test_bad_inputs():
         Camera(distance=float("nan"))
     assert normalize_image_size(5) == (5, 5)
     assert normalize_image_size((3, 4)) == (3, 4)
+
+
+def test_compiled_projection_equals_the_tensor_path_bit_for_bit(monkeypatch):
+    from stylerig_lite import rasterize_jit
+
+    if rasterize_jit.numba is None:
+        pytest.skip("numba is not importable: project has one path")
+    g = torch.Generator().manual_seed(0)
+    calls = []
+    real = rasterize_jit.project_jit
+    monkeypatch.setattr(rasterize_jit, "project_jit", lambda *a: calls.append(1) or real(*a))
+    for cam in (Camera(), Camera(distance=80, focal=2.0, image_size=(48, 64)), Camera(image_size=256)):
+        points = (torch.rand(3, 1001, 3, generator=g) - 0.5) * torch.tensor([40.0, 40.0, 30.0])
+        uv, depth = cam.project(points)
+        with monkeypatch.context() as patch:
+            patch.setenv("STYLERIG_LITE_RASTERIZER", "torch")
+            expected_uv, expected_depth = cam.project(points)
+        assert torch.equal(uv, expected_uv) and torch.equal(depth, expected_depth)
+    assert len(calls) == 3
+    cam = Camera()
+    leaf = points.clone().requires_grad_()
+    cam.project(leaf)[0].sum().backward()  # a gradient to record: the tensor path
+    cam.project(points.double())  # float64: the tensor path
+    assert len(calls) == 3 and leaf.grad is not None
+    # Bad points: the compiled pass finds them and the tensor path raises its error, the same message.
+    for bad in (_points(0, float("nan"), 0), _points(0, 0, float("inf")), _points(0, 0, 0, 0, 0, 99.5)):
+        with pytest.raises(ValueError) as compiled:
+            cam.project(bad.float())
+        with monkeypatch.context() as patch, pytest.raises(ValueError) as tensor:
+            patch.setenv("STYLERIG_LITE_RASTERIZER", "torch")
+            cam.project(bad.float())
+        assert str(compiled.value) == str(tensor.value)
+        assert "NaN" in str(compiled.value) or "camera behind the head" in str(compiled.value)

@@ -544,3 +544,19 @@ def test_pytorch3d_parity_on_the_full_ict_head(ict_head):
     assert iou >= MASK_IOU_MIN and mad <= IMAGE_MAD_MAX and lm <= LANDMARK_PX_MAX
     assert same >= 0.99
     assert float((ours.part_index == ref.part_index).float().mean()) >= 0.99
+
+
+def test_compiled_normals_and_shading_equal_the_tensor_path_on_the_ict_head(ict_head, monkeypatch):
+    from stylerig_lite.shading import SH_FACTORS, directional_gamma, sh_shading, vertex_normals
+    from stylerig_lite.shading_jit import sh_shading_jit, vertex_normals_jit
+
+    _needs_numba()
+    vertices, faces, _, _ = ict_head
+    posed = torch.stack([vertices @ yaw_matrix(a).T for a in (-20.0, 5.0, 30.0)]).float()
+    gamma = directional_gamma([0.3, 0.5, 1.0], ambient=0.4, batch_size=3)
+    with monkeypatch.context() as patch:
+        patch.setenv("STYLERIG_LITE_RASTERIZER", "torch")
+        normals = vertex_normals(posed, faces)
+        shaded = sh_shading(normals, gamma)
+    assert torch.equal(vertex_normals_jit(posed, faces), normals)
+    assert torch.equal(sh_shading_jit(normals, gamma, SH_FACTORS), shaded)

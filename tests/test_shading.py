@@ -11,6 +11,7 @@ from stylerig_lite.render import icosphere
 from stylerig_lite.shading import (
     DIRECTIONAL_PEAK,
     LAMBERT_FACTORS,
+    SH_FACTORS,
     ambient_gamma,
     directional_gamma,
     face_normals,
@@ -174,3 +175,83 @@ def test_the_neutral_face_is_lit_by_uniform_white_light():
 
     assert torch.equal(FaceParams.neutral(3).light, ambient_gamma(1.0, batch_size=3))
     assert torch.allclose(FaceParams.neutral(1, dtype=torch.float64).light, ambient_gamma(1.0, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------- the compiled loops (Numba)
+def _needs_numba():
+    from conftest import skip_or_fail
+    from stylerig_lite import rasterize_jit
+
+    if rasterize_jit.numba is None:
+        skip_or_fail(f"numba is not importable ({rasterize_jit._MISSING}): pip install numba")
+
+
+def _tensor_path(monkeypatch, fn, *args):
+    """``fn(*args)`` with the compiled loops switched off (the reference)."""
+    with monkeypatch.context() as patch:
+        patch.setenv("STYLERIG_LITE_RASTERIZER", "torch")
+        return fn(*args)
+
+
+def test_compiled_normals_and_shading_equal_the_tensor_path_bit_for_bit(monkeypatch):
+    from stylerig_lite.shading_jit import sh_shading_jit, vertex_normals_jit
+
+    _needs_numba()
+    sphere_vertices, sphere_faces = icosphere(3)
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        batch = 1 + 2 * seed  # odd batches: images split unevenly over the threads
+        vertices = sphere_vertices.float() * 10 + torch.randn(batch, *sphere_vertices.shape, generator=g)
+        vertices = torch.cat([vertices, torch.randn(batch, 3, 3, generator=g)], dim=1)  # used by no face: 0
+        faces = sphere_faces[torch.randperm(sphere_faces.shape[0], generator=g)]  # any face order
+        faces = torch.cat([faces, faces[:1, [0, 0, 1]]])  # and a degenerate face
+        expected = _tensor_path(monkeypatch, vertex_normals, vertices, faces)
+        assert torch.equal(vertex_normals_jit(vertices, faces), expected)
+        assert torch.equal(vertex_normals(vertices, faces), expected)  # "auto" takes the loop
+        assert (expected.norm(dim=-1) == 0).any()
+        for gamma in (torch.randn(batch, 27, generator=g), torch.randn(1, 27, generator=g)):
+            shaded = _tensor_path(monkeypatch, sh_shading, expected, gamma)
+            assert torch.equal(sh_shading_jit(expected, gamma, SH_FACTORS), shaded)
+            assert torch.equal(sh_shading(expected, gamma), shaded)
+
+
+def test_compiled_loops_run_only_without_gradients_on_float32_cpu(monkeypatch):
+    from stylerig_lite import shading_jit
+
+    _needs_numba()
+    vertices, faces = icosphere(2)
+    vertices = vertices.float()[None].repeat(2, 1, 1)
+    gamma = torch.randn(2, 27)
+    calls = []
+    for name in ("vertex_normals_jit", "sh_shading_jit"):
+        real = getattr(shading_jit, name)
+        monkeypatch.setattr(shading_jit, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    sh_shading(vertex_normals(vertices, faces), gamma)
+    assert calls == ["vertex_normals_jit", "sh_shading_jit"]
+    sh_shading(vertex_normals(vertices.double(), faces), gamma.double())  # float64: the tensor path
+    leaf = vertices.clone().requires_grad_()
+    shaded = sh_shading(vertex_normals(leaf, faces), gamma)  # gradients to record: the tensor path
+    shaded.sum().backward()
+    assert leaf.grad is not None and calls == ["vertex_normals_jit", "sh_shading_jit"]
+    with torch.no_grad():
+        sh_shading(vertex_normals(leaf, faces), gamma)  # nothing recorded: the loops again
+    assert len(calls) == 4
+    monkeypatch.setenv("STYLERIG_LITE_RASTERIZER", "torch")
+    sh_shading(vertex_normals(vertices, faces), gamma)
+    assert len(calls) == 4
+
+
+def test_compiled_normals_check_their_inputs():
+    from stylerig_lite.shading_jit import sh_shading_jit, vertex_normals_jit
+
+    _needs_numba()
+    vertices, faces = icosphere(1)
+    vertices = vertices.float()[None]
+    with pytest.raises(ValueError, match="faces index vertices"):
+        vertex_normals_jit(vertices, torch.cat([faces, torch.tensor([[0, 1, vertices.shape[1]]])]))
+    with pytest.raises(ValueError, match="faces index vertices"):
+        vertex_normals_jit(vertices, torch.tensor([[0, -1, 2]]))
+    with pytest.raises(TypeError, match="float32 CPU"):
+        vertex_normals_jit(vertices.double(), faces)
+    with pytest.raises(TypeError, match="float32 CPU"):
+        sh_shading_jit(vertices, torch.zeros(1, 27, dtype=torch.float64), SH_FACTORS)

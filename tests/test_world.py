@@ -113,7 +113,8 @@ def test_grouped_visibility_renders_identical_images(world, monkeypatch):
     assert torch.equal(got.images, expected.images) and torch.equal(got.part_index, expected.part_index)
 
 
-def test_compiled_zbuffer_renders_identical_images(world, monkeypatch):
+def test_compiled_loops_render_identical_images(world, monkeypatch):
+    """The z-buffer, normals and shading loops (rasterize_jit, shading_jit) against the tensor path."""
     from stylerig_lite import rasterize_jit
 
     if not rasterize_jit.available():
