@@ -162,12 +162,15 @@ if numba is not None:
                 d[i] = zc
             bad[b] = flag
 
-    try:  # cached on disk where Numba finds a writable folder (else compiled once per process)
-        _zbuffer = numba.njit(cache=True, nogil=True)(_zbuffer_loop)
-        _project = numba.njit(cache=True, nogil=True)(_project_loop)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        _zbuffer = numba.njit(nogil=True)(_zbuffer_loop)
-        _project = numba.njit(nogil=True)(_project_loop)
+    def compile_loop(loop):
+        """``loop`` compiled without the GIL, cached on disk where Numba finds a writable folder."""
+        try:
+            return numba.njit(cache=True, nogil=True)(loop)
+        except RuntimeError:  # "cannot cache function ...: no locator available": compiled once per process
+            return numba.njit(nogil=True)(loop)
+
+    _zbuffer = compile_loop(_zbuffer_loop)
+    _project = compile_loop(_project_loop)
 
 
 def split_over_threads(loop, args, batch: int) -> None:

@@ -52,7 +52,6 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 
 if rasterize_jit.numba is not None:
-    import numba
     import numpy as np
 
     _F32 = np.float32
@@ -113,12 +112,8 @@ if rasterize_jit.numba is not None:
                     total = total + h8 * g[c, 8]
                     o[v, c] = total
 
-    try:  # cached on disk where Numba finds a writable folder (else compiled once per process)
-        _normals = numba.njit(cache=True, nogil=True)(_normals_loop)
-        _sh = numba.njit(cache=True, nogil=True)(_sh_loop)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        _normals = numba.njit(nogil=True)(_normals_loop)
-        _sh = numba.njit(nogil=True)(_sh_loop)
+    _normals = rasterize_jit.compile_loop(_normals_loop)
+    _sh = rasterize_jit.compile_loop(_sh_loop)
 
 
 def _require(*tensors: torch.Tensor) -> None:
