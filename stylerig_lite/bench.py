@@ -230,7 +230,7 @@ def bench_render(args: argparse.Namespace) -> dict:
         "speedup": headline.get("speedup"),
         "speedup_cpu": headline.get("speedup_cpu"),
         "headline_case": "64px_forward_backward",
-        "compiled_loops": jit,  # the z-buffer (rasterize_jit), normals and shading (shading_jit)
+        "compiled_loops": jit,  # projection and z-buffer (rasterize_jit), normals and shading (shading_jit)
         "jit_speedup": headline.get("jit_speedup"),
         "cases": cases,
         "parity": parity,
@@ -272,8 +272,8 @@ def bench_world(args: argparse.Namespace) -> dict:
 
     world = FaceWorld()
     jit = rasterize_jit.available()
-    # With Numba, the same batches again with the compiled loops off (z-buffer, normals, shading), interleaved:
-    # the same images, bit for bit.
+    # With Numba, the same batches again, interleaved, with the compiled loops off (projection, z-buffer,
+    # normals, shading): the same images, bit for bit.
     variants = {"ours": {}, "tensor_path": {"STYLERIG_LITE_RASTERIZER": "torch"}} if jit else {"ours": {}}
     times: Dict[str, List[float]] = {k: [] for k in variants}
     for name, env in variants.items():
@@ -292,7 +292,7 @@ def bench_world(args: argparse.Namespace) -> dict:
         "seconds_per_batch": round(seconds, 4),
         "images_per_s": round(args.batch / seconds, 2),
         "triangles": int(world.faces.shape[0]),
-        "compiled_loops": jit,  # the z-buffer (rasterize_jit), normals and shading (shading_jit)
+        "compiled_loops": jit,  # projection and z-buffer (rasterize_jit), normals and shading (shading_jit)
     }
     if jit:
         result["images_per_s_tensor_path"] = round(args.batch / statistics.median(times["tensor_path"]), 2)
@@ -303,7 +303,7 @@ def _print_world(result: dict) -> None:
     print(f"FaceWorld: {result['images_per_s']} images/s ({result['batch']} per batch, "
           f"{result['seconds_per_batch']} s per batch, {result['triangles']:,} triangles, {result['threads']} threads)")
     if result.get("images_per_s_tensor_path"):
-        print(f"  with the compiled loops off (tensor-op z-buffer, normals, shading): "
+        print(f"  with the compiled loops off (tensor-op projection, z-buffer, normals, shading): "
               f"{result['images_per_s_tensor_path']} images/s")
 
 

@@ -189,12 +189,9 @@ class Camera:
         off: the same numbers, bit for bit. None (the tensor path) otherwise, and when a point is not
         finite or not in front of the camera, so that the tensor path raises its error.
         """
-        if points.dtype != torch.float32 or points.device.type != "cpu" or (
-                points.requires_grad and torch.is_grad_enabled()):
-            return None
         from stylerig_lite import rasterize_jit
 
-        if not rasterize_jit.available():
+        if not rasterize_jit.usable(points):
             return None
         return rasterize_jit.project_jit(points, self.focal_pixels, self.distance, self.near, self.height, self.width)
 

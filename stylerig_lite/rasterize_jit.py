@@ -1,4 +1,4 @@
-"""The z-buffer of :func:`stylerig_lite.rasterize.visible_faces` as one compiled loop (Numba), and the projection.
+"""The z-buffer of :func:`stylerig_lite.rasterize.visible_faces` and the projection as compiled loops (Numba).
 
 Floor: 3DMM (a fast op beside :mod:`~stylerig_lite.rasterize`, its reference).
 :func:`stylerig_lite.rasterize.visible_faces` resolves visibility with tensor operations:
@@ -27,8 +27,9 @@ threading that every compiled loop of the renderer shares (:mod:`~stylerig_lite.
 
 Numba is an optional dependency (in the CI lock, ``pip install numba``): without it, or
 with ``STYLERIG_LITE_RASTERIZER=torch``, :func:`~stylerig_lite.rasterize.visible_faces` and
-:meth:`~stylerig_lite.camera.Camera.project` run their tensor paths. The first call in a process compiles the loop (about 4 s here; cached on disk
-under ``NUMBA_CACHE_DIR`` or the package's ``__pycache__`` when it is writable).
+:meth:`~stylerig_lite.camera.Camera.project` run their tensor paths. The first call in a process
+compiles the loops (about 4 s here; cached on disk under ``NUMBA_CACHE_DIR`` or the package's
+``__pycache__`` when it is writable).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import torch
 
 from stylerig_lite.checks import assert_shape
 
-__all__ = ["available", "project_jit", "split_over_threads", "SWITCH", "visible_faces_jit"]
+__all__ = ["available", "check_face_indices", "project_jit", "require", "split_over_threads", "SWITCH", "usable",
+           "visible_faces_jit"]
 
 try:  # optional: without Numba the tensor path runs
     import numba
@@ -56,7 +58,7 @@ else:
 
 
 #: ``STYLERIG_LITE_RASTERIZER``: ``auto`` (the renderer's compiled loops where they can run: this z-buffer and
-#: :mod:`~stylerig_lite.shading_jit`'s normals and shading) or ``torch`` (never).
+#: projection, :mod:`~stylerig_lite.shading_jit`'s normals and shading) or ``torch`` (never).
 SWITCH = "STYLERIG_LITE_RASTERIZER"
 
 
@@ -67,6 +69,30 @@ def available() -> bool:
         raise ValueError(f"{SWITCH}={os.environ[SWITCH]!r}: expected 'auto' (the compiled z-buffer where Numba "
                          "is installed) or 'torch' (always the tensor-op path)")
     return value == "auto" and numba is not None
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether a compiled loop may take these tensors: :func:`available`, float32 on the CPU, no gradient to record."""
+    return available() and all(
+        t.dtype == torch.float32 and t.device.type == "cpu" and not (t.requires_grad and torch.is_grad_enabled())
+        for t in tensors)
+
+
+def require(what: str, *tensors: torch.Tensor) -> None:
+    """Raise a clear error unless Numba is importable and every tensor is float32 on the CPU (``what``: the loop)."""
+    if numba is None:
+        raise RuntimeError(f"{what} needs numba ({_MISSING}); pip install numba")
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise TypeError(f"{what} takes float32 CPU tensors, got {t.dtype} on {t.device}")
+
+
+def check_face_indices(faces: torch.Tensor, num_vertices: int) -> None:
+    """Raise unless ``faces`` index ``0 .. num_vertices - 1``: the loops do not check (a bad face would read
+    another image's memory)."""
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_vertices):
+        raise ValueError(f"faces index vertices {int(faces.min())}..{int(faces.max())} but there are "
+                         f"{num_vertices} (valid 0..{num_vertices - 1})")
 
 
 if numba is not None:
@@ -200,10 +226,7 @@ def project_jit(points: torch.Tensor, focal: float, distance: float, near: float
     rounded to float32 as PyTorch rounds them. Returns None if a point is not finite or not in
     front of the near plane: the caller then runs the tensor path, which raises its clear error.
     """
-    if numba is None:
-        raise RuntimeError(f"the compiled projection needs numba ({_MISSING}); pip install numba")
-    if points.dtype != torch.float32 or points.device.type != "cpu":
-        raise TypeError(f"project_jit takes float32 CPU points, got {points.dtype} on {points.device}")
+    require("project_jit", points)
     assert_shape(points, [None, None, 3], "points")
     batch, count, _ = points.shape
     uv = points.new_empty(batch, count, 2)
@@ -225,17 +248,11 @@ def visible_faces_jit(uv: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor
     ``faces [F, 3]`` long, on the CPU. Raises ``RuntimeError`` when Numba is missing
     (:func:`available` says so beforehand).
     """
-    if numba is None:
-        raise RuntimeError(f"the compiled z-buffer needs numba ({_MISSING}); pip install numba")
-    if uv.dtype != torch.float32 or depth.dtype != torch.float32 or uv.device.type != "cpu":
-        raise TypeError(f"visible_faces_jit takes float32 CPU tensors, got {uv.dtype} on {uv.device}")
-    # The loop does not check its indices: a bad face would read another image's memory.
+    require("visible_faces_jit", uv, depth)
     assert_shape(uv, [None, None, 2], "uv")
     assert_shape(depth, list(uv.shape[:2]), "depth")
     assert_shape(faces, [None, 3], "faces")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= uv.shape[1]):
-        raise ValueError(f"faces index vertices {int(faces.min())}..{int(faces.max())} but there are "
-                         f"{uv.shape[1]} (valid 0..{uv.shape[1] - 1})")
+    check_face_indices(faces, uv.shape[1])
     batch = uv.shape[0]
     uv, depth, faces = uv.detach(), depth.detach(), faces.long()
     u = uv[..., 0].contiguous().numpy()

@@ -215,8 +215,6 @@ def point_features(points: torch.Tensor, normals: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
 
 
-
-
 def frame_matrix(pose: Sequence[float], gamma: Sequence[float], focal: float, distance: float) -> np.ndarray:
     """The ``[8, 13]`` matrix that maps :func:`point_features` to one frame's per-point quantities.
 

@@ -214,9 +214,9 @@ def sh_shading(normals: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         )
     assert_finite(gamma, "gamma")
     gamma = gamma.to(normals.dtype)
-    from stylerig_lite import shading_jit
+    from stylerig_lite import rasterize_jit, shading_jit
 
-    if shading_jit.usable(normals, gamma):  # no gradient to record: one compiled loop, the same numbers
+    if rasterize_jit.usable(normals, gamma):  # no gradient to record: one compiled loop, the same numbers
         return shading_jit.sh_shading_jit(normals, gamma, SH_FACTORS)
     return _SHShading.apply(normals, gamma)
 
@@ -383,9 +383,9 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, eps: float = 1e-
     assert_shape(faces, [None, 3], "faces")
     if faces.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"faces must be an integer (long) tensor, got {faces.dtype}")
-    from stylerig_lite import shading_jit
+    from stylerig_lite import rasterize_jit, shading_jit
 
-    if shading_jit.usable(vertices):  # no gradient to record: one compiled loop, the same numbers
+    if rasterize_jit.usable(vertices):  # no gradient to record: one compiled loop, the same numbers
         return shading_jit.vertex_normals_jit(vertices, faces.long(), eps)
     batch, num_vertices, _ = vertices.shape
     rows = vertices.permute(1, 2, 0).reshape(num_vertices, 3 * batch)  # [V, 3B]

@@ -16,9 +16,9 @@ order: the face normals ``e1 x e2`` as separate products and differences; each v
 faces' normals corner by corner (all faces' first corners in face order, then the second
 corners, then the third), the order of the three ``index_add_`` passes; the squared length is
 ``(x*x + y*y) + z*z``, whose square root, clamp and division are left to PyTorch (its float32
-``sqrt`` is not correctly rounded here, so a compiled one would differ); the SH basis uses the same float32 factors
-with the same association (``(f4 * x) * y``, ``f6 * ((3 * z) * z - 1)``), and each channel adds
-the nine terms one by one. Numba contracts no multiply-add without ``fastmath``.
+``sqrt`` is not correctly rounded here, so a compiled one would differ); the SH basis uses the
+same float32 factors with the same association (``(f4 * x) * y``, ``f6 * ((3 * z) * z - 1)``),
+and each channel adds the nine terms one by one. Numba contracts no multiply-add without ``fastmath``.
 ``tests/test_shading.py`` checks the equality on random meshes and the ICT head, and
 ``tests/test_world.py`` on FaceWorld's images.
 
@@ -38,17 +38,7 @@ import torch
 from stylerig_lite import rasterize_jit
 from stylerig_lite.checks import assert_shape
 
-__all__ = ["sh_shading_jit", "usable", "vertex_normals_jit"]
-
-
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the loops can take these tensors: Numba on, float32 CPU, and no gradient to record."""
-    if not rasterize_jit.available():
-        return False
-    for t in tensors:
-        if t.dtype != torch.float32 or t.device.type != "cpu" or (t.requires_grad and torch.is_grad_enabled()):
-            return False
-    return True
+__all__ = ["sh_shading_jit", "vertex_normals_jit"]
 
 
 if rasterize_jit.numba is not None:
@@ -116,31 +106,21 @@ if rasterize_jit.numba is not None:
     _sh = rasterize_jit.compile_loop(_sh_loop)
 
 
-def _require(*tensors: torch.Tensor) -> None:
-    if rasterize_jit.numba is None:
-        raise RuntimeError(f"the compiled shading loops need numba ({rasterize_jit._MISSING}); pip install numba")
-    for t in tensors:
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            raise TypeError(f"the compiled shading loops take float32 CPU tensors, got {t.dtype} on {t.device}")
-
-
 @torch.no_grad()
 def vertex_normals_jit(vertices: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """:func:`~stylerig_lite.shading.vertex_normals` ``[B, V, 3]`` (no gradient), bit for bit.
 
-    ``vertices [B, V, 3]`` float32 and ``faces [F, 3]`` long, on the CPU. The loop does not check
-    its indices, so they are checked here (a bad face would read another image's memory).
+    ``vertices [B, V, 3]`` float32 and ``faces [F, 3]`` long, on the CPU (the face indices are checked here:
+    the loop does not).
     """
-    _require(vertices)
+    rasterize_jit.require("vertex_normals_jit", vertices)
     assert_shape(vertices, [None, None, 3], "vertices")
     assert_shape(faces, [None, 3], "faces")
-    num_vertices = vertices.shape[1]
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_vertices):
-        raise ValueError(f"faces index vertices {int(faces.min())}..{int(faces.max())} but there are "
-                         f"{num_vertices} (valid 0..{num_vertices - 1})")
+    rasterize_jit.check_face_indices(faces, vertices.shape[1])
     summed = torch.empty_like(vertices, memory_format=torch.contiguous_format)
     squared = summed.new_empty(summed.shape[:2])
-    args = (vertices.detach().contiguous().numpy(), faces.long().contiguous().numpy(), summed.numpy(), squared.numpy())
+    points = vertices.detach().contiguous().numpy()
+    args = (points, faces.long().contiguous().numpy(), summed.numpy(), squared.numpy())
     rasterize_jit.split_over_threads(_normals, args, vertices.shape[0])
     # PyTorch's float32 sqrt here is not IEEE's correctly rounded one (it differs from NumPy's in
     # about 16% of values on this CPU, the same value wherever it sits): take PyTorch's.
@@ -155,7 +135,7 @@ def sh_shading_jit(normals: torch.Tensor, gamma: torch.Tensor, factors: Sequence
     :data:`~stylerig_lite.shading.SH_FACTORS` (passed in: this module sits beside ``shading`` and
     does not import it). Shapes and finiteness are checked by :func:`~stylerig_lite.shading.sh_shading`.
     """
-    _require(normals, gamma)
+    rasterize_jit.require("sh_shading_jit", normals, gamma)
     assert_shape(normals, [None, None, 3], "normals")
     assert_shape(gamma, [None, 27], "gamma")
     if len(factors) != 9:
