@@ -302,11 +302,15 @@ class EditorState:
             correction (L_rec trained it away); an embedded photo does (its W+ rows differ, unlike any
             code the rig saw): on nine embedded validation faces the judged turn error fell from a median
             5.0° to 3.8° (chapter 7, section 5; :func:`stylerig_lite.photo.edit_embedding` uses it).
+        calibrate: pass a calibrated RigNet (one with a ``request_gain``, as the photoreal pose RigNet
+            :func:`~stylerig_lite.pretrained.rignet` returns) the calibrated request, measured from the
+            source parameters (:meth:`~stylerig_lite.rignet.RigNet.calibrated`). False asks for the
+            slider's change as it is (the photo turn loop measures and corrects the turn itself).
     """
 
     def __init__(self, generator, rigs: Mapping[str, Rig], estimator, face_model: Optional[FaceModel] = None, *,
                  seed: int = 0, truncation_psi: float = 0.7, preview_size: int = 40, estimate_shown: bool = False,
-                 image_size: Optional[int] = None, delta: bool = False):
+                 image_size: Optional[int] = None, delta: bool = False, calibrate: bool = True):
         unknown = [name for name in rigs if RIG_ALIASES.get(name, name) not in RIG_COMPONENTS]
         if unknown:
             raise KeyError(f"unknown rig component(s) {sorted(unknown)}; expected keys among {list(RIG_COMPONENTS)}")
@@ -325,6 +329,7 @@ class EditorState:
         self.truncation_psi = float(truncation_psi)
         self.estimate_shown = bool(estimate_shown)
         self.delta = bool(delta)
+        self.calibrate = bool(calibrate)
         self.preview = PreviewRenderer(face_model, preview_size) if face_model is not None else None
         self.message = ""  # the last clamp / transfer note, shown by the app
         self.version = 0  # bumped on every edit; frames carry it
@@ -501,6 +506,8 @@ class EditorState:
         target = target or self.target_params()
         p = target.to_vector().to(self.w.device)
         components = tuple(c for c in self._changed(p) if c in self.rigs)
+        if self.calibrate:
+            p = self._calibrated(components, p)
         w = self._apply_rigs(components, p)
         if self.delta and components:  # ŵ = w + rigs(w, target) - rigs(w, source); see the class
             at_source = self._at_source.get(components)
@@ -509,6 +516,14 @@ class EditorState:
                     components, self.source.to_vector().to(self.w.device)))
             w = self.w + (w - at_source[2])
         return w, components
+
+    def _calibrated(self, components: Tuple[str, ...], p: torch.Tensor) -> torch.Tensor:
+        """``p [1, 196]`` with the request of every calibrated rig of ``components`` calibrated (see ``calibrate``)."""
+        for component in components:
+            module = getattr(self.rigs[component], "module", None)
+            if getattr(module, "request_gain", None) is not None:
+                p = module.calibrated(p, self.source.to_vector().to(p))
+        return p
 
     def _apply_rigs(self, components: Tuple[str, ...], p: torch.Tensor) -> torch.Tensor:
         """The rigs of ``components`` applied in turn to the latent for the target vector ``p [1, 196]``."""
@@ -616,11 +631,12 @@ class EditorApp:
     def __init__(self, generator, rigs: Mapping[str, Rig], estimator, face_model: Optional[FaceModel] = None, *,
                  seed: int = 0, truncation_psi: float = 0.7, preview_size: int = 40, display_size: int = 256,
                  show_estimate: bool = True, background: bool = True, save_dir: Union[str, Path] = "edits",
-                 image_size: Optional[int] = None, delta: bool = False):
+                 image_size: Optional[int] = None, delta: bool = False, calibrate: bool = True):
         import ipywidgets as W
 
         self.state = EditorState(generator, rigs, estimator, face_model, seed=seed, truncation_psi=truncation_psi,
-                                 preview_size=preview_size, estimate_shown=show_estimate, image_size=image_size)
+                                 preview_size=preview_size, estimate_shown=show_estimate, image_size=image_size,
+                                 delta=delta, calibrate=calibrate)
         self.display_size = int(display_size)
         self.save_dir = Path(save_dir)
         self.last_frame: Optional[Frame] = None

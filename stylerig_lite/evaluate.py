@@ -870,7 +870,27 @@ def _rignet_factory(context: MethodContext, component: str) -> EditMethod:
     path = Path(folder) / f"rignet_{component}.pt" if folder else None
     net = pretrained.rignet(component, path, generator=context.options.get("generator_name") or "faceworld")
     net.check_generator(context.evalset.G, file_sha256=context.options.get("generator_file_sha256"))
-    return net.rig
+    return rig_method(net, getattr(context.evalset, "F", None))
+
+
+def rig_method(net: Any, F: Any) -> EditMethod:
+    """``net.rig`` as an editing method; a calibrated RigNet (``request_gain`` set) gets its source from F.
+
+    The calibration scales the change from the latent's own parameters, so the method reads them with
+    the latent F (``F(w)``, the same reading the targets start from); an image F cannot (it would need
+    the images), and a calibrated RigNet with one is an error.
+    """
+    if getattr(net, "request_gain", None) is None:
+        return net.rig
+    if not getattr(F, "reads_latents", False):
+        raise ValueError("a calibrated RigNet (request_gain set) needs a latent F for its source parameters; "
+                         "clear the calibration with net.set_request_gain(None) to score it without one")
+
+    def calibrated_rig(w: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
+        return net.rig(w, p_target, source=_latent_estimates(F, w, len(w)).to(p_target))
+
+    calibrated_rig.__name__ = "rignet (calibrated)"
+    return calibrated_rig
 
 
 #: name -> factory(context, component) -> method (or a reference name). Extend with :func:`register_method`.

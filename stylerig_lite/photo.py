@@ -557,8 +557,10 @@ def edit_embedding(networks: Mapping[str, Any], w: torch.Tensor, sliders: Mappin
     if missing:
         raise KeyError(f"no RigNet for {missing} on this generator (have {sorted(networks['rigs'])}); "
                        "drop those sliders or pass networks= with one")
+    # calibrate=False: the turn loop below measures and corrects the turn itself; its defaults and the
+    # readings of chapter 7 were measured with the rig's own scale.
     state = EditorState(networks["G"], networks["rigs"], networks["latent_f"], None, image_size=CROP_SIZE,
-                        delta=delta)
+                        delta=delta, calibrate=False)
     state.set_latent(w)
     for name, value in sliders.items():
         base = state.slider_value(name) if name in RELATIVE else 0.0

@@ -257,6 +257,7 @@ class RigNet(nn.Module, GeneratorBinding):
         layer_mask = torch.zeros(config.num_ws, 1, 1)
         layer_mask[: config.num_edited] = 1.0
         self.register_buffer("layer_mask", layer_mask, persistent=False)
+        self.request_gain: Optional[torch.Tensor] = None  # [P] or None: see set_request_gain (not saved)
         self.record_generator(None)  # the generator it was trained on: not recorded, not checked
 
     # -- the generator it belongs to: record_generator / check_generator (io_utils.GeneratorBinding) --
@@ -394,13 +395,55 @@ class RigNet(nn.Module, GeneratorBinding):
         """
         return BoundRigNet(self, w)
 
-    def rig(self, w: torch.Tensor, params: Union[torch.Tensor, FaceParams]) -> torch.Tensor:
+    def rig(self, w: torch.Tensor, params: Union[torch.Tensor, FaceParams], *,
+            source: Union[torch.Tensor, FaceParams, None] = None) -> torch.Tensor:
         """Edit ``w`` toward the full target parameters ``[B, 196]`` (only this RigNet's component is read).
 
         This is the editing-method signature ``method(w, p_target) -> ŵ`` that
-        :mod:`stylerig_lite.evaluate` scores.
+        :mod:`stylerig_lite.evaluate` scores. ``source``: the parameters of ``w`` itself (``[B, 196]``,
+        F's reading); given, and with a :attr:`request_gain` set, the request is first calibrated
+        (:meth:`calibrated`). Without ``source`` the request goes to the network as it is.
         """
-        return self(w, self.component.take(_full_params(params, w.shape[0] if isinstance(w, torch.Tensor) else 1)))
+        batch = w.shape[0] if isinstance(w, torch.Tensor) else 1
+        params = _full_params(params, batch)
+        if source is not None and self.request_gain is not None:
+            params = self.calibrated(params, _full_params(source, batch))
+        return self(w, self.component.take(params))
+
+    def set_request_gain(self, gain: Union[torch.Tensor, List[float], None]) -> "RigNet":
+        """Scale requested changes by ``gain`` (``[P]``, one factor per component parameter; None: off).
+
+        A slider calibration measured after training: the photoreal pose RigNet turns heads by a
+        fraction of the asked change, which a reader of the drawn images measures on the validation
+        split (``training/pose_calibration.py``, chapter 5); asking for ``change / fraction`` then
+        gives the change asked for. :func:`stylerig_lite.pretrained.rignet` sets the shipped gains.
+        Not part of the checkpoint. Returns ``self``.
+        """
+        if gain is None:
+            self.request_gain = None
+            return self
+        gain = torch.as_tensor(gain, dtype=torch.float32).detach().clone()
+        assert_shape(gain, [self.component.size], f"request_gain of the {self.config.component} RigNet")
+        assert_finite(gain, "request_gain")
+        if not bool((gain > 0).all()):
+            raise ValueError(f"request_gain must be positive (a factor per parameter), got {gain.tolist()}")
+        self.request_gain = gain
+        return self
+
+    def calibrated(self, params: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """``params [B, 196]`` with this component's entries moved to ``source + request_gain * (params - source)``.
+
+        ``source [B, 196]``: the edited latent's own parameters. The identity without a gain.
+        """
+        params = _full_params(params, 1)
+        if self.request_gain is None:
+            return params
+        source = _full_params(source, params.shape[0])
+        s = self.component.slice
+        gain = self.request_gain.to(params)
+        out = params.clone()
+        out[:, s] = source[:, s] + gain * (params[:, s] - source[:, s])
+        return out
 
     def extra_repr(self) -> str:
         c = self.config

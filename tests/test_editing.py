@@ -634,3 +634,36 @@ def test_a_rignet_of_another_generator_is_refused() -> None:
         EditorState(other, {"pose": net}, ToyEstimator(), seed=1)
     with pytest.raises(GeneratorMismatchError, match="train-rignet"):
         editing.EditorApp(other, {"pose": net}, ToyEstimator(), None, background=False)
+
+
+def test_a_calibrated_rignet_gets_the_calibrated_request_and_calibrate_false_the_slider_itself() -> None:
+    """``request_gain``: the pose rig is asked for source + gain * (slider - source), in the editor and in
+    ``rig(w, p, source=...)``; ``calibrate=False`` passes the slider's own request; other rigs unchanged."""
+    G = ToyGenerator()
+    rigs = {c: _random_rignet(c, G, seed=i) for i, c in enumerate(editing.RIG_COMPONENTS)}
+    rigs["pose"].set_request_gain([1.5, 0.5, 1.0])
+    state = EditorState(G, rigs, ToyEstimator(), seed=1)
+    plain = EditorState(G, rigs, ToyEstimator(), seed=1, calibrate=False)
+    for editor in (state, plain):
+        editor.set_slider("yaw", editor.slider_value("yaw") + 10.0)
+        editor.set_slider("pitch", editor.slider_value("pitch") - 6.0)
+        editor.set_slider("jawOpen", 0.6)
+    source = state.source.to_vector()
+    target = state.target_params().to_vector()
+    asked = target.clone()
+    asked[:, 190:193] = source[:, 190:193] + torch.tensor([1.5, 0.5, 1.0]) * (target[:, 190:193] - source[:, 190:193])
+    torch.testing.assert_close(rigs["pose"].calibrated(target, source), asked)
+    # The yaw asked for 15° past the source (1.5 x 10°), the pitch 3° under it (0.5 x -6°).
+    turned = FaceParams.from_vector(asked).angles_deg - state.source.angles_deg
+    torch.testing.assert_close(turned[0, :2], torch.tensor([15.0, -3.0]), rtol=1e-4, atol=1e-4)
+    frame = state.compute_frame(estimate=False)
+    expected = _rigs_in_turn(rigs, state.w, asked, ("pose", "expression"))
+    torch.testing.assert_close(frame.w_hat, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rigs["pose"].rig(state.w, target, source=source), rigs["pose"].rig(state.w, asked))
+    uncalibrated = _rigs_in_turn(rigs, plain.w, plain.target_params().to_vector(), ("pose", "expression"))
+    torch.testing.assert_close(plain.compute_frame(estimate=False).w_hat, uncalibrated, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(frame.w_hat, uncalibrated)
+    # Without a source, rig() asks as trained; the gain cleared, the calibrated request is the target.
+    torch.testing.assert_close(rigs["pose"].rig(state.w, target), rigs["pose"].rig(state.w, target, source=None))
+    rigs["pose"].set_request_gain(None)
+    assert torch.equal(rigs["pose"].calibrated(target, source), target)

@@ -638,3 +638,31 @@ def test_worst_edits_are_the_pairs_farthest_from_their_targets(fake_set):
     assert float(exact["error"].max()) < 1e-5  # the oracle reaches every target
     with pytest.raises(ValueError, match="count"):
         ev.worst_edits(oracle, fake_set, "light", count=0)
+
+
+def test_rig_method_gives_a_calibrated_rignet_its_source_from_the_latent_f():
+    """``rig_method``: a RigNet without a gain is its own ``rig``; with one, the request is calibrated from
+    ``F(w)`` (a latent F), and an image F is refused (it cannot read the source without images)."""
+    from stylerig_lite.rignet import RigNet, RigNetConfig
+
+    net = RigNet(RigNetConfig(component="pose", num_ws=4, w_dim=8, latent_dim=4)).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in [*net.encoders, *net.decoders]:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.3)
+    w, target = torch.randn(3, 4, 8, generator=g), torch.randn(3, 196, generator=g) * 0.2
+
+    class LatentReader:
+        reads_latents = True
+
+        def __call__(self, ws):
+            return ws.reshape(len(ws), -1)[:, :196].repeat(1, 7)[:, :196] * 0.1
+
+    F = LatentReader()
+    assert ev.rig_method(net, F) == net.rig
+    net.set_request_gain([2.0, 0.5, 1.0])
+    method = ev.rig_method(net, F)
+    torch.testing.assert_close(method(w, target), net.rig(w, net.calibrated(target, F(w))))
+    assert not torch.allclose(method(w, target), net.rig(w, target))
+    with pytest.raises(ValueError, match="needs a latent F"):
+        ev.rig_method(net, types.SimpleNamespace(estimate=lambda images: None))

@@ -9,6 +9,7 @@ FaceWorld change that shifts the labels) fails while sampling noise does not.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -267,3 +268,29 @@ def test_the_photoreal_rignets_ship_the_log_of_their_own_command(component):
     steps = [entry["step"] for entry in log["history"]]
     assert steps == list(range(config["log_every"], config["steps"] + 1, config["log_every"]))
     assert all(torch.isfinite(torch.tensor([v for k, v in e.items() if k != "step"])).all() for e in log["history"])
+
+
+def test_the_photoreal_pose_rignet_ships_its_slider_calibration(monkeypatch, tmp_path):
+    """The shipped calibration (training/pose_calibration.py) is set on the embedded pose RigNet, belongs to
+    that file by sha256, and was measured on the validation split by the dlib head-pose reader."""
+    calibration = pretrained.rig_calibration("pose")
+    assert calibration["split"] == "validation" and calibration["reader"].startswith("photo.head_pose")
+    last = calibration["rounds"][-1]
+    assert calibration["request_gain"] == last["request_gain"]
+    assert calibration["request_gain"][2] == 1.0  # roll is left as trained
+    # The rule: each round divides the factors by the head-pose gains of the round before.
+    for before, after in zip(calibration["rounds"], calibration["rounds"][1:]):
+        for k, name in enumerate(("yaw", "pitch")):
+            expected = before["request_gain"][k] / before["head_pose"][f"{name}_gain"]
+            assert abs(after["request_gain"][k] - expected) < 1e-3
+    net = pretrained.rignet("pose", generator="ffhq")
+    assert net.request_gain.tolist() == pytest.approx(calibration["request_gain"])
+    for component in ("expression", "light"):
+        assert pretrained.rig_calibration(component) is None
+        assert pretrained.rignet(component, generator="ffhq").request_gain is None
+    # A calibration measured for another file of that name is refused, not applied.
+    other = dict(calibration, rignet_sha256="0" * 64)
+    (tmp_path / pretrained.CALIBRATION_FILE.format(component="pose")).write_text(json.dumps(other))
+    monkeypatch.setattr(pretrained, "DATA_DIR", tmp_path)
+    with pytest.raises(pretrained.WeightsError, match="pose_calibration.py"):
+        pretrained.rignet("pose", generator="ffhq")

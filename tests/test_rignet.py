@@ -180,6 +180,13 @@ def test_clear_errors():
         net(random_w(10, 256, batch=2), torch.tensor([[0.0, float("nan"), 0.0]] * 2))
     with pytest.raises(ValueError, match="positive integer"):
         RigNetConfig(num_ws=0)
+    with pytest.raises(ValueError, match=r"request_gain of the pose RigNet.*must be 3"):
+        net.set_request_gain([1.0, 1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        net.set_request_gain([1.0, float("nan"), 1.0])
+    with pytest.raises(ValueError, match="must be positive"):
+        net.set_request_gain([1.0, 0.0, 1.0])
+    assert net.request_gain is None  # a refused gain leaves none set
 
 
 def test_save_load_round_trip(tmp_path):

@@ -2,11 +2,13 @@
 
     python training/export_photoreal_rignets.py --runs runs/rignet_ffhq --corpus runs/corpus_ffhq [--count 500] [--export]
 
-Reads ``rignet_<component>.pt`` from ``--runs``, scores each next to the linear baseline (fitted on the
-corpus's latents and the latent F's readings of them) on ``--count`` pairs of the evaluation seed (2020),
-drawn at 256 px and read by the independent judge (MediaPipe) and dlib's identity descriptor (there is no
-second estimator for photographs), plus a yaw sweep over ±20 degrees; ``--split validation`` scores on the
-validation seed instead (where choices are made). Writes ``stylerig_lite/data/photoreal_results.json``
+Reads ``rignet_<component>.pt`` from ``--runs`` (``--embedded``: the embedded RigNets as
+:func:`stylerig_lite.pretrained.rignet` returns them, the pose RigNet with its slider calibration), scores
+each next to the linear baseline (fitted on the corpus's latents and the latent F's readings of them) on
+``--count`` pairs of the evaluation seed (2020), drawn at 256 px and read by the independent judge
+(MediaPipe) and dlib's identity descriptor (there is no second estimator for photographs), plus a yaw
+sweep over ±20 degrees; ``--split validation`` scores on the validation seed instead (where choices are
+made). Writes ``stylerig_lite/data/photoreal_results.json``
 (``evaluate --generator ffhq`` structure), and with ``--export`` embeds each RigNet in fp16 as
 ``rignet_ffhq_<component>`` with its metrics (``pretrained.export``, which also ships its training log);
 ``--export-only`` embeds them with the scores already in that file, without scoring again.
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--components", default="pose,expression,light")
     parser.add_argument("--methods", default="linear,rignet")
     parser.add_argument("--export", action="store_true")
+    parser.add_argument("--embedded", action="store_true",
+                        help="score the embedded RigNets (with their slider calibration) instead of --runs")
     parser.add_argument("--merge", action="store_true", help="keep the other components' results already in the file")
     parser.add_argument("--label", default="", help="validation runs: a suffix for the output file (one per candidate)")
     parser.add_argument("--notes", default="photoreal MobileStyleGAN (FFHQ), trained through its latent F at 64 px",
@@ -70,7 +74,11 @@ def main() -> None:
         results["methods"][method] = {}
         for component in args.components.split(","):
             path = args.runs / f"rignet_{component}.pt"
-            if method == "rignet":
+            if method == "rignet" and args.embedded:  # what ships: the fp16 file, with its calibration if any
+                net = pretrained.rignet(component, generator="ffhq")
+                net.check_generator(G)
+                edit = ev.rig_method(net, F)
+            elif method == "rignet":
                 if not path.exists():
                     continue
                 net = RigNet.load(path)
