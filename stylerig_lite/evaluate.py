@@ -110,6 +110,7 @@ __all__ = [
     "register_method",
     "RenderedFaceMask",
     "reported_results",
+    "rig_method",
     "photoreal_results",
     "shipped",
     "photoreal_markdown",

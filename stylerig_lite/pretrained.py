@@ -27,7 +27,9 @@ from .io_utils import atomic_torch_save, atomic_write_json, load_checkpoint_file
 from .params import RIG_COMPONENTS, rig_component
 
 __all__ = [
+    "CALIBRATION_FILE",
     "check_rignet_generator",
+    "DATA_DIR",
     "EMBEDDED",
     "embedded_generator_sha256",
     "embedded_path",
@@ -43,6 +45,7 @@ __all__ = [
     "photoreal_generator",
     "PHOTOREAL_RIGS",
     "read_manifest",
+    "rig_calibration",
     "rignet",
     "sha256_of",
     "training_log",

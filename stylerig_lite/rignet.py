@@ -51,7 +51,7 @@ record existed) is not checked.
 
 Public API: :data:`COMPONENTS`, :class:`RigNetConfig`, :class:`RigNet`
 (``rignet(w, p_component)``, ``rignet.rig(w, p_full)``, ``save`` / ``RigNet.load``,
-``record_generator`` / ``check_generator``;
+``record_generator`` / ``check_generator``, ``set_request_gain`` / ``calibrated`` for a slider calibration;
 ``rignet.bind(w)`` -> :class:`BoundRigNet` for the editor), the losses
 :func:`rec_loss`, :func:`edit_loss`, :func:`consistency_loss` and
 the whole objective :func:`rig_losses`. Training lives in
