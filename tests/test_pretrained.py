@@ -278,6 +278,8 @@ def test_the_photoreal_pose_rignet_ships_its_slider_calibration(monkeypatch, tmp
     last = calibration["rounds"][-1]
     assert calibration["request_gain"] == last["request_gain"]
     assert calibration["request_gain"][2] == 1.0  # roll is left as trained
+    check = calibration["reader_on_faceworld"]  # both readers against FaceWorld's exact poses (chapter 5)
+    assert {"head_pose", "judge"} <= set(check) and 0 < check["head_pose"]["found"] <= check["count"]
     # The rule: each round divides the factors by the head-pose gains of the round before.
     for before, after in zip(calibration["rounds"], calibration["rounds"][1:]):
         for k, name in enumerate(("yaw", "pitch")):
