@@ -407,7 +407,7 @@ class RigNet(nn.Module, GeneratorBinding):
         batch = w.shape[0] if isinstance(w, torch.Tensor) else 1
         params = _full_params(params, batch)
         if source is not None and self.request_gain is not None:
-            params = self.calibrated(params, _full_params(source, batch))
+            params = self.calibrated(params, source)
         return self(w, self.component.take(params))
 
     def set_request_gain(self, gain: Union[torch.Tensor, List[float], None]) -> "RigNet":
@@ -438,7 +438,7 @@ class RigNet(nn.Module, GeneratorBinding):
         params = _full_params(params, 1)
         if self.request_gain is None:
             return params
-        source = _full_params(source, params.shape[0])
+        source = _full_params(source, params.shape[0])  # a FaceParams, [196] or [B, 196]
         s = self.component.slice
         gain = self.request_gain.to(params)
         out = params.clone()

@@ -32,7 +32,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -43,20 +42,18 @@ from stylerig_lite.io_utils import atomic_write_json
 from stylerig_lite.morphable import load_face_model
 from stylerig_lite.params import FaceParams
 
-OUT = Path(__file__).resolve().parents[1] / "stylerig_lite" / "data" / pretrained.CALIBRATION_FILE.format(
-    component="pose")
+OUT = pretrained.DATA_DIR / pretrained.CALIBRATION_FILE.format(component="pose")
 ANGLES = ("yaw", "pitch")
 
 
-def turn_of_heads(images_w: torch.Tensor, images: torch.Tensor, p_w: torch.Tensor, face_model) -> torch.Tensor:
-    """``[N, 2]`` yaw and pitch turn (degrees) from ``images_w`` to ``images``, read by head_pose (NaN: no face)."""
-    turns = []
+def head_angles(images: torch.Tensor, starts: torch.Tensor, face_model) -> torch.Tensor:
+    """``[N, 2]`` yaw and pitch (degrees) of ``images [N, 3, S, S]`` in [-1, 1], read by head_pose from the
+    parameters ``starts [N, 196]`` (NaN where dlib finds no face)."""
+    read = []
     for i in range(len(images)):
-        start = FaceParams.from_vector(p_w[i:i + 1])
-        before = photo.head_pose(images_w[i:i + 1], start, face_model)
-        after = photo.head_pose(images[i:i + 1], start, face_model)
-        turns.append([math.nan] * 2 if before is None or after is None else (after - before)[:2].tolist())
-    return torch.tensor(turns, dtype=torch.float64)
+        pose = photo.head_pose(images[i:i + 1], FaceParams.from_vector(starts[i:i + 1]), face_model)
+        read.append([math.nan] * 2 if pose is None else pose[:2].tolist())
+    return torch.tensor(read, dtype=torch.float64)
 
 
 def slope_and_error(read: torch.Tensor, asked: torch.Tensor) -> dict:
@@ -81,14 +78,11 @@ def faceworld_check(face_model, count: int = 96, seed: int = 4242) -> dict:
     truth = batch.params.angles_deg[:, :2].double()
     upsampled = nnf.interpolate(batch.images, size=256, mode="bilinear", align_corners=False).clamp(0, 1) * 2 - 1
     frontal = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # the fit starts with no rotation, at the true position
-    read = []
-    for i in range(count):
-        start = batch.params[i].detach()
-        pose = photo.head_pose(upsampled[i:i + 1], start.replace(pose=start.pose * frontal), face_model)
-        read.append([math.nan] * 2 if pose is None else pose[:2].tolist())
+    starts = batch.params.detach()
+    read = head_angles(upsampled, starts.replace(pose=starts.pose * frontal).to_vector(), face_model)
     judged = Judge().read(batch.images, value_range=(0, 1))
     out = {"count": count, "seed": seed}
-    for name, reading in (("head_pose", torch.tensor(read, dtype=torch.float64)),
+    for name, reading in (("head_pose", read),
                           ("judge", torch.stack([judged[n] for n in ANGLES], 1))):
         ok = torch.isfinite(reading).all(1)
         r, t = reading[ok], truth[ok]
@@ -129,6 +123,7 @@ def main() -> None:
     target = evalset.target("pose")
     asked = (FaceParams.from_vector(target).angles_deg - FaceParams.from_vector(evalset.p_w).angles_deg)[:, :2]
     judge_w = torch.stack([evalset.j_w[name] for name in ANGLES], 1)
+    head_w = head_angles(evalset.images_w, evalset.p_w, face_model)  # the sources: read once, not every round
     gain = torch.ones(3)  # yaw, pitch, roll
     rounds = []
     for round_index in range(args.rounds):
@@ -136,7 +131,7 @@ def main() -> None:
         w_hat = torch.cat([rig.rig(evalset.w[i:i + 16], target[i:i + 16], source=evalset.p_w[i:i + 16])
                            for i in range(0, len(target), 16)])
         images = torch.cat([synthesize(G, w_hat[i:i + 16], image_size=256) for i in range(0, len(w_hat), 16)])
-        measured = slope_and_error(turn_of_heads(evalset.images_w, images, evalset.p_w, face_model), asked)
+        measured = slope_and_error(head_angles(images, evalset.p_w, face_model) - head_w, asked)
         judged = evalset.judge.read(images, value_range=(-1, 1))
         judge = slope_and_error(torch.stack([judged[name] for name in ANGLES], 1) - judge_w, asked)
         rounds.append({"request_gain": [round(float(g), 4) for g in gain], "head_pose": measured,
