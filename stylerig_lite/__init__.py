@@ -26,6 +26,7 @@ Floor 1, 3DMM: the face model, the camera and the renderers.
   - ``rasterize_jit``    its z-buffer and the projection as compiled loops (Numba, optional): the same ids, faster (ch. 3)
   - ``render_pytorch3d`` the PyTorch3D reference backend (ch. 3)
   - ``render``           ``render_mesh``: shading + rasterizer + compositing (ch. 3)
+  - ``render_jit``       a differentiated render's shading and interpolation as compiled loops, forward and backward (ch. 3)
   - ``face_render``      ``render_face``: a face model's parameters to an image (ch. 1, 3, 4)
   - ``render_points``    the point-splat preview that follows the editor's sliders (ch. 6)
   - ``losses``           the paper's rendering loss: photometric + landmarks + priors (ch. 3-5)

@@ -1037,6 +1037,7 @@ def bench_rignet(args: argparse.Namespace) -> dict:
     from stylerig_lite.losses import DEFAULT_CELL_CM, RenderLoss
     from stylerig_lite.morphable import load_face_model
     from stylerig_lite.rignet import LossWeights, RigNet, RigNetConfig, RigSample, describe, freeze, rig_losses
+    from stylerig_lite.train_rignet import TrainConfig, make_optimizer
 
     G = freeze(pretrained.generator())
     F_image = freeze(pretrained.face_estimator())
@@ -1067,7 +1068,7 @@ def bench_rignet(args: argparse.Namespace) -> dict:
     for name in cases:
         torch.manual_seed(0)
         nets[name] = RigNet(RigNetConfig.for_generator(G, "pose"))
-    optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-3) for name, net in nets.items()}
+    optimizers = {name: make_optimizer(net, TrainConfig()) for name, net in nets.items()}  # train-rignet's
 
     def step(name: str) -> None:
         F, G_used, (sample_w, sample_v), loss_fn = cases[name]

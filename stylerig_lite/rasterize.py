@@ -60,6 +60,7 @@ from stylerig_lite.checks import assert_shape
 
 __all__ = [
     "check_mesh",
+    "covered_pixels",
     "Fragments",
     "fragments_from_face_index",
     "interpolate",
@@ -549,20 +550,29 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def covered_pixels(face_index: torch.Tensor, faces: torch.Tensor):
+    """The covered pixels of ``face_index [B, H, W]``: ``(pixel, image, row, col, corner_ids)``.
+
+    ``pixel [P]`` the ascending flat indices ``b * H * W + i * W + j``, ``image``, ``row``, ``col`` ``[P]``
+    their coordinates, ``corner_ids [P, 3]`` the winning face's corners (rows of ``faces``).
+    """
+    batch, height, width = face_index.shape
+    flat = face_index.view(-1)
+    pixel = (flat >= 0).nonzero().squeeze(1)  # [P]
+    face = flat.index_select(0, pixel)
+    image = torch.div(pixel, height * width, rounding_mode="floor")
+    rest = pixel - image * (height * width)
+    row = torch.div(rest, width, rounding_mode="floor")
+    return pixel, image, row, rest - row * width, faces.index_select(0, face)
+
+
 def fragments_from_face_index(
     face_index: torch.Tensor, uv: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor
 ) -> Fragments:
     """Differentiable barycentrics and depth of the winning face at each covered pixel centre."""
-    batch, height, width = face_index.shape
     num_vertices = uv.shape[1]
-    flat = face_index.view(-1)
-    pixel = (flat >= 0).nonzero().squeeze(1)  # [P]
-    face = flat.index_select(0, pixel)
-    b_idx = torch.div(pixel, height * width, rounding_mode="floor")
-    rest = pixel - b_idx * (height * width)
-    row = torch.div(rest, width, rounding_mode="floor")
-    col = rest - row * width
-    vertex_ids = b_idx[:, None] * num_vertices + faces.index_select(0, face)  # [P, 3]
+    pixel, b_idx, row, col, corner_ids = covered_pixels(face_index, faces)
+    vertex_ids = b_idx[:, None] * num_vertices + corner_ids  # [P, 3]
     # One gather of (u, v, z) rows for the three corners: [P, 3, 3].
     corner = torch.cat([uv, depth[..., None]], dim=-1).view(-1, 3).index_select(0, vertex_ids.view(-1))
     corner = corner.view(-1, 3, 3)

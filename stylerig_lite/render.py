@@ -19,6 +19,11 @@ camera and spherical-harmonics lighting:
    vertex colours with perspective-correct barycentrics, and composite over the
    background with the hard coverage mask.
 
+Where a gradient is recorded (float32 on the CPU, Numba installed), step 1 and the interpolation of
+step 2 run as one compiled forward and one compiled backward (:mod:`stylerig_lite.render_jit`),
+equal to the tensor operations below to float rounding; a forward pass without gradients keeps the
+bit-exact compiled loops of :mod:`~stylerig_lite.shading_jit`.
+
 Gradients flow to vertex positions (through the visible triangle's
 barycentrics and through the normals), vertex colours and the SH
 coefficients. Coverage and occlusion are hard: the mask has no gradient and
@@ -55,7 +60,8 @@ from stylerig_lite.render_pytorch3d import (  # noqa: F401  (the reference backe
     pytorch3d_cameras,
     rasterize_pytorch3d,
 )
-from stylerig_lite.shading import NUM_GAMMA, sh_shading, vertex_normals
+from stylerig_lite import render_jit
+from stylerig_lite.shading import NUM_GAMMA, SH_FACTORS, sh_shading, vertex_normals
 
 BACKENDS = ("ours", "pytorch3d")
 
@@ -310,10 +316,15 @@ def render_mesh(
         support = shading_support(face_index, faces, num_vertices)
         kept = vertices.index_select(1, support.vertices)  # [B, Vs, 3]
         uv, depth = camera.project(kept)
-        fragments = fragments_from_face_index(face_index, uv, depth, support.corners)
-        normals = vertex_normals(kept, support.faces)  # [B, Vs, 3]
-        colors = albedo.index_select(1, support.vertices) * sh_shading(normals, gamma)
-        image = interpolate(fragments, colors)  # [B, 3, H, W], zero on background
+        kept_albedo = albedo.index_select(1, support.vertices)
+        if render_jit.usable(kept, kept_albedo, gamma):  # a gradient to record: two compiled loops
+            assert_finite(gamma, "gamma")  # (sh_shading's check)
+            fragments, image = render_jit.shade_interpolate(kept, uv, depth, kept_albedo, gamma, support.faces,
+                                                            face_index, support.corners, SH_FACTORS)
+        else:  # the reference: tensor operations, each with its own backward
+            fragments = fragments_from_face_index(face_index, uv, depth, support.corners)
+            normals = vertex_normals(kept, support.faces)  # [B, Vs, 3]
+            image = interpolate(fragments, kept_albedo * sh_shading(normals, gamma))  # [B, 3, H, W], 0 outside
         fragments = dataclasses.replace(fragments, vertex_ids=support.mesh_ids(fragments.vertex_ids))
         landmarks = None
         if landmark_indices is not None:

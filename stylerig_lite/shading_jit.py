@@ -23,9 +23,12 @@ and each channel adds the nine terms one by one. Numba contracts no multiply-add
 ``tests/test_world.py`` on FaceWorld's images.
 
 Only forward passes without gradients run here (sampling FaceWorld, writing a corpus, the
-editor's preview, evaluation); under autograd the tensor path runs, with its hand-written
-backwards. The switch is the renderer's: without Numba, or with
-``STYLERIG_LITE_RASTERIZER=torch``, the tensor path runs everywhere. The first call in a
+editor's preview, evaluation). Under autograd, :func:`~stylerig_lite.shading.vertex_normals` and
+:func:`~stylerig_lite.shading.sh_shading` run their tensor paths with hand-written backwards, and
+:func:`~stylerig_lite.render.render_mesh` runs neither: its normals, shading and interpolation are one
+compiled forward and backward (:mod:`~stylerig_lite.render_jit`), equal to these to float rounding.
+The switch is the renderer's: without Numba, or with ``STYLERIG_LITE_RASTERIZER=torch``, the
+tensor path runs everywhere. The first call in a
 process compiles both loops (a few seconds; cached on disk like the z-buffer's).
 """
 
