@@ -13,7 +13,10 @@ on both sides alike. The machine's other load shows up in the
 numbers; ``min_ms`` is the least disturbed run and ``cpu_ms`` (process CPU
 time, all threads) is the least sensitive to other processes sharing the cores. ``--json`` prints one JSON
 object whose top-level ``ours_ms``, ``pytorch3d_ms`` and ``speedup`` are the
-64 px forward + backward case; ``cases`` holds every case.
+64 px forward + backward case; ``cases`` holds every case. Where Numba is installed, each case also
+times ``ours_tensor`` (every compiled loop off: ``jit_speedup``) and each forward + backward case
+``ours_unfused`` (:mod:`~stylerig_lite.render_jit` off, the other loops on: ``fused_speedup``),
+interleaved with the rest.
 
 ``edit``: the interactive editor's latency on the CPU, slider change -> new frame (RigNet(s) +
 generator + 3DMM preview + the PNGs the widgets show), beside one generator forward pass timed in
@@ -151,6 +154,19 @@ def _environment(**values: str):
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _without_fused_render():
+    """render_mesh as before render_jit: the tensor path under autograd, the forward-only loops still on."""
+    from stylerig_lite import render_jit
+
+    usable = render_jit.usable
+    render_jit.usable = lambda *tensors: False
+    try:
+        yield
+    finally:
+        render_jit.usable = usable
+
+
 def bench_render(args: argparse.Namespace) -> dict:
     batch = args.batch
     vertices, faces, albedo, light = _head_batch(batch)
@@ -166,6 +182,8 @@ def bench_render(args: argparse.Namespace) -> dict:
             name = f"{size}px_{mode}"
             case: dict = {"image_size": size, "batch": batch, "mode": mode}
             backends = ["ours"] + (["ours_tensor"] if jit else [])
+            if jit and mode == "forward_backward":
+                backends.append("ours_unfused")  # the previous release: tensor-op normals, shading, interpolation
             if have_p3d and not (args.quick and size > 64):
                 backends.append("pytorch3d")
             else:
@@ -174,6 +192,9 @@ def bench_render(args: argparse.Namespace) -> dict:
             def run(backend, camera=camera, mode=mode):
                 if backend == "ours_tensor":  # our renderer with the compiled loops off (tensor ops only)
                     with _environment(STYLERIG_LITE_RASTERIZER="torch"):
+                        return run("ours")
+                if backend == "ours_unfused":  # render_jit's fused forward and backward off, the rest on
+                    with _without_fused_render():
                         return run("ours")
                 if mode == "forward":
                     with torch.no_grad():
@@ -206,6 +227,8 @@ def bench_render(args: argparse.Namespace) -> dict:
             case["speedup"] = round(p3d / case["ours_ms"], 1) if p3d else None
             case["speedup_cpu"] = round(case["pytorch3d_cpu_ms"] / case["ours_cpu_ms"], 1) if p3d else None
             case["jit_speedup"] = round(case["ours_tensor_ms"] / case["ours_ms"], 2) if jit else None
+            if "ours_unfused_ms" in case:
+                case["fused_speedup"] = round(case["ours_unfused_ms"] / case["ours_ms"], 2)
             cases[name] = case
         if have_p3d and not (args.quick and size > 64):
             with torch.no_grad():
@@ -232,6 +255,7 @@ def bench_render(args: argparse.Namespace) -> dict:
         "headline_case": "64px_forward_backward",
         "compiled_loops": jit,  # projection and z-buffer (rasterize_jit), normals and shading (shading_jit)
         "jit_speedup": headline.get("jit_speedup"),
+        "fused_speedup": headline.get("fused_speedup"),  # render_jit's gradient loops against the tensor backward
         "cases": cases,
         "parity": parity,
         "mesh": {"vertices": int(vertices.shape[1]), "faces": int(faces.shape[0])},
@@ -259,8 +283,11 @@ def _print_render_table(result: dict) -> None:
             p3d, p3d_cpu, speed, speed_cpu = "skipped", "-", "-", "-"
         print(f"{name:<24}{ours:>18}{case['ours_cpu_ms']:>10.1f}{p3d:>16}{p3d_cpu:>10}{speed:>9}{speed_cpu:>7}")
         if case.get("ours_tensor_ms"):
-            print(f"{'':<24}tensor-op z-buffer {case['ours_tensor_ms']:.1f} ms: the compiled loop is "
+            print(f"{'':<24}every compiled loop off {case['ours_tensor_ms']:.1f} ms: the loops are "
                   f"{case['jit_speedup']:.1f}x faster")
+        if case.get("ours_unfused_ms"):
+            print(f"{'':<24}render_jit off (tensor-op shading and interpolation under autograd) "
+                  f"{case['ours_unfused_ms']:.1f} ms: {case['fused_speedup']:.1f}x")
     for size, p in result["parity"].items():
         print(f"parity {size}: mask IoU {p['mask_iou']:.4f}, image mean |diff| {p['image_mean_abs_diff']:.2e}, "
               f"same face {p['same_face_fraction']:.4f}")

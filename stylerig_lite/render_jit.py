@@ -58,22 +58,33 @@ if rasterize_jit.numba is not None:
 
     _corners_jit = rasterize_jit.numba.njit(inline="always", nogil=True)(_corners)
 
+    def _edges(p, i0, i1, i2):
+        # e1 = p1 - p0 and e2 = p2 - p0 of a face: its normal is e1 x e2.
+        return (p[i1, 0] - p[i0, 0], p[i1, 1] - p[i0, 1], p[i1, 2] - p[i0, 2],
+                p[i2, 0] - p[i0, 0], p[i2, 1] - p[i0, 1], p[i2, 2] - p[i0, 2])
+
+    def _basis(factors, x, y, z, one, three):
+        # H_1 .. H_8 of a unit normal (H_0 = factors[0] is constant), associated as shading_jit's.
+        return (factors[1] * y, factors[2] * z, factors[3] * x, (factors[4] * x) * y, (factors[5] * y) * z,
+                factors[6] * ((three * z) * z - one), (factors[7] * x) * z, factors[8] * (x * x - y * y))
+
+    _edges_jit = rasterize_jit.numba.njit(inline="always", nogil=True)(_edges)
+    _basis_jit = rasterize_jit.numba.njit(inline="always", nogil=True)(_basis)
+
     def _forward_loop(points, uv, depth, albedo, gamma, factors, consts, faces, eps, start, pv_all, pu_all,
                       corner_ids, unit, length, shade, color, values, bary, pixel_depth, first, step):
         # points [B, Vs, 3], uv [B, Vs, 2], depth [B, Vs], albedo [B, Vs, 3], gamma [B, 27], factors [9],
         # consts [5] (0, 1, 2, 3, 6 in the points' float type), faces [Fs, 3] (support ids); pixels
         # start[b]..start[b + 1] of image b, centred at (pu_all, pv_all), the winning face's corners corner_ids [P, 3]. Written: unit [B, Vs, 3], length [B, Vs] (unclamped),
         # shade and color [B, Vs, 3], values [P, 3], bary [P, 3], pixel_depth [P].
-        f0, f1, f2, f3, f4, f5, f6, f7, f8 = (factors[0], factors[1], factors[2], factors[3], factors[4],
-                                              factors[5], factors[6], factors[7], factors[8])
+        f0 = factors[0]
         zero, one, three = consts[0], consts[1], consts[3]
         for b in range(first, points.shape[0], step):
             p, n = points[b], unit[b]
             n[:] = zero
             for f in range(faces.shape[0]):
                 i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                ax, ay, az = p[i1, 0] - p[i0, 0], p[i1, 1] - p[i0, 1], p[i1, 2] - p[i0, 2]
-                bx, by, bz = p[i2, 0] - p[i0, 0], p[i2, 1] - p[i0, 1], p[i2, 2] - p[i0, 2]
+                ax, ay, az, bx, by, bz = _edges_jit(p, i0, i1, i2)
                 nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
                 for i in (i0, i1, i2):
                     n[i, 0] += nx
@@ -86,10 +97,7 @@ if rasterize_jit.numba is not None:
                 scale = max(raw, eps)
                 x, y, z = n[v, 0] / scale, n[v, 1] / scale, n[v, 2] / scale
                 n[v, 0], n[v, 1], n[v, 2] = x, y, z
-                h1, h2, h3 = f1 * y, f2 * z, f3 * x
-                h4, h5 = (f4 * x) * y, (f5 * y) * z
-                h6 = f6 * ((three * z) * z - one)
-                h7, h8 = (f7 * x) * z, f8 * (x * x - y * y)
+                h1, h2, h3, h4, h5, h6, h7, h8 = _basis_jit(factors, x, y, z, one, three)
                 for c in range(3):
                     k = 9 * c
                     s = f0 * g[k] + h1 * g[k + 1] + h2 * g[k + 2] + h3 * g[k + 3] + h4 * g[k + 4]
@@ -168,10 +176,7 @@ if rasterize_jit.numba is not None:
             gg[:] = zero
             for v in range(points.shape[1]):
                 x, y, z = n[v, 0], n[v, 1], n[v, 2]
-                h1, h2, h3 = f1 * y, f2 * z, f3 * x
-                h4, h5 = (f4 * x) * y, (f5 * y) * z
-                h6 = f6 * ((three * z) * z - one)
-                h7, h8 = (f7 * x) * z, f8 * (x * x - y * y)
+                h1, h2, h3, h4, h5, h6, h7, h8 = _basis_jit(factors, x, y, z, one, three)
                 d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = zero  # dL/dH_k (H_0 is constant)
                 for c in range(3):
                     grad_albedo[b, v, c] = gc[v, c] * shade[b, v, c]
@@ -208,8 +213,7 @@ if rasterize_jit.numba is not None:
             gp[:] = zero
             for f in range(faces.shape[0]):
                 i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                ax, ay, az = p[i1, 0] - p[i0, 0], p[i1, 1] - p[i0, 1], p[i1, 2] - p[i0, 2]
-                bx, by, bz = p[i2, 0] - p[i0, 0], p[i2, 1] - p[i0, 1], p[i2, 2] - p[i0, 2]
+                ax, ay, az, bx, by, bz = _edges_jit(p, i0, i1, i2)
                 fx = (gs[i0, 0] + gs[i1, 0]) + gs[i2, 0]
                 fy = (gs[i0, 1] + gs[i1, 1]) + gs[i2, 1]
                 fz = (gs[i0, 2] + gs[i1, 2]) + gs[i2, 2]
