@@ -12,17 +12,19 @@ Once the z-buffer has picked a face per pixel, what a training step differentiat
 
 As tensor operations that is about forty passes over ``[B, Vs, 3]`` and ``[P, 3]`` arrays forward
 and as many backward, each reading and writing memory; a pose-RigNet step through the latent F
-(32 renders of 64 px) spent about 60 of its 108 ms there. :class:`ShadeInterpolate` computes
+(32 renders of 64 px) spent about 35 of its 108 ms there. :class:`ShadeInterpolate` computes
 the three steps in one loop per image and their gradients in one more, images split over the
 threads like the renderer's other loops (:func:`~stylerig_lite.rasterize_jit.split_over_threads`).
 
-The forward pass is the tensor path's arithmetic, not its rounding: the loop adds the faces'
-normals face by face and sums the three barycentric terms left to right, so the image differs
-from the tensor path's by float32 rounding (about 1e-7; ``tests/test_render_jit.py`` checks
-1e-5 on the ICT head, and the gradients against the tensor path's and, in float64, against
-finite differences with :func:`torch.autograd.gradcheck`). That is why it runs only where a
-gradient is recorded: the forward-only renders (FaceWorld, corpora, the editor, evaluation) keep
-their bit-for-bit compiled loops. ``STYLERIG_LITE_RASTERIZER=torch`` switches it off with the rest.
+The forward pass is the tensor path's arithmetic, not all of its rounding: the barycentrics and
+depths come out the same (bit for bit on the development machine), but the loop adds the faces'
+normals face by face (the tensor path adds every face's first corner, then the second, then the
+third) and the three weighted corner colours left to right, so the image differs from the tensor
+path's by float32 rounding (about 1e-7; ``tests/test_render_jit.py`` checks 1e-5 on the ICT head,
+and the gradients against the tensor path's and, in float64, against finite differences with
+:func:`torch.autograd.gradcheck`). That is why it runs only where a gradient is recorded: the
+forward-only renders (FaceWorld, corpora, the editor, evaluation) keep their bit-for-bit compiled
+loops. ``STYLERIG_LITE_RASTERIZER=torch`` switches it off with the rest.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ if rasterize_jit.numba is not None:
                       corner_ids, unit, length, shade, color, values, bary, pixel_depth, first, step):
         # points [B, Vs, 3], uv [B, Vs, 2], depth [B, Vs], albedo [B, Vs, 3], gamma [B, 27], factors [9],
         # consts [5] (0, 1, 2, 3, 6 in the points' float type), faces [Fs, 3] (support ids); pixels
-        # start[b]..start[b + 1] of image b, centred at (pu_all, pv_all), the winning face's corners corner_ids [P, 3]. Written: unit [B, Vs, 3], length [B, Vs] (unclamped),
-        # shade and color [B, Vs, 3], values [P, 3], bary [P, 3], pixel_depth [P].
+        # start[b]..start[b + 1] of image b, centred at (pu_all, pv_all), their face's corners corner_ids
+        # [P, 3]. Written: unit [B, Vs, 3], length [B, Vs] (unclamped), shade and color [B, Vs, 3],
+        # values [P, 3], bary [P, 3], pixel_depth [P].
         f0 = factors[0]
         zero, one, three = consts[0], consts[1], consts[3]
         for b in range(first, points.shape[0], step):
