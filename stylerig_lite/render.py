@@ -314,17 +314,17 @@ def render_mesh(
         # Everything differentiable runs on the support only: the corners of visible faces and
         # the faces around them (the same numbers, bit for bit, as on the whole mesh).
         support = shading_support(face_index, faces, num_vertices)
-        kept = vertices.index_select(1, support.vertices)  # [B, Vs, 3]
-        uv, depth = camera.project(kept)
-        kept_albedo = albedo.index_select(1, support.vertices)
-        if render_jit.usable(kept, kept_albedo, gamma):  # a gradient to record: two compiled loops
+        if render_jit.usable(vertices, albedo, gamma):  # a gradient to record: two compiled loops
             assert_finite(gamma, "gamma")  # (sh_shading's check)
-            fragments, image = render_jit.shade_interpolate(kept, uv, depth, kept_albedo, gamma, support.faces,
-                                                            face_index, support.corners, SH_FACTORS)
+            fragments, image = render_jit.shade_interpolate(vertices, albedo, gamma, camera, support, face_index,
+                                                            SH_FACTORS, uv=uv, depth=depth)
         else:  # the reference: tensor operations, each with its own backward
+            kept = vertices.index_select(1, support.vertices)  # [B, Vs, 3]
+            uv, depth = camera.project(kept)
             fragments = fragments_from_face_index(face_index, uv, depth, support.corners)
             normals = vertex_normals(kept, support.faces)  # [B, Vs, 3]
-            image = interpolate(fragments, kept_albedo * sh_shading(normals, gamma))  # [B, 3, H, W], 0 outside
+            colors = albedo.index_select(1, support.vertices) * sh_shading(normals, gamma)
+            image = interpolate(fragments, colors)  # [B, 3, H, W], zero on background
         fragments = dataclasses.replace(fragments, vertex_ids=support.mesh_ids(fragments.vertex_ids))
         landmarks = None
         if landmark_indices is not None:

@@ -29,7 +29,7 @@ loops. ``STYLERIG_LITE_RASTERIZER=torch`` switches it off with the rest.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -73,17 +73,22 @@ if rasterize_jit.numba is not None:
     _edges_jit = rasterize_jit.numba.njit(inline="always", nogil=True)(_edges)
     _basis_jit = rasterize_jit.numba.njit(inline="always", nogil=True)(_basis)
 
-    def _forward_loop(points, uv, depth, albedo, gamma, factors, consts, faces, eps, start, pv_all, pu_all,
-                      corner_ids, unit, length, shade, color, values, bary, pixel_depth, first, step):
-        # points [B, Vs, 3], uv [B, Vs, 2], depth [B, Vs], albedo [B, Vs, 3], gamma [B, 27], factors [9],
-        # consts [5] (0, 1, 2, 3, 6 in the points' float type), faces [Fs, 3] (support ids); pixels
-        # start[b]..start[b + 1] of image b, centred at (pu_all, pv_all), their face's corners corner_ids
-        # [P, 3]. Written: unit [B, Vs, 3], length [B, Vs] (unclamped), shade and color [B, Vs, 3],
-        # values [P, 3], bary [P, 3], pixel_depth [P].
+    def _forward_loop(vertices, albedo, gamma, factors, consts, support, faces, eps, start, pv_all, pu_all,
+                      corner_ids, uv, depth, camera, points, unit, length, shade, color, values, bary, pixel_depth,
+                      first, step):
+        # vertices [B, V, 3], albedo [B or 1, V, 3], gamma [B or 1, 27]; the layout (see shade_interpolate):
+        # factors [9], consts [5] (0, 1, 2, 3, 6 in the vertices' float type), support [Vs] (mesh ids of the
+        # support's vertices), faces [Fs, 3] (support ids), eps, start [B + 1] (image b's pixels are
+        # start[b]..start[b + 1]), the pixel centres pv_all, pu_all [P], their face's corners corner_ids
+        # [P, 3] (support ids), uv [B, Vs, 2] and depth [B, Vs] (the support's projection), camera [4].
+        # Written: points [B, Vs, 3] (the support's positions), unit [B, Vs, 3], length [B, Vs] (unclamped),
+        # shade and color [B, Vs, 3], values [P, 3], bary [P, 3], pixel_depth [P].
         f0 = factors[0]
         zero, one, three = consts[0], consts[1], consts[3]
         for b in range(first, points.shape[0], step):
-            p, n = points[b], unit[b]
+            p, n, mesh = points[b], unit[b], vertices[b]
+            for i in range(support.shape[0]):
+                p[i, 0], p[i, 1], p[i, 2] = mesh[support[i], 0], mesh[support[i], 1], mesh[support[i], 2]
             n[:] = zero
             for f in range(faces.shape[0]):
                 i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
@@ -93,7 +98,7 @@ if rasterize_jit.numba is not None:
                     n[i, 0] += nx
                     n[i, 1] += ny
                     n[i, 2] += nz
-            g = gamma[b]
+            g, a = gamma[b if gamma.shape[0] > 1 else 0], albedo[b if albedo.shape[0] > 1 else 0]
             for v in range(points.shape[1]):
                 raw = np.sqrt((n[v, 0] * n[v, 0] + n[v, 1] * n[v, 1]) + n[v, 2] * n[v, 2])
                 length[b, v] = raw
@@ -106,7 +111,7 @@ if rasterize_jit.numba is not None:
                     s = f0 * g[k] + h1 * g[k + 1] + h2 * g[k + 2] + h3 * g[k + 3] + h4 * g[k + 4]
                     s = s + h5 * g[k + 5] + h6 * g[k + 6] + h7 * g[k + 7] + h8 * g[k + 8]
                     shade[b, v, c] = s
-                    color[b, v, c] = albedo[b, v, c] * s
+                    color[b, v, c] = a[support[v], c] * s
             for q in range(start[b], start[b + 1]):
                 ids = corner_ids[q]
                 _, _, _, _, _, _, w0, w1, w2, z0, z1, z2 = _corners_jit(uv[b], depth[b], ids, pu_all[q], pv_all[q])
@@ -120,15 +125,18 @@ if rasterize_jit.numba is not None:
                 for c in range(3):
                     values[q, c] = (b0 * cb[ids[0], c] + b1 * cb[ids[1], c]) + b2 * cb[ids[2], c]
 
-    def _backward_loop(points, uv, depth, albedo, gamma, factors, consts, faces, eps, start, pv_all, pu_all,
-                       corner_ids, unit, length, shade, color, grad_values, grad_bary, grad_depth,
-                       grad_points, grad_uv, grad_z, grad_albedo, grad_gamma, grad_color, grad_sum, first, step):
-        # The forward's inputs and saved outputs, the gradients of values [P, 3], bary [P, 3] and
-        # pixel_depth [P]; written: the gradients of points, uv, depth, albedo [B, Vs, ...] and gamma
-        # [B, 27]. grad_color and grad_sum are [B, Vs, 3] scratch.
+    def _backward_loop(albedo, gamma, factors, consts, support, faces, eps, start, pv_all, pu_all, corner_ids, uv,
+                       depth, camera, points, unit, length, shade, color, grad_values, grad_bary, grad_depth,
+                       grad_vertices, grad_albedo, grad_gamma, grad_color, grad_sum, grad_uv, grad_z, grad_points,
+                       first, step):
+        # The forward's inputs and what it wrote, the gradients of values [P, 3], bary [P, 3] and
+        # pixel_depth [P]. Written: the gradients of the vertices and the albedo [B, V, 3] (at the support's
+        # rows; zero elsewhere beforehand) and of gamma [B, 27] (per image). grad_color, grad_sum, grad_uv,
+        # grad_z and grad_points are [B, Vs, ...] scratch.
         f0, f1, f2, f3, f4, f5, f6, f7, f8 = (factors[0], factors[1], factors[2], factors[3], factors[4],
                                               factors[5], factors[6], factors[7], factors[8])
         zero, one, two, three, six = consts[0], consts[1], consts[2], consts[3], consts[4]
+        focal = camera[0]
         for b in range(first, points.shape[0], step):
             gc, gu, gz = grad_color[b], grad_uv[b], grad_z[b]
             gc[:] = zero
@@ -174,7 +182,8 @@ if rasterize_jit.numba is not None:
                     gu[ib, 1] -= gw * (pu - ua)
                     gu[ia, 1] += gw * (pu - ub)
             # 2. Colour = albedo * shading, shading = sum_k H_k(n) gamma_ck.
-            gs, n, g = grad_sum[b], unit[b], gamma[b]
+            gs, n = grad_sum[b], unit[b]
+            g, a = gamma[b if gamma.shape[0] > 1 else 0], albedo[b if albedo.shape[0] > 1 else 0]
             gg = grad_gamma[b]
             gg[:] = zero
             for v in range(points.shape[1]):
@@ -182,8 +191,8 @@ if rasterize_jit.numba is not None:
                 h1, h2, h3, h4, h5, h6, h7, h8 = _basis_jit(factors, x, y, z, one, three)
                 d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = zero  # dL/dH_k (H_0 is constant)
                 for c in range(3):
-                    grad_albedo[b, v, c] = gc[v, c] * shade[b, v, c]
-                    t = gc[v, c] * albedo[b, v, c]
+                    grad_albedo[b, support[v], c] = gc[v, c] * shade[b, v, c]
+                    t = gc[v, c] * a[support[v], c]
                     k = 9 * c
                     gg[k] += t * f0
                     gg[k + 1] += t * h1
@@ -232,6 +241,14 @@ if rasterize_jit.numba is not None:
                 gp[i0, 0] -= e1x + e2x
                 gp[i0, 1] -= e1y + e2y
                 gp[i0, 2] -= e1z + e2z
+            # 0. The projection u = f x / z_c + W / 2, v = -f y / z_c + H / 2, z_c = distance - z.
+            gv = grad_vertices[b]
+            for i in range(support.shape[0]):
+                zc = depth[b, i]
+                su, sv = gu[i, 0] * focal / zc, gu[i, 1] * focal / zc
+                gv[support[i], 0] = gp[i, 0] + su
+                gv[support[i], 1] = gp[i, 1] - sv
+                gv[support[i], 2] = gp[i, 2] + (su * p[i, 0] - sv * p[i, 1]) / zc - gz[i]
 
     _forward = rasterize_jit.compile_loop(_forward_loop)
     _backward = rasterize_jit.compile_loop(_backward_loop)
@@ -242,86 +259,98 @@ def _numpy(t: torch.Tensor):
 
 
 class ShadeInterpolate(torch.autograd.Function):
-    """``(points, uv, depth, albedo, gamma) -> (values [P, 3], bary [P, 3], pixel_depth [P])`` in two compiled loops.
+    """``(vertices, albedo, gamma) -> (values [P, 3], bary [P, 3], pixel_depth [P])`` in two compiled loops.
 
-    ``points [B, Vs, 3]`` world positions of the support vertices, ``uv [B, Vs, 2]`` and ``depth [B, Vs]``
-    their projection (differentiable: the camera stays in PyTorch), ``albedo [B, Vs, 3]``, ``gamma [B, 27]``;
-    then, not differentiated, ``layout``: the tuple :func:`shade_interpolate` builds (support faces, each
-    image's pixel range, the pixel centres, the winning faces' corners, the SH factors, the normals' eps).
-    First-order gradients only.
+    ``vertices [B, V, 3]`` world positions, ``albedo [B or 1, V, 3]``, ``gamma [B or 1, 27]``; then, not
+    differentiated, ``layout``: the tuple :func:`shade_interpolate` builds (the support and its faces, each
+    image's pixel range, the pixel centres, the winning faces' corners, the support's projection, the camera,
+    the SH factors, the normals' eps). Gradients reach the vertices through the projection, the barycentrics
+    and the normals. First-order gradients only.
     """
 
     @staticmethod
-    def forward(ctx, points, uv, depth, albedo, gamma, layout):
-        batch, count, _ = points.shape
-        pixels = layout[-1].shape[0]
-        unit, shade, color = (points.new_empty(batch, count, 3) for _ in range(3))
-        length = points.new_empty(batch, count)
-        values, bary = points.new_empty(pixels, 3), points.new_empty(pixels, 3)
-        pixel_depth = points.new_empty(pixels)
-        factors, consts, faces, eps, start, pv, pu, corner_ids = layout
-        inputs = tuple(_numpy(t) for t in (points, uv, depth, albedo, gamma))
-        arrays = inputs + (factors, consts, faces, eps, start, pv, pu, corner_ids)
-        saved = (unit, length, shade, color)
+    def forward(ctx, vertices, albedo, gamma, layout):
+        batch = vertices.shape[0]
+        count, pixels = layout[2].shape[0], layout[8].shape[0]
+        points, unit, shade, color = (vertices.new_empty(batch, count, 3) for _ in range(4))
+        length = vertices.new_empty(batch, count)
+        values, bary = vertices.new_empty(pixels, 3), vertices.new_empty(pixels, 3)
+        pixel_depth = vertices.new_empty(pixels)
+        saved = (points, unit, length, shade, color)
         outputs = tuple(t.numpy() for t in saved + (values, bary, pixel_depth))
-        rasterize_jit.split_over_threads(_forward, arrays + outputs, batch)
+        inputs = tuple(_numpy(t) for t in (vertices, albedo, gamma))
+        rasterize_jit.split_over_threads(_forward, inputs + layout + outputs, batch)
         ctx.layout = layout
-        ctx.save_for_backward(points, uv, depth, albedo, gamma, *saved)
+        ctx.shapes = (tuple(vertices.shape), albedo.shape[0], gamma.shape[0])
+        ctx.save_for_backward(albedo, gamma, *saved)
         return values, bary, pixel_depth
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_values, grad_bary, grad_depth):
-        points, uv, depth, albedo, gamma, *saved = ctx.saved_tensors
-        batch, count, _ = points.shape
-        pixels = ctx.layout[-1].shape[0]
+        albedo, gamma, *saved = ctx.saved_tensors
+        (batch, num_vertices, _), albedo_batch, gamma_batch = ctx.shapes
+        count, pixels = ctx.layout[2].shape[0], ctx.layout[8].shape[0]
         grads = [grad_values, grad_bary, grad_depth]
         shapes = [(pixels, 3), (pixels, 3), (pixels,)]
-        grads = [points.new_zeros(shape) if g is None else g.to(points.dtype) for g, shape in zip(grads, shapes)]
-        grad_points, grad_albedo = points.new_empty(batch, count, 3), points.new_empty(batch, count, 3)
-        grad_uv, grad_z = points.new_empty(batch, count, 2), points.new_empty(batch, count)
-        grad_gamma = points.new_empty(batch, 27)
-        scratch = tuple(np.empty((batch, count, 3), dtype=ctx.layout[0].dtype) for _ in range(2))
-        args = (tuple(_numpy(t) for t in (points, uv, depth, albedo, gamma)) + ctx.layout
-                + tuple(_numpy(t) for t in saved) + tuple(_numpy(g) for g in grads)
-                + tuple(t.numpy() for t in (grad_points, grad_uv, grad_z, grad_albedo, grad_gamma)) + scratch)
+        grads = [albedo.new_zeros(shape) if g is None else g.to(albedo.dtype) for g, shape in zip(grads, shapes)]
+        grad_vertices = albedo.new_zeros(batch, num_vertices, 3)  # written at the support's rows
+        grad_albedo = albedo.new_zeros(batch, num_vertices, 3)
+        grad_gamma = albedo.new_empty(batch, 27)
+        dtype = ctx.layout[0].dtype
+        scratch = tuple(np.empty((batch, count, k), dtype=dtype) for k in (3, 3, 2)) + (
+            np.empty((batch, count), dtype=dtype), np.empty((batch, count, 3), dtype=dtype))
+        args = (tuple(_numpy(t) for t in (albedo, gamma)) + ctx.layout + tuple(_numpy(t) for t in saved)
+                + tuple(_numpy(g) for g in grads) + tuple(t.numpy() for t in (grad_vertices, grad_albedo, grad_gamma))
+                + scratch)
         rasterize_jit.split_over_threads(_backward, args, batch)
-        return grad_points, grad_uv, grad_z, grad_albedo, grad_gamma, None
+        if albedo_batch == 1:  # one albedo shared by the batch: the images' gradients add up
+            grad_albedo = grad_albedo.sum(dim=0, keepdim=True)
+        if gamma_batch == 1:
+            grad_gamma = grad_gamma.sum(dim=0, keepdim=True)
+        return grad_vertices, grad_albedo, grad_gamma, None
 
 
-def shade_interpolate(points: torch.Tensor, uv: torch.Tensor, depth: torch.Tensor, albedo: torch.Tensor,
-                      gamma: torch.Tensor, faces: torch.Tensor, face_index: torch.Tensor, corners: torch.Tensor,
-                      factors: Sequence[float], eps: float = 1e-12) -> Tuple[Fragments, torch.Tensor]:
-    """Shade the support vertices and interpolate them at the covered pixels: ``(fragments, image)``.
+def shade_interpolate(vertices: torch.Tensor, albedo: torch.Tensor, gamma: torch.Tensor, camera, support,
+                      face_index: torch.Tensor, factors: Sequence[float], *, uv: Optional[torch.Tensor] = None,
+                      depth: Optional[torch.Tensor] = None, eps: float = 1e-12) -> Tuple[Fragments, torch.Tensor]:
+    """Project, shade and interpolate the vertices a render reads: ``(fragments, image)``, differentiable.
 
-    ``points [B, Vs, 3]``, ``uv [B, Vs, 2]``, ``depth [B, Vs]``, ``albedo [B or 1, Vs, 3]``,
-    ``gamma [B or 1, 27]`` (float32, or float64 for gradient checks, on the CPU); ``faces [Fs, 3]`` the
-    support's faces (for the normals); ``face_index [B, H, W]`` the z-buffer's winners and ``corners
-    [F, 3]`` every face's corners as support ids (:class:`~stylerig_lite.render.ShadingSupport`);
-    ``factors`` the nine :data:`~stylerig_lite.shading.SH_FACTORS`. Returns the
-    :class:`~stylerig_lite.rasterize.Fragments` of
-    :func:`~stylerig_lite.rasterize.fragments_from_face_index` (the same barycentrics and depths) and
-    ``image [B, 3, H, W]``, :func:`~stylerig_lite.rasterize.interpolate`'s, to float rounding.
+    ``vertices [B, V, 3]``, ``albedo [B or 1, V, 3]``, ``gamma [B or 1, 27]`` (float32, or float64 for
+    gradient checks, on the CPU); ``camera`` the :class:`~stylerig_lite.camera.Camera`; ``support`` the
+    :class:`~stylerig_lite.render.ShadingSupport` of ``face_index [B, H, W]``, the z-buffer's winners;
+    ``factors`` the nine :data:`~stylerig_lite.shading.SH_FACTORS`; ``uv [B, V, 2]`` and ``depth [B, V]``
+    the vertices' projection if the caller has it (taken without gradient; projected here otherwise).
+    Returns the :class:`~stylerig_lite.rasterize.Fragments` of
+    :func:`~stylerig_lite.rasterize.fragments_from_face_index` on the support (the same barycentrics and
+    depths; ``vertex_ids`` are support ids, as there) and ``image [B, 3, H, W]``,
+    :func:`~stylerig_lite.rasterize.interpolate`'s, to float rounding.
     """
     if rasterize_jit.numba is None:
         raise RuntimeError("shade_interpolate needs numba; pip install numba")
-    dtype = points.dtype
-    if dtype not in (torch.float32, torch.float64) or points.device.type != "cpu":
-        raise TypeError(f"shade_interpolate takes float32 or float64 CPU tensors, got {dtype} on {points.device}")
-    batch, count, _ = points.shape
+    dtype = vertices.dtype
+    if dtype not in (torch.float32, torch.float64) or vertices.device.type != "cpu":
+        raise TypeError(f"shade_interpolate takes float32 or float64 CPU tensors, got {dtype} on {vertices.device}")
     if len(factors) != 9:
         raise ValueError(f"factors must be the 9 SH factors (shading.SH_FACTORS), got {len(factors)}")
-    rasterize_jit.check_face_indices(faces, count)
-    pixel, image, row, col, corner_ids = covered_pixels(face_index, corners)
+    batch, num_vertices, _ = vertices.shape
+    kept = support.vertices
+    count = kept.shape[0]
+    rasterize_jit.check_face_indices(kept[None], num_vertices)
+    rasterize_jit.check_face_indices(support.faces, count)
+    if uv is None or depth is None:
+        with torch.no_grad():
+            uv, depth = camera.project(vertices)
+    pixel, image, row, col, corner_ids = covered_pixels(face_index, support.corners)
     rasterize_jit.check_face_indices(corner_ids, count)  # (corners of faces no pixel shows may be -1)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    layout = (np.asarray(factors, dtype=np_dtype), np.asarray([0, 1, 2, 3, 6], dtype=np_dtype),
-              _numpy(faces.long()), np_dtype(eps),
-              _numpy(torch.searchsorted(image, torch.arange(batch + 1, dtype=image.dtype, device=image.device))),
-              _numpy(row.to(dtype) + 0.5), _numpy(col.to(dtype) + 0.5), _numpy(corner_ids))
-    values, bary, pixel_depth = ShadeInterpolate.apply(
-        points, uv.to(dtype), depth.to(dtype), albedo.to(dtype).expand(batch, count, 3),
-        gamma.to(dtype).expand(batch, 27), layout)
+    start = torch.searchsorted(image, torch.arange(batch + 1, dtype=image.dtype, device=image.device))
+    layout = (np.asarray(factors, dtype=np_dtype), np.asarray([0, 1, 2, 3, 6], dtype=np_dtype), _numpy(kept),
+              _numpy(support.faces.long()), np_dtype(eps), _numpy(start), _numpy(row.to(dtype) + 0.5),
+              _numpy(col.to(dtype) + 0.5), _numpy(corner_ids), _numpy(uv.index_select(1, kept).to(dtype)),
+              _numpy(depth.index_select(1, kept).to(dtype)),
+              np.asarray([camera.focal_pixels, camera.distance, camera.width / 2, camera.height / 2], dtype=np_dtype))
+    values, bary, pixel_depth = ShadeInterpolate.apply(vertices, albedo.to(dtype), gamma.to(dtype), layout)
     fragments = Fragments(face_index=face_index, pixel=pixel, vertex_ids=image[:, None] * count + corner_ids,
                           bary=bary, depth=pixel_depth)
     return fragments, scatter_pixels(values, pixel, fragments.shape, 3)

@@ -105,19 +105,20 @@ def _sphere_case(batch=2, size=24):
         uv, depth = camera.project(points)
     face_index = visible_faces(uv.float(), depth.float(), faces, size, size)
     support = shading_support(face_index, faces, points.shape[1])
-    albedo = 0.3 + 0.5 * torch.rand(batch, support.vertices.shape[0], 3, generator=g, dtype=torch.float64)
+    albedo = 0.3 + 0.5 * torch.rand(batch, points.shape[1], 3, generator=g, dtype=torch.float64)
     gamma = directional_gamma([0.3, 0.5, 1.0], 0.8, 0.4, batch_size=batch, dtype=torch.float64)
     gamma = gamma + 0.05 * torch.randn(gamma.shape, generator=g, dtype=torch.float64)
-    return points.index_select(1, support.vertices), albedo, gamma, camera, face_index, support
+    return points, albedo, gamma, camera, face_index, support
 
 
-def test_fused_gradients_equal_finite_differences():
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_gradients_equal_finite_differences(shared):
     points, albedo, gamma, camera, face_index, support = _sphere_case()
+    if shared:  # one albedo and one light for the batch
+        albedo, gamma = albedo[:1], gamma[:1]
 
     def outputs(p, a, l):
-        uv, depth = camera.project(p)
-        fragments, image = render_jit.shade_interpolate(p, uv, depth, a, l, support.faces, face_index,
-                                                        support.corners, SH_FACTORS)
+        fragments, image = render_jit.shade_interpolate(p, a, l, camera, support, face_index, SH_FACTORS)
         return image, fragments.bary, fragments.depth
 
     inputs = tuple(t.clone().requires_grad_(True) for t in (points, albedo, gamma))
@@ -126,14 +127,17 @@ def test_fused_gradients_equal_finite_differences():
 
 
 def test_fused_render_rejects_bad_input():
+    import dataclasses
+
     points, albedo, gamma, camera, face_index, support = _sphere_case(batch=1)
-    uv, depth = camera.project(points)
-    args = (points, uv, depth, albedo, gamma, support.faces, face_index, support.corners)
+    args = (points, albedo, gamma, camera, support, face_index)
     with pytest.raises(ValueError, match="9 SH factors"):
         render_jit.shade_interpolate(*args, SH_FACTORS[:8])
     with pytest.raises(TypeError, match="float32 or float64 CPU"):
         render_jit.shade_interpolate(points.half(), *args[1:], SH_FACTORS)
+    bad = dataclasses.replace(support, faces=support.faces + 1000)
     with pytest.raises(ValueError, match="valid 0.."):
-        render_jit.shade_interpolate(*args[:5], support.faces + 1000, *args[6:], SH_FACTORS)
+        render_jit.shade_interpolate(*args[:4], bad, face_index, SH_FACTORS)
+    bad = dataclasses.replace(support, corners=torch.full_like(support.corners, -1))
     with pytest.raises(ValueError, match="valid 0.."):  # a pixel's face whose corners are not in the support
-        render_jit.shade_interpolate(*args[:7], torch.full_like(support.corners, -1), SH_FACTORS)
+        render_jit.shade_interpolate(*args[:4], bad, face_index, SH_FACTORS)
