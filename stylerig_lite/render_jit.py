@@ -173,14 +173,14 @@ if rasterize_jit.numba is not None:
                 # s_k = w_k / S with S = sum w_k.
                 common = ((gs0 * w0 + gs1 * w1) + gs2 * w2) / (total * total)
                 gw0, gw1, gw2 = gs0 / total - common, gs1 / total - common, gs2 / total - common
-                # w_k = (u_b - u_a)(pv - v_a) - (v_b - v_a)(pu - u_a) with a = k + 1, b = k + 2.
-                for gw, ia, ib, ua, va, ub, vb in ((gw0, ids[1], ids[2], u1, v1, u2, v2),
-                                                   (gw1, ids[2], ids[0], u2, v2, u0, v0),
-                                                   (gw2, ids[0], ids[1], u0, v0, u1, v1)):
-                    gu[ib, 0] += gw * (pv - va)
-                    gu[ia, 0] += gw * (vb - pv)
-                    gu[ib, 1] -= gw * (pu - ua)
-                    gu[ia, 1] += gw * (pu - ub)
+                # w_k = (u_b - u_a)(pv - v_a) - (v_b - v_a)(pu - u_a) with a = k + 1, b = k + 2: each corner
+                # is the b of one edge and the a of another.
+                gu[ids[0], 0] += gw1 * (pv - v2) + gw2 * (v1 - pv)
+                gu[ids[1], 0] += gw2 * (pv - v0) + gw0 * (v2 - pv)
+                gu[ids[2], 0] += gw0 * (pv - v1) + gw1 * (v0 - pv)
+                gu[ids[0], 1] += gw2 * (pu - u1) - gw1 * (pu - u2)
+                gu[ids[1], 1] += gw0 * (pu - u2) - gw2 * (pu - u0)
+                gu[ids[2], 1] += gw1 * (pu - u0) - gw0 * (pu - u1)
             # 2. Colour = albedo * shading, shading = sum_k H_k(n) gamma_ck.
             gs, n = grad_sum[b], unit[b]
             g, a = gamma[b if gamma.shape[0] > 1 else 0], albedo[b if albedo.shape[0] > 1 else 0]
