@@ -4,6 +4,8 @@ Floor: 3DMM (a fast op beside :func:`stylerig_lite.render.render_mesh`'s tensor 
 Once the z-buffer has picked a face per pixel, what a training step differentiates is, for the
 ``Vs`` vertices the image reads (:func:`~stylerig_lite.render.shading_support`):
 
+0. their positions gathered from the mesh and projected
+   (:meth:`Camera.project <stylerig_lite.camera.Camera.project>`),
 1. area-weighted unit normals (:func:`~stylerig_lite.shading.vertex_normals`),
 2. spherical-harmonics shading times albedo (:func:`~stylerig_lite.shading.sh_shading`),
 3. perspective-correct barycentrics of each covered pixel centre
@@ -13,7 +15,8 @@ Once the z-buffer has picked a face per pixel, what a training step differentiat
 As tensor operations that is about forty passes over ``[B, Vs, 3]`` and ``[P, 3]`` arrays forward
 and as many backward, each reading and writing memory; a pose-RigNet step through the latent F
 (32 renders of 64 px) spent about 35 of its 108 ms there. :class:`ShadeInterpolate` computes
-the three steps in one loop per image and their gradients in one more, images split over the
+the four steps in one loop per image and their gradients in one more (the projection's forward is
+the z-buffer's, taken without gradient, so only its backward runs here), images split over the
 threads like the renderer's other loops (:func:`~stylerig_lite.rasterize_jit.split_over_threads`).
 
 The forward pass is the tensor path's arithmetic, not all of its rounding: the barycentrics and
