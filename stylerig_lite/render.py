@@ -19,10 +19,10 @@ camera and spherical-harmonics lighting:
    vertex colours with perspective-correct barycentrics, and composite over the
    background with the hard coverage mask.
 
-Where a gradient is recorded (float32 on the CPU, Numba installed), step 1 and the interpolation of
-step 2 run as one compiled forward and one compiled backward (:mod:`stylerig_lite.render_jit`),
-equal to the tensor operations below to float rounding; a forward pass without gradients keeps the
-bit-exact compiled loops of :mod:`~stylerig_lite.shading_jit`.
+Where a gradient is recorded (float32 on the CPU, Numba installed), the projection of the shaded
+vertices, step 1 and the interpolation of step 2 run as one compiled forward and one compiled
+backward (:mod:`stylerig_lite.render_jit`), equal to the tensor operations below to float rounding;
+a forward pass without gradients keeps the bit-exact compiled loops of :mod:`~stylerig_lite.shading_jit`.
 
 Gradients flow to vertex positions (through the visible triangle's
 barycentrics and through the normals), vertex colours and the SH
@@ -42,6 +42,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from stylerig_lite import render_jit
 from stylerig_lite.camera import Camera, ImageSize, check_finite
 from stylerig_lite.checks import assert_finite, assert_shape
 from stylerig_lite.rasterize import (
@@ -60,7 +61,6 @@ from stylerig_lite.render_pytorch3d import (  # noqa: F401  (the reference backe
     pytorch3d_cameras,
     rasterize_pytorch3d,
 )
-from stylerig_lite import render_jit
 from stylerig_lite.shading import NUM_GAMMA, SH_FACTORS, sh_shading, vertex_normals
 
 BACKENDS = ("ours", "pytorch3d")
