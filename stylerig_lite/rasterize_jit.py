@@ -71,11 +71,13 @@ def available() -> bool:
     return value == "auto" and numba is not None
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether a compiled loop may take these tensors: :func:`available`, float32 on the CPU, no gradient to record."""
-    return available() and all(
-        t.dtype == torch.float32 and t.device.type == "cpu" and not (t.requires_grad and torch.is_grad_enabled())
-        for t in tensors)
+def usable(*tensors: torch.Tensor, differentiated: bool = False) -> bool:
+    """Whether a compiled loop may take these tensors: :func:`available`, float32 on the CPU, and no gradient to
+    record (``differentiated=False``: the forward-only loops) or one to record (``True``: the loops of
+    :mod:`~stylerig_lite.render_jit`, which carry their own backward)."""
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return (available() and recording == differentiated
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
 
 
 def require(what: str, *tensors: torch.Tensor) -> None:

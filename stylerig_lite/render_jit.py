@@ -32,7 +32,7 @@ loops. ``STYLERIG_LITE_RASTERIZER=torch`` switches it off with the rest.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,10 +44,8 @@ __all__ = ["ShadeInterpolate", "shade_interpolate", "usable"]
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether :func:`shade_interpolate` may run: compiled loops available, float32 CPU tensors, a gradient to record."""
-    return (rasterize_jit.available() and torch.is_grad_enabled()
-            and any(t.requires_grad for t in tensors)
-            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
+    """Whether :func:`shade_interpolate` may run: loops available, float32 CPU tensors, a gradient to record."""
+    return rasterize_jit.usable(*tensors, differentiated=True)
 
 
 if rasterize_jit.numba is not None:
@@ -77,13 +75,13 @@ if rasterize_jit.numba is not None:
     _basis_jit = rasterize_jit.numba.njit(inline="always", nogil=True)(_basis)
 
     def _forward_loop(vertices, albedo, gamma, factors, consts, support, faces, eps, start, pv_all, pu_all,
-                      corner_ids, uv, depth, camera, points, unit, length, shade, color, values, bary, pixel_depth,
+                      corner_ids, uv, depth, focal, points, unit, length, shade, color, values, bary, pixel_depth,
                       first, step):
         # vertices [B, V, 3], albedo [B or 1, V, 3], gamma [B or 1, 27]; the layout (see shade_interpolate):
         # factors [9], consts [5] (0, 1, 2, 3, 6 in the vertices' float type), support [Vs] (mesh ids of the
         # support's vertices), faces [Fs, 3] (support ids), eps, start [B + 1] (image b's pixels are
         # start[b]..start[b + 1]), the pixel centres pv_all, pu_all [P], their face's corners corner_ids
-        # [P, 3] (support ids), uv [B, Vs, 2] and depth [B, Vs] (the support's projection), camera [4].
+        # [P, 3] (support ids), uv [B, Vs, 2] and depth [B, Vs] (the support's projection), focal (pixels).
         # Written: points [B, Vs, 3] (the support's positions), unit [B, Vs, 3], length [B, Vs] (unclamped),
         # shade and color [B, Vs, 3], values [P, 3], bary [P, 3], pixel_depth [P].
         f0 = factors[0]
@@ -129,7 +127,7 @@ if rasterize_jit.numba is not None:
                     values[q, c] = (b0 * cb[ids[0], c] + b1 * cb[ids[1], c]) + b2 * cb[ids[2], c]
 
     def _backward_loop(albedo, gamma, factors, consts, support, faces, eps, start, pv_all, pu_all, corner_ids, uv,
-                       depth, camera, points, unit, length, shade, color, grad_values, grad_bary, grad_depth,
+                       depth, focal, points, unit, length, shade, color, grad_values, grad_bary, grad_depth,
                        grad_vertices, grad_albedo, grad_gamma, grad_color, grad_sum, grad_uv, grad_z, grad_points,
                        first, step):
         # The forward's inputs and what it wrote, the gradients of values [P, 3], bary [P, 3] and
@@ -139,7 +137,6 @@ if rasterize_jit.numba is not None:
         f0, f1, f2, f3, f4, f5, f6, f7, f8 = (factors[0], factors[1], factors[2], factors[3], factors[4],
                                               factors[5], factors[6], factors[7], factors[8])
         zero, one, two, three, six = consts[0], consts[1], consts[2], consts[3], consts[4]
-        focal = camera[0]
         for b in range(first, points.shape[0], step):
             gc, gu, gz = grad_color[b], grad_uv[b], grad_z[b]
             gc[:] = zero
@@ -261,20 +258,37 @@ def _numpy(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
+class _Layout(NamedTuple):
+    """What both loops read besides the differentiated tensors, in their argument order (NumPy, not differentiated)."""
+
+    factors: "np.ndarray"  # [9] SH factors
+    consts: "np.ndarray"  # [5] 0, 1, 2, 3, 6 in the float type
+    support: "np.ndarray"  # [Vs] mesh ids of the support's vertices
+    faces: "np.ndarray"  # [Fs, 3] the support's faces, support ids
+    eps: float  # the normals' length floor
+    start: "np.ndarray"  # [B + 1] image b's pixels are start[b]:start[b + 1]
+    pv: "np.ndarray"  # [P] pixel centres, rows
+    pu: "np.ndarray"  # [P] pixel centres, columns
+    corner_ids: "np.ndarray"  # [P, 3] each pixel's face, support ids
+    uv: "np.ndarray"  # [B, Vs, 2] the support's projection (no gradient)
+    depth: "np.ndarray"  # [B, Vs]
+    focal: float  # the camera's focal length in pixels
+
+
 class ShadeInterpolate(torch.autograd.Function):
     """``(vertices, albedo, gamma) -> (values [P, 3], bary [P, 3], pixel_depth [P])`` in two compiled loops.
 
     ``vertices [B, V, 3]`` world positions, ``albedo [B or 1, V, 3]``, ``gamma [B or 1, 27]``; then, not
-    differentiated, ``layout``: the tuple :func:`shade_interpolate` builds (the support and its faces, each
-    image's pixel range, the pixel centres, the winning faces' corners, the support's projection, the camera,
-    the SH factors, the normals' eps). Gradients reach the vertices through the projection, the barycentrics
-    and the normals. First-order gradients only.
+    differentiated, ``layout``: the :class:`_Layout` :func:`shade_interpolate` builds (the support and its
+    faces, each image's pixel range, the pixel centres, the winning faces' corners, the support's projection,
+    the focal length, the SH factors, the normals' eps). Gradients reach the vertices through the projection,
+    the barycentrics and the normals. First-order gradients only.
     """
 
     @staticmethod
     def forward(ctx, vertices, albedo, gamma, layout):
         batch = vertices.shape[0]
-        count, pixels = layout[2].shape[0], layout[8].shape[0]
+        count, pixels = layout.support.shape[0], layout.corner_ids.shape[0]
         points, unit, shade, color = (vertices.new_empty(batch, count, 3) for _ in range(4))
         length = vertices.new_empty(batch, count)
         values, bary = vertices.new_empty(pixels, 3), vertices.new_empty(pixels, 3)
@@ -293,14 +307,14 @@ class ShadeInterpolate(torch.autograd.Function):
     def backward(ctx, grad_values, grad_bary, grad_depth):
         albedo, gamma, *saved = ctx.saved_tensors
         (batch, num_vertices, _), albedo_batch, gamma_batch = ctx.shapes
-        count, pixels = ctx.layout[2].shape[0], ctx.layout[8].shape[0]
+        count, pixels = ctx.layout.support.shape[0], ctx.layout.corner_ids.shape[0]
         grads = [grad_values, grad_bary, grad_depth]
         shapes = [(pixels, 3), (pixels, 3), (pixels,)]
         grads = [albedo.new_zeros(shape) if g is None else g.to(albedo.dtype) for g, shape in zip(grads, shapes)]
         grad_vertices = albedo.new_zeros(batch, num_vertices, 3)  # written at the support's rows
         grad_albedo = albedo.new_zeros(batch, num_vertices, 3)
         grad_gamma = albedo.new_empty(batch, 27)
-        dtype = ctx.layout[0].dtype
+        dtype = ctx.layout.factors.dtype
         scratch = tuple(np.empty((batch, count, k), dtype=dtype) for k in (3, 3, 2)) + (
             np.empty((batch, count), dtype=dtype), np.empty((batch, count, 3), dtype=dtype))
         args = (tuple(_numpy(t) for t in (albedo, gamma)) + ctx.layout + tuple(_numpy(t) for t in saved)
@@ -348,11 +362,12 @@ def shade_interpolate(vertices: torch.Tensor, albedo: torch.Tensor, gamma: torch
     rasterize_jit.check_face_indices(corner_ids, count)  # (corners of faces no pixel shows may be -1)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     start = torch.searchsorted(image, torch.arange(batch + 1, dtype=image.dtype, device=image.device))
-    layout = (np.asarray(factors, dtype=np_dtype), np.asarray([0, 1, 2, 3, 6], dtype=np_dtype), _numpy(kept),
-              _numpy(support.faces.long()), np_dtype(eps), _numpy(start), _numpy(row.to(dtype) + 0.5),
-              _numpy(col.to(dtype) + 0.5), _numpy(corner_ids), _numpy(uv.index_select(1, kept).to(dtype)),
-              _numpy(depth.index_select(1, kept).to(dtype)),
-              np.asarray([camera.focal_pixels, camera.distance, camera.width / 2, camera.height / 2], dtype=np_dtype))
+    layout = _Layout(
+        factors=np.asarray(factors, dtype=np_dtype), consts=np.asarray([0, 1, 2, 3, 6], dtype=np_dtype),
+        support=_numpy(kept), faces=_numpy(support.faces.long()), eps=np_dtype(eps), start=_numpy(start),
+        pv=_numpy(row.to(dtype) + 0.5), pu=_numpy(col.to(dtype) + 0.5), corner_ids=_numpy(corner_ids),
+        uv=_numpy(uv.index_select(1, kept).to(dtype)), depth=_numpy(depth.index_select(1, kept).to(dtype)),
+        focal=np_dtype(camera.focal_pixels))
     values, bary, pixel_depth = ShadeInterpolate.apply(vertices, albedo.to(dtype), gamma.to(dtype), layout)
     fragments = Fragments(face_index=face_index, pixel=pixel, vertex_ids=image[:, None] * count + corner_ids,
                           bary=bary, depth=pixel_depth)
