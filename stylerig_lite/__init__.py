@@ -14,7 +14,7 @@ Floor 0, base: what everything else stands on.
   - ``seeding``          every seed rule: ``derive_seed``, batch order, seed -> latent, ``BatchShard``
   - ``params``           the 196-value parameter layout, ``FaceParams``, Euler angles, the rig components (ch. 1)
   - ``assets``           registry of third-party files, hashed download, cache (ch. 1, credits)
-  - ``devices``          ``--device`` and CUDA settings shared by the commands (appendix: distributed)
+  - ``devices``          ``--device``, CUDA settings, the CPU allocator (appendices: distributed, performance)
   - ``distributed``      data-parallel training under ``torchrun`` (appendix: distributed)
 
 Floor 1, 3DMM: the face model, the camera and the renderers.

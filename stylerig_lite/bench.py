@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|rignet|distributed|gan|photoreal|photo] [--json]``.
+"""Benchmarks: ``python -m stylerig_lite.bench [render|world|edit|corpus|rignet|distributed|gan|photoreal|photo|allocator] [--json]``.
 
 Each benchmark is a subcommand registered in ``BENCHMARKS``; without one, all run.
 
@@ -57,6 +57,12 @@ path: the full face region). ``--json`` gives
 ``latent_f_step_ms``, ``image_f_step_ms`` (medians) and ``speedup`` (image / latent). The embedded
 networks when present; otherwise random ones of the same shapes (speed does not depend on the weights).
 
+``allocator``: the photoreal generator with glibc's default allocator settings and with
+:func:`~stylerig_lite.devices.keep_freed_memory`, each in a fresh process (``STYLERIG_LITE_MALLOC=default``
+for the first), alternating, ``--repeats`` rounds of ``--passes`` passes: 1024 px forward, 256 px forward,
+256 px forward and backward (one image, no other change). ``--json`` gives per setting the medians of
+the rounds' medians (``default_ms``, ``kept_ms``) and ``speedup`` (default / kept) per pass.
+
 ``distributed``: data-parallel speed-up of ``stylerig-lite train-f`` (the embedded F's width and
 batch by default) on this machine: 1 process with 1 thread, 1 process with N threads and N processes
 with 1 thread each (Gloo on loopback, launched with torchrun's variables), interleaved, ``--repeats``
@@ -88,6 +94,7 @@ from stylerig_lite.io_utils import load_checkpoint_file
 from stylerig_lite.shading import directional_gamma
 
 __all__ = [
+    "bench_allocator",
     "bench_corpus",
     "bench_distributed",
     "bench_edit",
@@ -466,6 +473,14 @@ print(json.dumps({"wall": batch * steps / wall, "cpu": batch * steps / cpu, "fil
 """
 
 
+def _record_load(result: dict) -> None:
+    """Put the one-minute load average into ``result['load_average']`` (where the OS reports one)."""
+    try:
+        result["load_average"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+
+
 def bench_gan(args: argparse.Namespace) -> dict:
     """Training-step throughput of train-gan (cpu64), optionally beside a reference source tree."""
     import subprocess
@@ -503,10 +518,7 @@ def bench_gan(args: argparse.Namespace) -> dict:
         result["reference"] = trees["ref"]
         result["speedup"] = round(result["cpu_images_per_s"] / result["ref_cpu_images_per_s"], 3)
         result["speedup_wall"] = round(result["images_per_s"] / result["ref_images_per_s"], 3)
-    try:
-        result["load_average"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
+    _record_load(result)
     return result
 
 
@@ -1133,6 +1145,88 @@ def _add_rignet_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed steps of each (default 7)")
 
 
+_ALLOCATOR_CHILD = r"""
+import json, statistics, sys, time
+import torch
+from stylerig_lite import devices, pretrained
+threads, passes = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+G = pretrained.photoreal_generator()
+ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), truncation_psi=0.7)
+w = ws.clone().requires_grad_(True)
+
+def backward():
+    G.synthesis(w, resolution=256).square().mean().backward()
+
+def timed(fn):
+    fn()
+    times = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+out = {"kept": devices.keep_freed_memory()}
+with torch.no_grad():
+    out["forward_1024"] = timed(lambda: G.synthesis(ws))
+    out["forward_256"] = timed(lambda: G.synthesis(ws, resolution=256))
+out["forward_backward_256"] = timed(backward)
+print(json.dumps(out))
+"""
+
+
+def bench_allocator(args: argparse.Namespace) -> dict:
+    """The photoreal generator with glibc's default allocator and with devices.keep_freed_memory, alternating."""
+    import subprocess
+
+    if args.repeats < 1 or args.passes < 1:
+        raise SystemExit("need --repeats >= 1 and --passes >= 1")
+    from stylerig_lite.mobilestylegan import FileIntegrityError, check_ir_files, find_data_dir
+
+    try:  # fail here, with the message, rather than in a child process
+        check_ir_files(find_data_dir(), check_sha256=False)
+    except FileIntegrityError as error:
+        print(f"allocator: {error}", file=sys.stderr)
+        return {"benchmark": "allocator", "skipped": str(error)}
+    threads = args.threads or torch.get_num_threads()
+    settings = {"default": {"STYLERIG_LITE_MALLOC": "default"}, "kept": {"STYLERIG_LITE_MALLOC": ""}}
+    rounds: Dict[str, List[dict]] = {name: [] for name in settings}
+    for _ in range(args.repeats):  # alternating fresh processes: load on the machine hits both alike
+        for name, extra in settings.items():
+            out = subprocess.run([sys.executable, "-c", _ALLOCATOR_CHILD, str(threads), str(args.passes)],
+                                 env=dict(os.environ, **extra), capture_output=True, text=True, check=True)
+            rounds[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if not all(r["kept"] for r in rounds["kept"]) or any(r["kept"] for r in rounds["default"]):
+        raise RuntimeError("the allocator could not be set as asked (not glibc?): nothing to compare")
+    result: Dict[str, object] = {"benchmark": "allocator", "threads": threads, "repeats": args.repeats,
+                                 "passes": args.passes}
+    for key in ("forward_1024", "forward_256", "forward_backward_256"):
+        default = statistics.median(r[key] for r in rounds["default"])
+        kept = statistics.median(r[key] for r in rounds["kept"])
+        result[key] = {"default_ms": round(default, 1), "kept_ms": round(kept, 1),
+                       "speedup": round(default / kept, 3)}
+    _record_load(result)
+    return result
+
+
+def _print_allocator(result: dict) -> None:
+    if "skipped" in result:
+        print(f"allocator: skipped ({result['skipped']})")
+        return
+    print(f"allocator: photoreal generator, one image, {result['threads']} threads, "
+          f"medians of {result['repeats']} alternating processes x {result['passes']} passes")
+    for key in ("forward_1024", "forward_256", "forward_backward_256"):
+        row = result[key]
+        print(f"  {key:22s} default {row['default_ms']:7.1f} ms   kept {row['kept_ms']:7.1f} ms   "
+              f"x{row['speedup']:.2f}")
+
+
+def _add_allocator_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each two fresh processes (default 3)")
+    parser.add_argument("--passes", type=int, default=7, help="timed passes of each kind per process (default 7)")
+
+
 # name -> (run, print, help, add arguments)
 BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None], str, Callable]] = {
     "render": (bench_render, _print_render_table, "our rasterizer vs pytorch3d on the full ICT head", None),
@@ -1148,6 +1242,9 @@ BENCHMARKS: Dict[str, Tuple[Callable[[argparse.Namespace], dict], Callable[[dict
                   _add_photoreal_args),
     "photo": (bench_photo, _print_photo, "edit-photo end to end, and one embedding step vs one generator pass",
               _add_photo_args),
+    "allocator": (bench_allocator, _print_allocator,
+                  "photoreal generator: glibc's default allocator vs devices.keep_freed_memory",
+                  _add_allocator_args),
 }
 
 

@@ -14,18 +14,24 @@ into a ``torch.device``:
 Random numbers keep coming from the trainers' seeded CPU ``torch.Generator`` objects and are moved
 to the device (they are small: latents, indices, noise maps), so a run draws the same numbers on any
 device and is reproducible across devices up to floating-point differences of the arithmetic.
+
+On the CPU, :func:`keep_freed_memory` stops glibc from handing large freed buffers back to the
+operating system: the renderer and the photoreal generator call it once per process.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import re
+import sys
 from typing import Any, Optional
 
 import torch
 
-__all__ = ["DEVICE_HELP", "add_device_argument", "configure_cuda", "is_cuda", "resolve_device"]
+__all__ = ["DEVICE_HELP", "add_device_argument", "configure_cuda", "is_cuda", "keep_freed_memory",
+           "resolve_device"]
 
 DEVICE_HELP = ("where to compute: auto (cuda if available, else cpu; the default), cpu, cuda or cuda:N; "
                "under torchrun, auto/cuda use cuda:$LOCAL_RANK")
@@ -103,3 +109,40 @@ def add_device_argument(parser: argparse.ArgumentParser, tf32: bool = True) -> N
     if tf32:
         parser.add_argument("--no-tf32", dest="tf32", action="store_false",
                             help="on a GPU, keep full float32 matrix products and convolutions (default: TF32)")
+
+
+# glibc's mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_FREED_MEMORY_KEPT: list = []  # [bool] once tried: whether the allocator was tuned
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed CPU buffers in its heap for reuse (once per process, Linux/glibc only).
+
+    By default glibc serves a buffer of more than 128 KB with ``mmap`` and unmaps it on free (the
+    threshold then grows to the largest such buffer freed, up to 32 MB), so a new intermediate
+    tensor pays page faults on its first touch, every time. Measured on the 2-core development
+    machine: about 2 ms for a 2.6 MB tensor of the renderer, against 0.1 ms for its arithmetic;
+    filling a fresh ``[65536, 128]`` float tensor (33.5 MB, a feature map of the photoreal generator
+    at 256 px) took 20 ms, against 2 ms for the same add into memory already touched. Here glibc
+    serves no buffer with ``mmap`` (``M_MMAP_MAX = 0``: a threshold alone stops at 32 MB, below the
+    generator's largest maps) and returns heap memory only when more than 512 MB is free at its top
+    (``M_TRIM_THRESHOLD``). ``python -m stylerig_lite.bench allocator`` times the photoreal generator
+    with and without it, in alternating processes (the appendix "How fast is it?", ``book/appendix_performance.md``).
+
+    Process-wide, like ``MALLOC_MMAP_MAX_=0``; no result changes. The cost: memory freed below the
+    heap's top stays with the process (its resident size stays near its peak).
+    ``STYLERIG_LITE_MALLOC=default`` leaves the allocator alone. Returns whether it was tuned.
+    """
+    if _FREED_MEMORY_KEPT:
+        return _FREED_MEMORY_KEPT[0]
+    tuned = False
+    if os.environ.get("STYLERIG_LITE_MALLOC", "") != "default" and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20), (_M_MMAP_MAX, 0))
+            tuned = all([bool(libc.mallopt(option, value)) for option, value in settings])
+        except (OSError, AttributeError):  # not glibc
+            tuned = False
+    _FREED_MEMORY_KEPT.append(tuned)
+    return tuned

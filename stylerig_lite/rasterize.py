@@ -46,17 +46,15 @@ loops over triangles and pixels, textbook formulas, for tiny inputs in tests.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import os
 import struct
-import sys
 from typing import Optional, Tuple
 
 import torch
 
 from stylerig_lite.camera import Camera, ImageSize, check_finite, normalize_image_size
 from stylerig_lite.checks import assert_shape
+from stylerig_lite.devices import keep_freed_memory
 
 __all__ = [
     "check_mesh",
@@ -226,12 +224,12 @@ def visible_faces(
     Per-face work runs in a vertex-major layout (rows = vertices, columns = the
     batch) so that gathering a face's corners copies whole rows, which is much
     faster on the CPU than gathering single numbers. Its intermediate tensors are
-    a few MB each: :func:`_keep_freed_memory` stops glibc from returning them to
+    a few MB each: :func:`~stylerig_lite.devices.keep_freed_memory` stops glibc from returning them to
     the operating system (and paying page faults again) on every call.
     """
     if backend not in VISIBILITY_BACKENDS:
         raise ValueError(f"backend must be one of {VISIBILITY_BACKENDS}, got {backend!r}")
-    _keep_freed_memory()  # also for the rest of the render (normals, shading): its buffers are as large
+    keep_freed_memory()  # also for the rest of the render (normals, shading): its buffers are as large
     if backend != "torch":
         from stylerig_lite import rasterize_jit
 
@@ -395,7 +393,7 @@ def visible_faces_grouped(
     """
     if max(height, width) >= 1 << 14 or max(height, width) * uv.shape[0] * uv.shape[1] >= 1 << 31:
         return visible_faces(uv, depth, faces, height, width, cull_backfaces, max_candidates)
-    _keep_freed_memory()
+    keep_freed_memory()
     batch, num_vertices, _ = uv.shape
     num_faces = faces.shape[0]
     dtype, device = uv.dtype, uv.device
@@ -522,32 +520,6 @@ def _rasterize_group(t, lanes, gc, gr, batch, u_rows, v_rows, iz_rows, faces_b, 
                + _take(c0, owner) + _take(dc, slot))
     key = (inv_depth.float().view(torch.int32).to(torch.int64) << 32) | (_LOW32 - _take(f, owner))
     zbuf.scatter_reduce_(0, pix, key, reduce="amax", include_self=True)
-
-
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc keep freed buffers of up to 32 MB in the heap (once per process, Linux/glibc only).
-
-    By default glibc serves every buffer of more than 128 KB with ``mmap`` and returns it on free,
-    so each new intermediate tensor of a few MB pays page faults on first touch: about 2 ms for a
-    2.6 MB tensor here, against 0.1 ms for the arithmetic. The rasterizer creates dozens per call.
-    ``STYLERIG_LITE_MALLOC=default`` leaves the allocator alone. The setting is process-wide (as
-    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would be) and changes no result.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    if os.environ.get("STYLERIG_LITE_MALLOC", "") == "default" or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: the glibc maximum
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def covered_pixels(face_index: torch.Tensor, faces: torch.Tensor):

@@ -372,3 +372,53 @@ def test_device_errors_through_the_clis(command, monkeypatch, no_torchrun, tmp_p
     with pytest.raises(SystemExit, match=rf"stylerig-lite {name}: error: cuda:3 requested but only 1 GPU"):
         main([*command, "--device", "cuda:3"])
     assert not (tmp_path / "never.pt").exists()
+
+
+_ALLOCATOR_CHILD = r"""
+import ctypes, json, sys
+import torch
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+from stylerig_lite import devices
+from stylerig_lite.mobilestylegan.networks import MobileStyleGAN
+
+G = MobileStyleGAN()  # zero weights: only the call matters here
+with torch.no_grad():
+    G.synthesis(torch.zeros(1, G.num_ws, G.w_dim), resolution=256)
+called = bool(devices._FREED_MEMORY_KEPT)
+before = libc.mallinfo2().hblks
+big = torch.ones(16 << 20)  # 64 MB
+mapped = libc.mallinfo2().hblks - before
+print(json.dumps({"called": called, "kept": devices.keep_freed_memory(), "mapped": int(mapped)}))
+"""
+
+
+def _allocator_child(env_value):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, STYLERIG_LITE_MALLOC=env_value)
+    out = subprocess.run([sys.executable, "-c", _ALLOCATOR_CHILD], env=env, capture_output=True, text=True)
+    if out.returncode:
+        if "mallinfo2" in out.stderr:
+            pytest.skip("glibc without mallinfo2 (before 2.33)")
+        raise AssertionError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_serves_large_buffers_from_the_heap():
+    """After the photoreal synthesis ran once, a 64 MB tensor is not mmapped (and is with the opt-out)."""
+    kept = _allocator_child("")
+    assert kept == {"called": True, "kept": True, "mapped": 0}
+    default = _allocator_child("default")
+    assert default == {"called": True, "kept": False, "mapped": 1}

@@ -63,6 +63,10 @@ activations, the noise and bias written as the 1x1 product's initial value, and 
 kept band-major so its sums read contiguous memory. On a machine shared with other jobs, PyTorch's
 OpenMP threads spin while waiting for a descheduled peer and two threads can be 3x slower than one
 (measured: 1.2 s); run such jobs with ``OMP_WAIT_POLICY=PASSIVE`` (0.39 s there) or one thread.
+The feature maps reach 67 MB (64 channels at 512 px), and glibc returns buffers that large to the
+operating system on every free, so each pass paid page faults on first touch again:
+:meth:`MobileStyleGAN.synthesis` calls :func:`~stylerig_lite.devices.keep_freed_memory` once per
+process, which keeps them in the heap (``python -m stylerig_lite.bench allocator`` times both).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import assert_shape
+from ..devices import keep_freed_memory
 from .ir import IRError, IRGraph, IRLayer, read_ir
 
 __all__ = [
@@ -684,6 +689,8 @@ class MobileStyleGAN(nn.Module):
             _check_latent(ws, [None, self.w_dim], "ws (one w per sample)")
             ws = ws.unsqueeze(1).expand(-1, self.num_ws, -1)
         _check_latent(ws, [None, self.num_ws, self.w_dim], "ws (W+ latents)")
+        if ws.device.type == "cpu":
+            keep_freed_memory()  # its feature maps reach 67 MB: reuse freed ones (devices.keep_freed_memory)
         return self.synthesis_network(ws.to(torch.float32), noise_mode, resolution, noise_generator, impl)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
