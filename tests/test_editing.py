@@ -355,6 +355,31 @@ def test_preview_render_equals_its_reference(face_model) -> None:
         assert (fast < 0.99).any(0).sum() > 100  # a face was drawn
 
 
+def test_compiled_preview_equals_the_numpy_path(face_model, monkeypatch) -> None:
+    """With Numba, render() is one compiled loop: the NumPy path's image, bit for bit; the switch turns it off."""
+    from stylerig_lite import rasterize_jit
+    from stylerig_lite.morphable import sample_params
+    from stylerig_lite.render_points import frame_matrix
+
+    if not rasterize_jit.available():
+        pytest.skip("numba is not installed")
+    preview = editing.PreviewRenderer(face_model, 40)
+    samples = sample_params(6, seed=5)
+    for i in range(6):
+        params = samples[i:i + 1].with_angles_deg(yaw=-60.0 + 24 * i, pitch=(-1) ** i * 20.0)
+        params = params.with_expression(jawOpen=i / 5)
+        values = params.to_vector()[0].tolist()
+        matrix = frame_matrix(values[SLICES["pose"]], values[SLICES["light"]], preview.camera.focal_pixels,
+                              preview.camera.distance)
+        compiled = preview.render(params)
+        assert torch.equal(compiled, preview._render_numpy(matrix)), f"sample {i}"
+    calls = []
+    monkeypatch.setenv(rasterize_jit.SWITCH, "torch")
+    monkeypatch.setattr(preview, "_render_numpy", lambda m: calls.append(m) or compiled)
+    preview.render(params)
+    assert len(calls) == 1
+
+
 def test_frame_matrix_is_the_pose_projection_and_the_sh_shading() -> None:
     """One [8, 13] matrix over per-point features reproduces euler_to_matrix + projection + sh_shading."""
     from stylerig_lite.morphable import euler_to_matrix
