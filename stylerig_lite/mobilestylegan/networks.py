@@ -51,7 +51,9 @@ IDWT's output is ``tap^2 LL = LL / 2``, its low band. So
   maps 2x2 averaged, the 256-px block computes only the LL channels the last block reads, and
   the image is half the LL band of ``to_img``. Depthwise 3x3 kernels at half the resolution see
   twice the extent, so this is not exact: PSNR against the area-downsampled 1024-px image is
-  31.7-34.2 dB on three seeds at truncation 0.7 (``python -m stylerig_lite.bench photoreal``).
+  31.7-34.2 dB on three seeds at truncation 0.7 (``python -m stylerig_lite.bench photoreal``), 32.4 dB
+  on average over 16 faces of which half untruncated, 27.0 dB at worst on an untruncated one
+  (``training/photoreal_256_head.py``, which also measures a fitted head on earlier features).
 
 Speed, measured on the project's 2-core CPU machine while idle, 2 threads, one image, forward
 (``python -m stylerig_lite.bench photoreal``): 1024 px in 215 ms, OpenVINO f32 on the same IR in
