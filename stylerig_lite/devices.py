@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import os
 import re
 import sys
@@ -113,9 +114,9 @@ def add_device_argument(parser: argparse.ArgumentParser, tf32: bool = True) -> N
 
 # glibc's mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
-_FREED_MEMORY_KEPT: list = []  # [bool] once tried: whether the allocator was tuned
 
 
+@functools.lru_cache(maxsize=None)  # once per process; later calls return the first answer
 def keep_freed_memory() -> bool:
     """Let glibc keep freed CPU buffers in its heap for reuse (once per process, Linux/glibc only).
 
@@ -134,15 +135,11 @@ def keep_freed_memory() -> bool:
     heap's top stays with the process (its resident size stays near its peak).
     ``STYLERIG_LITE_MALLOC=default`` leaves the allocator alone. Returns whether it was tuned.
     """
-    if _FREED_MEMORY_KEPT:
-        return _FREED_MEMORY_KEPT[0]
-    tuned = False
-    if os.environ.get("STYLERIG_LITE_MALLOC", "") != "default" and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20), (_M_MMAP_MAX, 0))
-            tuned = all([bool(libc.mallopt(option, value)) for option, value in settings])
-        except (OSError, AttributeError):  # not glibc
-            tuned = False
-    _FREED_MEMORY_KEPT.append(tuned)
-    return tuned
+    if os.environ.get("STYLERIG_LITE_MALLOC", "") == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20), (_M_MMAP_MAX, 0))
+        return all([bool(libc.mallopt(option, value)) for option, value in settings])  # a list: set every one
+    except (OSError, AttributeError):  # not glibc
+        return False
